@@ -1,0 +1,126 @@
+"""A controllable OpenAI-compatible upstream: fixed token rate, fixed chunk sizes.
+
+Used by the benchmark (gateway vs direct) and by tests of the openai_compatible
+backend. It is a real HTTP server (aiohttp); it streams ``tokens`` chunks of
+``chunk_chars`` characters, one every ``interval`` seconds, and reports usage when
+asked. ``GET /stats`` tells how many streams started, finished and were cut off by
+the client (what disconnect tests check).
+
+    python -m bench.fake_upstream --port 9100 --tokens 64 --interval 0.005
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+
+from aiohttp import web
+
+
+class FakeUpstream:
+    """The server state: settings and counters."""
+
+    def __init__(self, tokens: int = 32, interval: float = 0.0, chunk_chars: int = 4,
+                 first_delay: float = 0.0, send_usage: bool = True) -> None:
+        self.tokens = tokens
+        self.interval = interval
+        self.chunk_chars = chunk_chars
+        self.first_delay = first_delay
+        self.send_usage = send_usage
+        self.stats = {"started": 0, "finished": 0, "disconnected": 0, "active": 0}
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/v1/completions", self.chat)
+        app.router.add_get("/stats", self.get_stats)
+        app.router.add_post("/settings", self.settings)
+        return app
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "fake", "object": "model"}]})
+
+    async def get_stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats)
+
+    async def settings(self, request: web.Request) -> web.Response:
+        for k, v in (await request.json()).items():
+            setattr(self, k, v)
+        return web.json_response({"ok": True})
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        chat = request.path.endswith("chat/completions")
+        tokens = min(self.tokens, int(body.get("max_tokens") or self.tokens))
+        piece = "x" * self.chunk_chars
+        if not body.get("stream"):
+            text = piece * tokens
+            choice = {"index": 0, "finish_reason": "length" if tokens < self.tokens else "stop",
+                      **({"message": {"role": "assistant", "content": text}} if chat
+                         else {"text": text})}
+            return web.json_response({"id": "x", "object": "chat.completion", "choices": [choice],
+                                      "usage": {"prompt_tokens": 5, "completion_tokens": tokens,
+                                                "total_tokens": 5 + tokens}})
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        self.stats["started"] += 1
+        self.stats["active"] += 1
+        created = int(time.time())
+        obj = "chat.completion.chunk" if chat else "text_completion"
+        try:
+            if self.first_delay:
+                await asyncio.sleep(self.first_delay)
+            for i in range(tokens):
+                if self.interval and i:
+                    await asyncio.sleep(self.interval)
+                last = i == tokens - 1
+                choice = {"index": 0, "finish_reason": ("length" if tokens < self.tokens
+                                                        else "stop") if last else None}
+                choice.update({"delta": {"content": piece}} if chat else {"text": piece})
+                data = {"id": "x", "object": obj, "created": created, "model": "fake",
+                        "choices": [choice]}
+                await resp.write(f"data: {json.dumps(data)}\n\n".encode())
+            include = (body.get("stream_options") or {}).get("include_usage")
+            if include and self.send_usage:
+                data = {"id": "x", "object": obj, "created": created, "model": "fake",
+                        "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": tokens,
+                                                 "total_tokens": 5 + tokens}}
+                await resp.write(f"data: {json.dumps(data)}\n\n".encode())
+            await resp.write(b"data: [DONE]\n\n")
+            await resp.write_eof()
+            self.stats["finished"] += 1
+        except (ConnectionResetError, asyncio.CancelledError):
+            self.stats["disconnected"] += 1
+            raise
+        finally:
+            self.stats["active"] -= 1
+        return resp
+
+
+async def run(port: int, **settings) -> None:
+    upstream = FakeUpstream(**settings)
+    runner = web.AppRunner(upstream.app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port, backlog=2048)
+    await site.start()
+    print(f"READY {port}", flush=True)
+    await asyncio.Event().wait()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--port", type=int, default=9100)
+    p.add_argument("--tokens", type=int, default=32)
+    p.add_argument("--interval", type=float, default=0.0)
+    p.add_argument("--chunk-chars", type=int, default=4)
+    p.add_argument("--first-delay", type=float, default=0.0)
+    p.add_argument("--no-usage", action="store_true")
+    ns = p.parse_args()
+    asyncio.run(run(ns.port, tokens=ns.tokens, interval=ns.interval, chunk_chars=ns.chunk_chars,
+                    first_delay=ns.first_delay, send_usage=not ns.no_usage))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Build the Tornado application and run the gateway process."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import ssl
+
+import tornado.httpserver
+import tornado.web
+
+from gateway import embedded_db
+from gateway.config import Config
+from gateway.handlers import ops, openai
+from gateway.handlers.base import NotFoundHandler
+from gateway.plugins import get_plugin_manager
+from gateway.runtime import Gateway
+from gateway.store import Store
+
+log = logging.getLogger("allyoucantoken")
+
+CORE_ROUTES = [*openai.ROUTES, *ops.ROUTES]
+
+
+def make_app(gateway: Gateway) -> tornado.web.Application:
+    """The Tornado application: core API routes plus routes registered by plugins."""
+    kwargs = {"gateway": gateway}
+    routes = [(pattern, handler, kwargs) for pattern, handler in CORE_ROUTES]
+    routes += [(pattern, handler, {**kwargs, **extra}) for pattern, handler, extra in gateway.routes]
+    routes.append((r"/v1/.*", NotFoundHandler, kwargs))
+    return tornado.web.Application(routes, compress_response=False, autoreload=False,
+                                   log_function=_log_request)
+
+
+def _log_request(handler) -> None:
+    """Access log: method, path (no query string), status, duration. Never bodies."""
+    status = handler.get_status()
+    level = logging.INFO if status < 500 else logging.ERROR
+    logging.getLogger("allyoucantoken.access").log(
+        level, "%d %s %s %.1fms", status, handler.request.method, handler.request.path,
+        1000.0 * handler.request.request_time())
+
+
+def embedded_port_file(config: Config) -> str:
+    return os.path.join(config.server.data_dir, "embedded-db.port")
+
+
+def database_uri(config: Config) -> tuple[str, embedded_db.EmbeddedDB | None]:
+    """The configured MongoDB URI, or a newly started embedded server's."""
+    if config.database.uri:
+        return config.database.uri, None
+    path = os.path.join(config.server.data_dir, "db.sqlite")
+    db = embedded_db.start(config.database.embedded_engine, path)
+    return db.uri, db
+
+
+def ssl_context(config: Config) -> ssl.SSLContext | None:
+    if not config.server.tls_cert:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(config.server.tls_cert, config.server.tls_key)
+    return ctx
+
+
+async def serve(config: Config, ready=None) -> None:
+    """Run the gateway until SIGTERM/SIGINT; then drain, flush usage and stop cleanly."""
+    uri, embedded = database_uri(config)
+    port_file = embedded_port_file(config)
+    if embedded:
+        os.makedirs(config.server.data_dir, exist_ok=True)
+        with open(port_file, "w") as fh:
+            fh.write(str(embedded.port))
+        log.info("embedded database on port %d (%s)", embedded.port,
+                 config.database.embedded_engine)
+    store = Store(uri, config.database.name)
+    try:
+        await store.init()
+        pm = get_plugin_manager(config.plugins.modules, config.plugins.disabled)
+        gateway = Gateway(config, pm, store)
+        await gateway.start()
+        app = make_app(gateway)
+        server = tornado.httpserver.HTTPServer(
+            app, ssl_options=ssl_context(config), xheaders=False, idle_connection_timeout=3600,
+            max_body_size=max(config.server.max_body_bytes * 4, 1 << 20))
+        server.listen(config.server.port, config.server.host)
+        scheme = "https" if config.server.tls_cert else "http"
+        log.info("listening on %s://%s:%d (models: %s)", scheme, config.server.host,
+                 config.server.port, ", ".join(gateway.backends))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        if ready:
+            ready(gateway, server)
+        await stop.wait()
+        log.info("shutting down")
+        server.stop()
+        try:  # let running streams finish, for a while
+            await asyncio.wait_for(server.close_all_connections(), 10)
+        except TimeoutError:
+            log.warning("closing with streams still open")
+        await gateway.stop()
+    finally:
+        await store.close()
+        if embedded:
+            embedded.stop()
+            if os.path.exists(port_file):
+                os.remove(port_file)

@@ -1,0 +1,146 @@
+"""The ``allyoucantoken`` command: serve, keys, admin, db."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import socket
+import sys
+
+from gateway import config as config_mod
+from gateway import embedded_db
+
+
+def _config(ns) -> config_mod.Config:
+    try:
+        return config_mod.load(ns.config or os.environ.get("ALLYOUCANTOKEN_CONFIG"))
+    except config_mod.ConfigError as exc:
+        sys.exit(f"configuration error: {exc}")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class _StoreSession:
+    """Open the store for a CLI command: the configured URI, the running gateway's
+    embedded database, or a short-lived embedded server of our own."""
+
+    def __init__(self, cfg: config_mod.Config) -> None:
+        self.cfg = cfg
+        self.embedded = None
+
+    async def __aenter__(self):
+        from gateway.app import embedded_port_file
+        from gateway.store import Store
+
+        uri = self.cfg.database.uri
+        if not uri:
+            port_file = embedded_port_file(self.cfg)
+            port = None
+            if os.path.exists(port_file):
+                port = int(open(port_file).read().strip() or 0)
+            if port and _port_open(port):
+                uri = f"mongodb://127.0.0.1:{port}/?directConnection=true"
+            else:
+                path = os.path.join(self.cfg.server.data_dir, "db.sqlite")
+                self.embedded = embedded_db.start(self.cfg.database.embedded_engine, path)
+                uri = self.embedded.uri
+        self.store = Store(uri, self.cfg.database.name)
+        await self.store.init()
+        return self.store
+
+    async def __aexit__(self, *exc) -> None:
+        await self.store.close()
+        if self.embedded:
+            self.embedded.stop()
+
+
+async def _keys(ns, cfg) -> None:
+    async with _StoreSession(cfg) as store:
+        if ns.keys_cmd == "create":
+            account = await store.accounts.ensure(ns.account, tier=ns.tier or
+                                                  cfg.limits.default_tier)
+            if account["status"] != "active":
+                sys.exit(f"account {ns.account} is {account['status']}; keys work only for "
+                         "active accounts")
+            key, doc = await store.keys.create(account["_id"], ns.name)
+            print(key)
+            print(f"# key {doc['prefix']}… for {account['email']} (tier {account['tier']}); "
+                  "this is the only time it is shown", file=sys.stderr)
+        elif ns.keys_cmd == "list":
+            account = await store.accounts.by_email(ns.account) if ns.account else None
+            if ns.account and not account:
+                sys.exit(f"no account {ns.account}")
+            docs = await (store.keys.for_account(account["_id"]) if account else store.keys.all())
+            for d in docs:
+                state = "revoked" if d.get("revoked_at") else "active"
+                used = d["last_used_at"].isoformat() if d.get("last_used_at") else "never"
+                print(f"{d['prefix']}…\t{state}\t{d.get('name') or '-'}\t{d['account_id']}"
+                      f"\tlast used {used}")
+        elif ns.keys_cmd == "revoke":
+            n = await store.keys.revoke(ns.key.rstrip("…"))
+            if not n:
+                sys.exit(f"no active key matches {ns.key}")
+            print(f"revoked {n} key(s); every gateway process refuses it within "
+                  f"{cfg.auth.key_cache_ttl:g} s")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="allyoucantoken",
+                                     description="AllYouCanToken LLM API gateway")
+    parser.add_argument("--config", "-c", help="TOML config file (or ALLYOUCANTOKEN_CONFIG)")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sp = sub.add_parser("serve", help="run the gateway")
+    sp.add_argument("--port", type=int)
+    sp.add_argument("--host")
+    keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_cmd",
+                                                                         required=True)
+    kc = keys.add_parser("create", help="create a key (and the account if needed)")
+    kc.add_argument("--account", required=True, help="account email or handle")
+    kc.add_argument("--name", default="", help="a label for the key")
+    kc.add_argument("--tier", default=None, help="tier for a newly created account")
+    kl = keys.add_parser("list", help="list keys (prefix, state, name, last use)")
+    kl.add_argument("--account", default=None)
+    kr = keys.add_parser("revoke", help="revoke a key by id or prefix")
+    kr.add_argument("key")
+    db = sub.add_parser("db", help="the embedded database").add_subparsers(dest="db_cmd",
+                                                                           required=True)
+    ds = db.add_parser("serve", help="run the embedded MongoDB-wire server on its own, "
+                                     "for several gateway processes to share")
+    ds.add_argument("--port", type=int, default=27017)
+    ds.add_argument("--path", default=None, help="SQLite file (default data_dir/db.sqlite)")
+    from gateway.admin_cli import add_admin_commands
+    add_admin_commands(sub)
+    ns = parser.parse_args(argv)
+    cfg = _config(ns)
+    _setup_logging(cfg.server.log_level)
+    if ns.cmd == "serve":
+        from gateway.app import serve
+        if ns.port is not None:
+            cfg.server.port = ns.port
+        if ns.host:
+            cfg.server.host = ns.host
+        asyncio.run(serve(cfg))
+    elif ns.cmd == "keys":
+        asyncio.run(_keys(ns, cfg))
+    elif ns.cmd == "db":
+        path = ns.path or os.path.join(cfg.server.data_dir, "db.sqlite")
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        sys.argv = ["embedded_db", "--engine", "sqlite", "--path", path, "--port", str(ns.port)]
+        embedded_db.main()
+    elif ns.cmd == "admin":
+        from gateway.admin_cli import run_admin
+        asyncio.run(run_admin(ns, cfg, _StoreSession))
+
+
+if __name__ == "__main__":
+    main()

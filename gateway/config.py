@@ -1,0 +1,205 @@
+"""One typed configuration: a TOML file plus environment overrides, validated at start.
+
+Every section is a dataclass. Unknown keys and wrong types fail at start with a
+message naming the key. Environment variables override single values:
+``ALLYOUCANTOKEN_<SECTION>__<KEY>`` (e.g. ``ALLYOUCANTOKEN_SERVER__PORT=9000``,
+``ALLYOUCANTOKEN_DATABASE__URI=mongodb://...``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+ENV_PREFIX = "ALLYOUCANTOKEN_"
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the offending key."""
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8888
+    max_body_bytes: int = 1_048_576
+    data_dir: str = "var"
+    tls_cert: str = ""
+    tls_key: str = ""
+    trusted_proxies: list[str] = field(default_factory=list)
+    log_level: str = "INFO"
+    metrics_public: bool = False
+    request_timeout: float = 600.0
+
+
+@dataclass
+class DatabaseConfig:
+    uri: str = ""            # empty: start the embedded MongoDB-wire server
+    name: str = "allyoucantoken"
+    embedded_engine: str = "sqlite"   # sqlite (file under data_dir) or memory
+
+
+@dataclass
+class AuthConfig:
+    key_cache_ttl: float = 2.0       # revocation/suspension bound, seconds
+    key_cache_size: int = 10_000
+
+
+@dataclass
+class UsageConfig:
+    batch_size: int = 200
+    flush_interval: float = 1.0
+    buffer_max: int = 50_000
+
+
+@dataclass
+class ModelConfig:
+    name: str
+    backend: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TierConfig:
+    requests_per_minute: int = 0      # 0 means unlimited
+    tokens_per_minute: int = 0
+    tokens_per_day: int = 0
+    concurrent_streams: int = 0
+    max_tokens: int = 0
+    max_prompt_chars: int = 0
+    models: list[str] = field(default_factory=lambda: ["*"])
+    max_tokens_policy: str = "reject"  # reject | clamp
+
+
+@dataclass
+class LimitsConfig:
+    default_tier: str = "free"
+    lease_ttl: float = 15.0
+    enabled: bool = True
+
+
+@dataclass
+class PluginsConfig:
+    modules: list[str] = field(default_factory=list)   # extra plugin modules to import
+    disabled: list[str] = field(default_factory=list)  # plugin names to block
+
+
+@dataclass
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    usage: UsageConfig = field(default_factory=UsageConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    plugins: PluginsConfig = field(default_factory=PluginsConfig)
+    models: list[ModelConfig] = field(default_factory=list)
+    tiers: dict[str, TierConfig] = field(default_factory=dict)
+    # Sections owned by plugins (e.g. [smtp], [dashboard]); validated by them.
+    extra: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def model(self, name: str) -> ModelConfig | None:
+        return next((m for m in self.models if m.name == name), None)
+
+
+DEFAULT_MODELS = [ModelConfig(name="smollm2-135m", backend="llamacpp", options={})]
+DEFAULT_TIERS = {"free": TierConfig()}
+
+
+def _coerce(value: Any, typ: Any, where: str) -> Any:
+    origin = typing.get_origin(typ)
+    if typ is Any:
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (inner,) = typing.get_args(typ)
+        return [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table, got {value!r}")
+        _, inner = typing.get_args(typ)
+        return {k: _coerce(v, inner, f"{where}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(typ):
+        return _build(typ, value, where)
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ in (int, float, str, bool) and (not isinstance(value, typ) or
+                                           (typ is int and isinstance(value, bool))):
+        raise ConfigError(f"{where}: expected {typ.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a table, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def load(path: str | None = None, env: dict[str, str] | None = None) -> Config:
+    """Read the TOML file (if any), apply environment overrides, validate."""
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    for key, raw in env.items():
+        if not key.startswith(ENV_PREFIX) or "__" not in key:
+            continue
+        section, _, name = key[len(ENV_PREFIX):].lower().partition("__")
+        data.setdefault(section, {})[name] = _env_value(raw)
+    return from_dict(data)
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """Validate a plain dict (as parsed from TOML) into a Config."""
+    data = dict(data)
+    core = {f.name for f in dataclasses.fields(Config)} - {"extra"}
+    extra = {k: data.pop(k) for k in list(data) if k not in core}
+    for k, v in extra.items():
+        if not isinstance(v, dict):
+            raise ConfigError(f"{k}: expected a table, got {v!r}")
+    cfg = _build(Config, data, "")
+    cfg.extra = extra
+    if not cfg.models:
+        cfg.models = [dataclasses.replace(m) for m in DEFAULT_MODELS]
+    if not cfg.tiers:
+        cfg.tiers = dict(DEFAULT_TIERS)
+    seen = set()
+    for m in cfg.models:
+        if m.name in seen:
+            raise ConfigError(f"models: duplicate model name {m.name!r}")
+        seen.add(m.name)
+    if cfg.limits.default_tier not in cfg.tiers:
+        raise ConfigError(f"limits.default_tier: {cfg.limits.default_tier!r} is not a defined tier")
+    for name, tier in cfg.tiers.items():
+        if tier.max_tokens_policy not in ("reject", "clamp"):
+            raise ConfigError(f"tiers.{name}.max_tokens_policy: must be 'reject' or 'clamp'")
+    if bool(cfg.server.tls_cert) != bool(cfg.server.tls_key):
+        raise ConfigError("server: tls_cert and tls_key must be set together")
+    if cfg.database.embedded_engine not in ("sqlite", "memory"):
+        raise ConfigError("database.embedded_engine: must be 'sqlite' or 'memory'")
+    return cfg

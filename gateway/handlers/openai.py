@@ -1,0 +1,192 @@
+"""OpenAI-compatible API: /v1/models, /v1/chat/completions, /v1/completions (SSE + JSON)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+
+from tornado.iostream import StreamClosedError
+
+from gateway.errors import APIError
+from gateway.handlers.base import BaseAPIHandler
+from gateway.streaming import ClientGone, Generation
+from gateway.types import Chunk, GenerationRequest
+from gateway.validation import parse_json, validate
+
+
+def _dumps(data) -> str:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+class ModelsHandler(BaseAPIHandler):
+    """GET /v1/models and /v1/models/{id}: the models this caller may use, with health."""
+
+    async def get(self, model_id: str | None = None) -> None:
+        try:
+            principal = await self.require_principal()
+            names = self.gateway.models_for(principal)
+            if model_id is not None and model_id not in names:
+                raise APIError(404, f"The model `{model_id}` does not exist or you do not "
+                                    "have access to it.", param="model", code="model_not_found")
+            wanted = [model_id] if model_id else names
+            healths = await asyncio.gather(*(self.gateway.backends[n].health() for n in wanted))
+            data = [{"id": n, "object": "model", "created": 0, "owned_by": "allyoucantoken",
+                     "backend": self.gateway.config.model(n).backend,
+                     "health": "ok" if h.get("ok") else "unavailable"}
+                    for n, h in zip(wanted, healths)]
+        except APIError as err:
+            return self.send_api_error(err)
+        self.write_json(data[0] if model_id else {"object": "list", "data": data})
+
+
+class GenerationHandler(BaseAPIHandler):
+    """POST a chat or text completion; streams SSE when ``stream`` is true."""
+
+    kind = "chat"
+    id_prefix = "chatcmpl-"
+
+    async def post(self) -> None:
+        started = time.perf_counter()
+        self._task: asyncio.Task | None = None
+        gen = None
+        try:
+            self.check_body_size()
+            principal = await self.require_principal()
+            data = parse_json(self.request.body)
+            validate(self.kind, data)
+            max_tokens = data.get("max_completion_tokens") or data.get("max_tokens")
+            req = GenerationRequest(self.kind, data["model"], data, max_tokens,
+                                    self.id_prefix + secrets.token_hex(12))
+            self.gateway.backend_for(req.model)  # 404 for an unknown model
+            gen = Generation(self.gateway, principal, req,
+                             "sse" if data.get("stream") else "http", started)
+            await gen.admit()
+        except APIError as err:
+            if gen is not None:
+                gen.record(err.status, err.code)
+            return self.send_api_error(err)
+        self.set_header("x-request-id", req.request_id)
+        for name, value in gen.headers.items():
+            self.set_header(name, value)
+        if data.get("stream"):
+            await self._stream(gen, data)
+        else:
+            await self._complete(gen)
+
+    def on_connection_close(self) -> None:
+        task = getattr(self, "_task", None)
+        if task is not None and not task.done():
+            task.cancel()
+
+    async def _run(self, gen: Generation, emit) -> bool:
+        """Run the generation as its own task so a disconnect can cancel it."""
+        self._task = asyncio.ensure_future(gen.run(emit))
+        try:
+            await self._task
+            return True
+        except (asyncio.CancelledError, ClientGone):
+            return False
+
+    # -- streaming (SSE) -------------------------------------------------
+    def _chunk_payload(self, gen: Generation, chunk: Chunk, first: bool) -> dict:
+        req = gen.req
+        if self.kind == "chat":
+            delta = {"role": "assistant", "content": chunk.text} if first else \
+                ({"content": chunk.text} if chunk.text else {})
+            choice = {"index": 0, "delta": delta, "logprobs": None,
+                      "finish_reason": chunk.finish_reason}
+            obj = "chat.completion.chunk"
+        else:
+            choice = {"index": 0, "text": chunk.text, "logprobs": None,
+                      "finish_reason": chunk.finish_reason}
+            obj = "text_completion"
+        return {"id": req.request_id, "object": obj, "created": self._created,
+                "model": req.model, "choices": [choice]}
+
+    async def _stream(self, gen: Generation, data: dict) -> None:
+        self._created = int(time.time())
+        include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
+        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Accel-Buffering", "no")
+        sent = 0
+
+        async def emit(chunk: Chunk) -> None:
+            nonlocal sent
+            payload = self._chunk_payload(gen, chunk, first=sent == 0)
+            if include_usage:
+                payload["usage"] = None
+            self.write(f"data: {_dumps(payload)}\n\n")
+            sent += 1
+            try:
+                await self.flush()
+            except StreamClosedError:
+                raise ClientGone() from None
+
+        try:
+            if not await self._run(gen, emit):
+                return
+        except APIError as err:
+            if sent == 0:
+                return self.send_api_error(err)
+            self.write(f"data: {_dumps(err.body())}\n\n")
+            return self.finish()
+        if include_usage:
+            payload = {"id": gen.req.request_id, "object": self._chunk_payload(
+                gen, Chunk(), False)["object"], "created": self._created,
+                "model": gen.req.model, "choices": [], "usage": gen.usage.as_openai()}
+            self.write(f"data: {_dumps(payload)}\n\n")
+        self.write("data: [DONE]\n\n")
+        try:
+            await self.finish()
+        except StreamClosedError:
+            pass
+
+    # -- non-streaming ------------------------------------------------------
+    async def _complete(self, gen: Generation) -> None:
+        parts: list[str] = []
+
+        async def emit(chunk: Chunk) -> None:
+            parts.append(chunk.text)
+
+        try:
+            if not await self._run(gen, emit):
+                return
+        except APIError as err:
+            return self.send_api_error(err)
+        text = "".join(parts)
+        if self.kind == "chat":
+            choice = {"index": 0, "message": {"role": "assistant", "content": text,
+                                              "refusal": None},
+                      "logprobs": None, "finish_reason": gen.finish_reason}
+            obj = "chat.completion"
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None,
+                      "finish_reason": gen.finish_reason}
+            obj = "text_completion"
+        self.write_json({"id": gen.req.request_id, "object": obj, "created": int(time.time()),
+                         "model": gen.req.model, "choices": [choice],
+                         "usage": gen.usage.as_openai()})
+
+
+class ChatCompletionsHandler(GenerationHandler):
+    """POST /v1/chat/completions"""
+
+    kind = "chat"
+    id_prefix = "chatcmpl-"
+
+
+class CompletionsHandler(GenerationHandler):
+    """POST /v1/completions"""
+
+    kind = "completion"
+    id_prefix = "cmpl-"
+
+
+ROUTES = [
+    (r"/v1/models", ModelsHandler),
+    (r"/v1/models/([^/]+)", ModelsHandler),
+    (r"/v1/chat/completions", ChatCompletionsHandler),
+    (r"/v1/completions", CompletionsHandler),
+]

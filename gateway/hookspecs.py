@@ -1,0 +1,68 @@
+"""Every hook of AllYouCanToken, in one module.
+
+Hook implementations are synchronous (pluggy). A hook that needs I/O registers an
+object whose methods are async: a backend factory, a limiter, an authenticator.
+"""
+from __future__ import annotations
+
+import pluggy
+
+PROJECT = "allyoucantoken"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def register_backends(register, config):
+    """Register backend types: call ``register(name, factory)``.
+
+    ``factory(model_config, config)`` returns a backend serving one configured model
+    (``[[models]] backend = name``). A backend has ``name``, and async methods
+    ``start()``, ``chat(request)`` and ``completions(request)`` (async iterators of
+    ``gateway.types.Chunk``), ``health()`` (dict with ``ok``) and ``close()``.
+    Closing the iterator early must cancel the generation at once.
+    """
+
+
+@hookspec
+def register_limiters(register, config, store):
+    """Register limiters: call ``register(limiter)``.
+
+    A limiter has ``name``, ``async admit(principal, request) -> Admission`` (reserve
+    before the backend runs; deny with status/limit/retry_after) and
+    ``async settle(admission, usage, outcome)`` (reconcile with real usage and release,
+    on success, error, disconnect or timeout). All limiters must admit; when one denies,
+    the reservations of the others are settled with zero usage.
+    """
+
+
+@hookspec
+def register_authenticators(register, config, store):
+    """Register authenticators: call ``register(authenticator)``.
+
+    An authenticator has ``name`` and ``async authenticate(request) -> Principal | None``,
+    where ``request`` is the Tornado ``HTTPServerRequest``. It may raise
+    ``gateway.errors.APIError`` (e.g. 401 for a revoked key). The first principal wins.
+    """
+
+
+@hookspec
+def register_routes(register, config):
+    """Register extra Tornado routes: call ``register(pattern, handler_class, kwargs)``.
+
+    Handlers receive ``gateway`` (the running ``Gateway``) in their kwargs as well.
+    """
+
+
+@hookspec
+def register_services(register, config, store):
+    """Register background services: call ``register(service)``.
+
+    A service has ``name``, ``async start(gateway)`` and ``async stop()``; it runs for
+    the life of the gateway process (e.g. an email sender, a retention job).
+    """
+
+
+@hookspec
+def on_usage(event):
+    """Observe one usage event (a dict of metadata, never content) after a request ends."""

@@ -1,0 +1,93 @@
+"""The running gateway: configured models with their backends, limiters, authenticators,
+services and the usage recorder, all gathered from the plugin hooks."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from gateway.config import Config
+from gateway.errors import APIError
+from gateway.types import Principal
+from gateway.usage import UsageRecorder
+
+log = logging.getLogger("allyoucantoken")
+
+
+class Gateway:
+    """Everything a handler needs, built once per process from config and plugins."""
+
+    def __init__(self, config: Config, pm, store) -> None:
+        self.config = config
+        self.pm = pm
+        self.store = store
+        self.backend_types: dict[str, Any] = {}
+        self.backends: dict[str, Any] = {}       # model name -> backend instance
+        self.limiters: list[Any] = []
+        self.authenticators: list[Any] = []
+        self.services: list[Any] = []
+        self.routes: list[tuple] = []
+        self.usage = UsageRecorder(store, config.usage.batch_size, config.usage.flush_interval,
+                                   config.usage.buffer_max, observers=pm.hook.on_usage)
+
+        def reg_backend(name: str, factory) -> None:
+            self.backend_types[name] = factory
+
+        pm.hook.register_backends(register=reg_backend, config=config)
+        pm.hook.register_limiters(register=self.limiters.append, config=config, store=store)
+        pm.hook.register_authenticators(register=self.authenticators.append, config=config,
+                                        store=store)
+        pm.hook.register_services(register=self.services.append, config=config, store=store)
+        pm.hook.register_routes(register=lambda pattern, handler, kwargs=None:
+                                self.routes.append((pattern, handler, kwargs or {})),
+                                config=config)
+        for model in config.models:
+            factory = self.backend_types.get(model.backend)
+            if factory is None:
+                known = ", ".join(sorted(self.backend_types)) or "none"
+                raise ValueError(f"model {model.name!r}: unknown backend {model.backend!r} "
+                                 f"(registered: {known})")
+            self.backends[model.name] = factory(model, config)
+
+    async def start(self) -> None:
+        """Start backends, the usage writer and background services."""
+        await asyncio.gather(*(b.start() for b in self.backends.values()))
+        self.usage.start()
+        for service in self.services:
+            await service.start(self)
+
+    async def stop(self) -> None:
+        """Stop services, flush usage, close backends (in that order)."""
+        for service in reversed(self.services):
+            try:
+                await service.stop()
+            except Exception:  # noqa: BLE001
+                log.exception("service %s failed to stop", getattr(service, "name", service))
+        await self.usage.stop()
+        await asyncio.gather(*(b.close() for b in self.backends.values()),
+                             return_exceptions=True)
+
+    async def authenticate(self, request) -> Principal | None:
+        """Ask each authenticator in turn; the first principal wins."""
+        for auth in self.authenticators:
+            principal = await auth.authenticate(request)
+            if principal is not None:
+                return principal
+        return None
+
+    def backend_for(self, model: str):
+        backend = self.backends.get(model)
+        if backend is None:
+            raise APIError(404, f"The model `{model}` does not exist or you do not have "
+                                "access to it.", param="model", code="model_not_found")
+        return backend
+
+    def models_for(self, principal: Principal | None) -> list[str]:
+        """The model names this caller may use (all, unless a tier restricts them)."""
+        names = [m.name for m in self.config.models]
+        if principal is None:
+            return names
+        tier = self.config.tiers.get(principal.tier)
+        if tier is None or "*" in tier.models:
+            return names
+        return [n for n in names if n in tier.models]

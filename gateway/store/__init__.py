@@ -1,0 +1,56 @@
+"""All MongoDB access lives in this package; nothing else imports pymongo.
+
+``Store`` owns one ``AsyncMongoClient`` and exposes one repository object per
+concern (accounts, API keys, usage, limit counters, ...). Each repository creates
+its own indexes in ``init()``.
+"""
+from __future__ import annotations
+
+from pymongo import AsyncMongoClient
+
+from gateway.store.accounts import Accounts
+from gateway.store.counters import Counters
+from gateway.store.keys import ApiKeys
+from gateway.store.usage import UsageStore
+
+
+class Store:
+    """The gateway's handle on MongoDB: one client, one database, many repositories."""
+
+    def __init__(self, uri: str, db_name: str) -> None:
+        self.client = AsyncMongoClient(uri, tz_aware=True, connect=False,
+                                       serverSelectionTimeoutMS=10_000)
+        self.db = self.client[db_name]
+        self.accounts = Accounts(self.db)
+        self.keys = ApiKeys(self.db)
+        self.usage = UsageStore(self.db)
+        self.counters = Counters(self.db)
+        self.repositories: list = [self.accounts, self.keys, self.usage, self.counters]
+
+    def add_repository(self, name: str, repository) -> None:
+        """Attach a further repository (from a store module of this package)."""
+        setattr(self, name, repository)
+        self.repositories.append(repository)
+
+    async def init(self) -> None:
+        """Check the connection and create every repository's indexes."""
+        await self.db.command("ping")
+        for repo in self.repositories:
+            await repo.init()
+
+    async def ping(self) -> bool:
+        try:
+            await self.db.command("ping")
+            return True
+        except Exception:  # noqa: BLE001 - health check reports, never raises
+            return False
+
+    async def collection_names(self) -> list[str]:
+        return await self.db.list_collection_names()
+
+    async def dump_collection(self, name: str) -> list[dict]:
+        """Every document of one collection (tests and data export use it)."""
+        return [doc async for doc in self.db[name].find({})]
+
+    async def close(self) -> None:
+        await self.client.close()

@@ -1,0 +1,71 @@
+"""API keys collection: only SHA-256 hashes of keys are stored, never the keys."""
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import datetime
+from typing import Any
+
+from gateway.store.accounts import now
+
+KEY_PREFIX = "ayct_"
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key() -> str:
+    """A new API key: recognisable prefix + 256 bits of randomness (43 url-safe chars)."""
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+class ApiKeys:
+    """API key records: sha256 (unique), display prefix, name, account, timestamps."""
+
+    def __init__(self, db) -> None:
+        self.col = db["api_keys"]
+
+    async def init(self) -> None:
+        await self.col.create_index("sha256", unique=True)
+        await self.col.create_index("account_id")
+
+    async def create(self, account_id: str, name: str = "") -> tuple[str, dict[str, Any]]:
+        """Create a key; returns (the key itself, shown once, and its stored record)."""
+        key = new_key()
+        doc = {"_id": "key_" + secrets.token_hex(12), "sha256": hash_key(key),
+               "prefix": key[:len(KEY_PREFIX) + 8], "name": name, "account_id": account_id,
+               "created_at": now(), "revoked_at": None, "last_used_at": None}
+        await self.col.insert_one(doc)
+        return key, doc
+
+    async def by_hash(self, sha256: str) -> dict[str, Any] | None:
+        return await self.col.find_one({"sha256": sha256})
+
+    async def for_account(self, account_id: str, include_revoked: bool = True) -> list[dict]:
+        query: dict[str, Any] = {"account_id": account_id}
+        if not include_revoked:
+            query["revoked_at"] = None
+        return [d async for d in self.col.find(query).sort("created_at", 1)]
+
+    async def all(self) -> list[dict[str, Any]]:
+        return [d async for d in self.col.find({}).sort("created_at", 1)]
+
+    async def revoke(self, key_id_or_prefix: str, account_id: str | None = None) -> int:
+        """Revoke by id or display prefix (optionally only within one account)."""
+        query: dict[str, Any] = {"$or": [{"_id": key_id_or_prefix}, {"prefix": key_id_or_prefix}],
+                                 "revoked_at": None}
+        if account_id:
+            query["account_id"] = account_id
+        result = await self.col.update_many(query, {"$set": {"revoked_at": now()}})
+        return result.modified_count
+
+    async def revoke_all(self, account_id: str) -> int:
+        result = await self.col.update_many({"account_id": account_id, "revoked_at": None},
+                                            {"$set": {"revoked_at": now()}})
+        return result.modified_count
+
+    async def touch(self, last_used: dict[str, datetime]) -> None:
+        """Record last-used times (batched from usage events; never on the hot path)."""
+        for key_id, when in last_used.items():
+            await self.col.update_one({"_id": key_id}, {"$max": {"last_used_at": when}})

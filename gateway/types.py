@@ -1,0 +1,86 @@
+"""Plain data types shared by the core and the plugins."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: an account, and the API key or session it came through."""
+
+    account_id: str
+    tier: str
+    status: str = "active"
+    key_id: str | None = None
+    session_id: str | None = None
+    roles: tuple[str, ...] = ()
+    via: str = "api_key"   # api_key | session
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.roles
+
+
+@dataclass
+class GenerationRequest:
+    """A validated chat or text completion request, as a backend sees it."""
+
+    kind: str                       # "chat" or "completion"
+    model: str
+    body: dict[str, Any]            # the validated OpenAI-style body (passed through)
+    max_tokens: int | None = None
+    request_id: str = ""
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        return self.body.get("messages", [])
+
+    @property
+    def prompt(self) -> str:
+        p = self.body.get("prompt", "")
+        return p if isinstance(p, str) else "".join(p)
+
+
+@dataclass
+class Usage:
+    """Token counts of one generation; ``estimated`` when the gateway counted them itself."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    estimated: bool = False
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def as_openai(self) -> dict[str, int]:
+        return {"prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+                "total_tokens": self.total_tokens}
+
+
+@dataclass
+class Chunk:
+    """One piece of a backend's stream: a text delta, and/or a finish reason, and/or usage."""
+
+    text: str = ""
+    finish_reason: str | None = None
+    usage: Usage | None = None
+
+
+@dataclass
+class Admission:
+    """What a limiter reserved for one request; handed back to it at settle()."""
+
+    allowed: bool = True
+    limiter: str = ""
+    reservation: dict[str, Any] = field(default_factory=dict)
+    # On denial: which limit, HTTP status, message, seconds until retry.
+    limit: str = ""
+    status: int = 429
+    message: str = ""
+    retry_after: float = 0.0
+    # Headers to add to the response (x-ratelimit-*), and request changes (clamped max_tokens).
+    headers: dict[str, str] = field(default_factory=dict)
+    max_tokens: int | None = None

@@ -1,0 +1,76 @@
+"""Fixtures that start real servers: the MongoDB-wire server, gateways, upstreams."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from gateway import embedded_db
+from tests.helpers import free_port, start_gateway, start_process, stop_process
+
+
+@pytest.fixture(scope="session")
+def mongo():
+    """The embedded MongoDB-wire server (in-memory engine) on a free port, over TCP."""
+    db = embedded_db.start("memory")
+    yield db
+    db.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(mongo, tmp_path_factory):
+    """One shared gateway with the default llamacpp model (SmolLM2-135M-Instruct)."""
+    gw = start_gateway(tmp_path_factory.mktemp("gw"), mongo.uri)
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture(scope="session")
+def api_key(gateway):
+    return gateway.create_key("shared@example.com")
+
+
+@pytest.fixture
+def start_gw(mongo, tmp_path):
+    """Start extra gateways with their own config; all are stopped after the test."""
+    started = []
+
+    def start(sections=None, db_name=None, uri=None, **kw):
+        gw = start_gateway(tmp_path / f"g{len(started)}", uri or mongo.uri, sections, db_name, **kw)
+        started.append(gw)
+        return gw
+    yield start
+    for gw in started:
+        gw.stop()
+
+
+@pytest.fixture
+def fake_upstream(tmp_path):
+    """A real, controllable OpenAI-compatible HTTP upstream (bench.fake_upstream)."""
+    started = []
+
+    def start(*args: str):
+        port = free_port()
+        proc = start_process([sys.executable, "-m", "bench.fake_upstream", "--port", str(port),
+                              *args], f"http://127.0.0.1:{port}/v1/models",
+                             tmp_path / f"upstream-{port}.log")
+        started.append(proc)
+        return f"http://127.0.0.1:{port}", proc
+    yield start
+    for proc in started:
+        stop_process(proc)
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory):
+    """A real `python -m llama_cpp.server` with SmolLM2 on loopback (an upstream)."""
+    from plugins.backends.llamacpp import default_model_path
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("llama_server") / "server.log"
+    proc = start_process([sys.executable, "-m", "llama_cpp.server", "--model", default_model_path(),
+                          "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
+                          "--model_alias", "smol-upstream"],
+                         f"http://127.0.0.1:{port}/v1/models", log, timeout=120)
+    yield f"http://127.0.0.1:{port}/v1"
+    stop_process(proc)

@@ -1,0 +1,183 @@
+"""Test helpers: real processes (gateway, upstreams) on free loopback ports."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = None,
+              log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            text = log.read_text() if log and log.exists() else ""
+            raise RuntimeError(f"process exited with {proc.returncode}:\n{text[-3000:]}")
+        try:
+            httpx.get(url, timeout=1.0, verify=False)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout}s")
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ)
+    e["PYTHONPATH"] = str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")
+    e.pop("ALLYOUCANTOKEN_CONFIG", None)
+    return e
+
+
+def toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + "}"
+    raise TypeError(v)
+
+
+def write_config(path: Path, sections: dict) -> Path:
+    """Write a TOML config from {section: {key: value}}; 'models' is a list of tables."""
+    lines = []
+    for section, values in sections.items():
+        if section == "models":
+            for m in values:
+                lines.append("[[models]]")
+                lines += [f"{k} = {toml_value(v)}" for k, v in m.items()]
+            continue
+        if section == "tiers":
+            for name, t in values.items():
+                lines.append(f"[tiers.{name}]")
+                lines += [f"{k} = {toml_value(v)}" for k, v in t.items()]
+            continue
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@dataclass
+class GatewayProcess:
+    """A real gateway process started by the tests (``allyoucantoken serve``)."""
+
+    url: str
+    proc: subprocess.Popen
+    log_path: Path
+    config_path: Path
+    db_uri: str
+    db_name: str
+    extra: dict = field(default_factory=dict)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "gateway.cli", "-c", str(self.config_path),
+                               *args], capture_output=True, text=True, env=env(), check=check,
+                              timeout=60)
+
+    def create_key(self, account: str | None = None, tier: str | None = None) -> str:
+        args = ["keys", "create", "--account", account or f"{uuid.uuid4().hex[:8]}@example.com"]
+        if tier:
+            args += ["--tier", tier]
+        return self.cli(*args).stdout.strip()
+
+
+def start_gateway(tmp: Path, db_uri: str, sections: dict | None = None,
+                  db_name: str | None = None, timeout: float = 60.0) -> GatewayProcess:
+    sections = {k: dict(v) if isinstance(v, dict) else v for k, v in (sections or {}).items()}
+    port = free_port()
+    db_name = db_name or "t_" + uuid.uuid4().hex[:10]
+    server = {"host": "127.0.0.1", "port": port, "data_dir": str(tmp / "var"), **sections.get("server", {})}
+    sections["server"] = server
+    sections["database"] = {"uri": db_uri, "name": db_name, **sections.get("database", {})}
+    sections.setdefault("usage", {"flush_interval": 0.2})
+    tmp.mkdir(parents=True, exist_ok=True)
+    cfg = write_config(tmp / f"gateway-{port}.toml", sections)
+    log_path = tmp / f"gateway-{port}.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "-c", str(cfg), "serve"],
+                            stdout=log, stderr=subprocess.STDOUT, env=env(), cwd=str(tmp))
+    scheme = "https" if server.get("tls_cert") else "http"
+    url = f"{scheme}://127.0.0.1:{port}"
+    wait_http(url + "/healthz", timeout, proc, log_path)
+    return GatewayProcess(url, proc, log_path, cfg, db_uri, db_name)
+
+
+def start_process(args: list[str], ready_url: str, log_path: Path,
+                  timeout: float = 60.0) -> subprocess.Popen:
+    log = open(log_path, "w")
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env(),
+                            start_new_session=True)
+    wait_http(ready_url, timeout, proc, log_path)
+    return proc
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def db_run(uri: str, db_name: str, fn):
+    """Run ``await fn(store)`` against the test database with the gateway's own Store."""
+    from gateway.store import Store
+
+    async def go():
+        store = Store(uri, db_name)
+        try:
+            return await fn(store)
+        finally:
+            await store.close()
+    return asyncio.run(go())
+
+
+def sse_events(response: httpx.Response) -> list:
+    """Parse an SSE response body into a list of JSON payloads (and '[DONE]')."""
+    import json
+    out = []
+    for line in response.text.splitlines():
+        if line.startswith("data: "):
+            data = line[6:]
+            out.append(data if data == "[DONE]" else json.loads(data))
+    return out
