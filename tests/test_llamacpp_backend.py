@@ -1,0 +1,74 @@
+"""The in-process llamacpp backend: disconnect stops generation; requests queue fairly."""
+import asyncio
+import json
+import socket
+import time
+
+import httpx
+
+from tests.helpers import db_run
+
+MODEL = "smollm2-135m"
+LONG = [{"role": "user", "content": "Count from one to five hundred, one number per line."}]
+
+
+def idle_instances(gateway) -> int:
+    return httpx.get(gateway.url + "/healthz", timeout=10).json()["backends"][MODEL]["idle"]
+
+
+def test_client_disconnect_stops_generation_at_once(gateway, api_key):
+    assert idle_instances(gateway) == 1
+    body = json.dumps({"model": MODEL, "messages": LONG, "stream": True, "max_tokens": 1500,
+                       "temperature": 0}).encode()
+    host, port = gateway.url.rsplit(":", 1)
+    sock = socket.create_connection(("127.0.0.1", int(port)))
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                 b"Authorization: Bearer " + api_key.encode() + b"\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: "
+                 + str(len(body)).encode() + b"\r\n\r\n" + body)
+    received = b""
+    while received.count(b"data: ") < 5:
+        received += sock.recv(65536)
+    assert idle_instances(gateway) == 0           # the model is busy generating for us
+    sock.close()
+    closed_at = time.monotonic()
+    while idle_instances(gateway) == 0:
+        assert time.monotonic() - closed_at < 3.0, "generation did not stop within 3 s"
+        time.sleep(0.02)
+    stopped_after = time.monotonic() - closed_at
+    print(f"generation stopped {stopped_after * 1000:.0f} ms after the disconnect")
+
+    # The cut-off request is recorded as such, with the tokens actually relayed.
+    time.sleep(0.6)
+    events = db_run(gateway.db_uri, gateway.db_name,
+                    lambda s: s.usage.events.find({"status": 499}).to_list())
+    assert events, "no usage event for the disconnected request"
+    ev = events[-1]
+    assert ev["error_code"] == "client_disconnected" and ev["estimated"] is True
+    assert 5 <= ev["completion_tokens"] < 400
+
+
+def test_concurrent_requests_queue_fairly_without_blocking_the_loop(gateway, api_key):
+    async def one(client, i):
+        r = await client.post("/v1/chat/completions", json={
+            "model": MODEL, "max_tokens": 16, "temperature": 0,
+            "messages": [{"role": "user", "content": f"Name a colour. ({i})"}]})
+        return r.status_code, time.monotonic()
+
+    async def main():
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=120,
+                                     headers={"Authorization": f"Bearer {api_key}"}) as client:
+            tasks = []
+            for i in range(4):
+                tasks.append(asyncio.create_task(one(client, i)))
+                await asyncio.sleep(0.05)       # arrival order 0, 1, 2, 3
+            # While they run, the event loop still answers other requests.
+            health = await client.get("/healthz")
+            done = await asyncio.gather(*tasks)
+            return health, done
+
+    health, done = asyncio.run(main())
+    assert health.status_code == 200
+    assert [s for s, _ in done] == [200] * 4
+    finish_order = sorted(range(4), key=lambda i: done[i][1])
+    assert finish_order == [0, 1, 2, 3]           # first come, first served
