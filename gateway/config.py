@@ -32,6 +32,7 @@ class ServerConfig:
     trusted_proxies: list[str] = field(default_factory=list)
     log_level: str = "INFO"
     metrics_public: bool = False
+    metrics_token: str = ""         # bearer token that may scrape /metrics from anywhere
     request_timeout: float = 600.0
 
 
@@ -82,9 +83,42 @@ class LimitsConfig:
 
 
 @dataclass
+class FairUseConfig:
+    """``[fair_use]``: thresholds that raise an abuse flag (and optionally suspend)."""
+
+    enabled: bool = False
+    check_interval: float = 60.0        # seconds between checks of today's usage
+    min_requests: int = 50              # judge the error rate only after this many requests
+    max_error_rate: float = 0.0         # e.g. 0.5: flag when over half the requests fail; 0 off
+    max_daily_tokens: int = 0           # flag above this many tokens in a UTC day; 0 off
+    auto_suspend: bool = False          # also suspend the account (and email its owner)
+
+
+@dataclass
 class PluginsConfig:
     modules: list[str] = field(default_factory=list)   # extra plugin modules to import
     disabled: list[str] = field(default_factory=list)  # plugin names to block
+
+
+@dataclass
+class WebSocketConfig:
+    """``[websocket]``: caps and timers of the WebSocket chat endpoint (/v1/chat/ws)."""
+
+    max_message_bytes: int = 1_048_576  # larger client messages get an error (socket stays open)
+    max_in_flight: int = 4              # concurrent requests per socket
+    idle_timeout: float = 300.0         # close after this long with no message and nothing running
+    auth_timeout: float = 10.0          # an unauthenticated socket must send `auth` within this
+    ping_interval: float = 20.0         # protocol-level ping; 0 disables
+    send_timeout: float = 60.0          # a client that reads nothing for this long is dropped
+    allowed_origins: list[str] = field(default_factory=list)  # besides the gateway's own origin
+
+    def __post_init__(self) -> None:
+        for name in ("max_message_bytes", "max_in_flight", "idle_timeout", "auth_timeout",
+                     "send_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"websocket.{name}: must be greater than 0")
+        if self.ping_interval < 0:
+            raise ConfigError("websocket.ping_interval: must be 0 (off) or positive")
 
 
 @dataclass
@@ -95,6 +129,8 @@ class Config:
     usage: UsageConfig = field(default_factory=UsageConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
+    fair_use: FairUseConfig = field(default_factory=FairUseConfig)
+    websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
     models: list[ModelConfig] = field(default_factory=list)
     tiers: dict[str, TierConfig] = field(default_factory=dict)
     # Sections owned by plugins (e.g. [smtp], [dashboard]); validated by them.

@@ -16,6 +16,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.auth.api_key",
     "plugins.auth.session",
     "plugins.limits.tiers",
+    "plugins.limits.fair_use",
     "dashboard.plugin",
 )
 

@@ -1,12 +1,15 @@
-"""Request validation for the OpenAI-compatible API (JSON Schema, jsonschema).
+"""Request validation for the OpenAI-compatible API (JSON Schema).
 
-Errors name the offending parameter, as OpenAI does, and become 400 responses.
+Valid requests take the fast path: the schema compiled to Python by fastjsonschema
+(a few microseconds). Only an invalid request is validated again with jsonschema,
+whose detailed errors name the offending parameter, as OpenAI does (400).
 """
 from __future__ import annotations
 
 import json
 from typing import Any
 
+import fastjsonschema
 from jsonschema import Draft202012Validator
 
 from gateway.errors import APIError
@@ -74,6 +77,8 @@ COMPLETION_SCHEMA = {
 }
 _VALIDATORS = {"chat": Draft202012Validator(CHAT_SCHEMA),
                "completion": Draft202012Validator(COMPLETION_SCHEMA)}
+_FAST = {"chat": fastjsonschema.compile(CHAT_SCHEMA),
+         "completion": fastjsonschema.compile(COMPLETION_SCHEMA)}
 
 
 def parse_json(body: bytes) -> dict[str, Any]:
@@ -93,6 +98,11 @@ def parse_json(body: bytes) -> dict[str, Any]:
 
 def validate(kind: str, data: dict[str, Any]) -> None:
     """Validate a chat/completion body; raise a 400 naming the first bad parameter."""
+    try:
+        _FAST[kind](data)
+        return
+    except fastjsonschema.JsonSchemaException:
+        pass  # find and explain the error below
     error = next(iter(sorted(_VALIDATORS[kind].iter_errors(data),
                              key=lambda e: (len(e.absolute_path), str(e.absolute_path)))), None)
     if error is None:

@@ -8,6 +8,7 @@ import time
 
 from tornado.iostream import StreamClosedError
 
+from gateway import metrics
 from gateway.errors import APIError
 from gateway.handlers.base import BaseAPIHandler
 from gateway.streaming import ClientGone, Generation
@@ -21,6 +22,9 @@ def _dumps(data) -> str:
 
 class ModelsHandler(BaseAPIHandler):
     """GET /v1/models and /v1/models/{id}: the models this caller may use, with health."""
+
+    def on_finish(self) -> None:
+        metrics.count_request(self.gateway, "/v1/models", None, self.get_status())
 
     async def get(self, model_id: str | None = None) -> None:
         try:
@@ -55,6 +59,7 @@ class GenerationHandler(BaseAPIHandler):
             principal = await self.require_principal()
             data = parse_json(self.request.body)
             validate(self.kind, data)
+            self.metric_model = data["model"]
             max_tokens = data.get("max_completion_tokens") or data.get("max_tokens")
             req = GenerationRequest(self.kind, data["model"], data, max_tokens,
                                     self.id_prefix + secrets.token_hex(12))
@@ -73,6 +78,10 @@ class GenerationHandler(BaseAPIHandler):
             await self._stream(gen, data)
         else:
             await self._complete(gen)
+
+    def on_finish(self) -> None:
+        metrics.count_request(self.gateway, self.request.path,
+                              getattr(self, "metric_model", None), self.get_status())
 
     def on_connection_close(self) -> None:
         task = getattr(self, "_task", None)
@@ -110,6 +119,8 @@ class GenerationHandler(BaseAPIHandler):
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")
+        # Send each event at once (no Nagle delay); Tornado restores the default afterwards.
+        self.request.connection.stream.set_nodelay(True)
         sent = 0
 
         async def emit(chunk: Chunk) -> None:

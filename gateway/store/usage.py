@@ -53,6 +53,16 @@ class UsageStore:
         cursor = self.daily.find({"account_id": account_id, "day": {"$gte": since}})
         return [d async for d in cursor.sort("day", 1)]
 
+    async def totals_for_day(self, day: str) -> list[dict[str, Any]]:
+        """Per-account sums of one day's rollups: requests, errors, tokens."""
+        totals: dict[str, dict[str, int]] = {}
+        async for d in self.daily.find({"day": day}):
+            t = totals.setdefault(d["account_id"], {"requests": 0, "errors": 0, "tokens": 0})
+            t["requests"] += d.get("requests", 0)
+            t["errors"] += d.get("errors", 0)
+            t["tokens"] += d.get("prompt_tokens", 0) + d.get("completion_tokens", 0)
+        return [{"account_id": a, **t} for a, t in totals.items()]
+
     async def events_for_account(self, account_id: str, limit: int = 10_000) -> list[dict]:
         cursor = self.events.find({"account_id": account_id}, {"_id": 0})
         return [d async for d in cursor.sort("ts", -1).limit(limit)]

@@ -132,6 +132,8 @@ class TierLimiter:
         return Admission(limiter=self.name, max_tokens=max_tokens, headers=headers,
                          reservation={"plan": [(cid, c, exp) for n, cid, c, _, exp, _ in plan
                                                if n != "requests_per_minute"],
+                                      "requests": [cid for n, cid, *_ in plan
+                                                   if n == "requests_per_minute"],
                                       "lease": lease, "cost": cost})
 
     @staticmethod
@@ -162,6 +164,8 @@ class TierLimiter:
         if lease:
             self._leases.discard(lease)
             steps.append(self.store.counters.release_lease(lease))
+        if outcome == "denied":  # another limiter said no: this request never ran
+            steps += [self.store.counters.give_back(cid, 1) for cid in res.get("requests", [])]
         for cid, reserved, expires in res.get("plan", []):
             actual = usage.total_tokens
             if actual < reserved:

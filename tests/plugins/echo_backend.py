@@ -26,6 +26,8 @@ class EchoBackend:
         limit = req.max_tokens or len(words)
         for word in words[:limit]:
             await asyncio.sleep(self.delay)
+            if word == "FAIL":  # lets tests cause a real backend failure mid-stream
+                raise RuntimeError("echo backend failed on purpose")
             yield Chunk(word + " ")
         yield Chunk(finish_reason="stop" if limit >= len(words) else "length")
         yield Chunk(usage=Usage(len(words), min(limit, len(words))))

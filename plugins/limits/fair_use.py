@@ -1,0 +1,98 @@
+"""Built-in fair-use plugin: a background check of today's usage per account.
+
+An account whose error rate or daily token volume passes the operator's thresholds
+(``[fair_use]``) gets an ``abuse_flag`` that admins see; with ``auto_suspend`` it is
+also suspended and its owner is emailed through the outbox. The check reads the
+daily rollups only (metadata), so it costs nothing on the request path.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+
+from gateway.hookspecs import hookimpl
+
+log = logging.getLogger("allyoucantoken.fair_use")
+
+
+class FairUseMonitor:
+    """Flags (and optionally suspends) accounts far above normal use."""
+
+    name = "fair_use"
+
+    def __init__(self, config, store) -> None:
+        self.cfg = config.fair_use
+        self.store = store
+        self.gateway = None
+        self._task: asyncio.Task | None = None
+
+    async def start(self, gateway) -> None:
+        self.gateway = gateway
+        self._task = asyncio.ensure_future(self._loop())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.check_interval)
+            try:
+                await self.check()
+            except Exception:  # noqa: BLE001 - try again next round
+                log.exception("fair-use check failed")
+
+    def verdict(self, totals: dict) -> str | None:
+        """The reason to flag these day totals, or None."""
+        if self.cfg.max_daily_tokens and totals["tokens"] > self.cfg.max_daily_tokens:
+            return f"{totals['tokens']} tokens today (threshold {self.cfg.max_daily_tokens})"
+        if self.cfg.max_error_rate and totals["requests"] >= self.cfg.min_requests:
+            rate = totals["errors"] / totals["requests"]
+            if rate > self.cfg.max_error_rate:
+                return (f"error rate {rate:.0%} over {totals['requests']} requests today "
+                        f"(threshold {self.cfg.max_error_rate:.0%})")
+        return None
+
+    async def check(self, now: datetime | None = None) -> list[str]:
+        """Flag the accounts over a threshold today; returns their ids."""
+        now = now or datetime.now(UTC)
+        day = now.strftime("%Y-%m-%d")
+        flagged = []
+        for totals in await self.store.usage.totals_for_day(day):
+            reason = self.verdict(totals)
+            if reason is None:
+                continue
+            account = await self.store.accounts.get(totals["account_id"])
+            if not account or (account.get("abuse_flag") or {}).get("day") == day:
+                continue
+            fields = {"abuse_flag": {"reason": reason, "day": day, "at": now}}
+            suspend = self.cfg.auto_suspend and account.get("status") == "active"
+            if suspend:
+                fields["status"] = "suspended"
+            await self.store.accounts.update(account["_id"], **fields)
+            log.warning("fair use: flagged account %s: %s%s", account["_id"], reason,
+                        "; suspended" if suspend else "")
+            if suspend:
+                await self._notify(account, reason)
+            flagged.append(account["_id"])
+        return flagged
+
+    async def _notify(self, account: dict, reason: str) -> None:
+        try:
+            from gateway.mailer import enqueue
+        except ImportError:  # the email feature is not installed
+            return
+        if getattr(self.store, "outbox", None) is None:
+            return
+        await enqueue(self.gateway, account["email"], "Your AllYouCanToken account is suspended",
+                      "Your account was suspended automatically under our fair-use policy:\n"
+                      f"{reason}.\n\nReply to this message if you think this is a mistake.",
+                      kind="status_suspended", account_id=account["_id"])
+
+
+@hookimpl
+def register_services(register, config, store):
+    """Register the fair-use monitor when ``[fair_use] enabled = true``."""
+    if config.fair_use.enabled:
+        register(FairUseMonitor(config, store))

@@ -1,0 +1,83 @@
+import asyncio
+import time
+import uuid
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+
+from tests.helpers import db_run
+
+TIERS = {
+    "rpm5": {"requests_per_minute": 5},
+    "rpm6": {"requests_per_minute": 6},
+    "streams2": {"concurrent_streams": 2},
+    "streams1": {"concurrent_streams": 1},
+    "tokens": {"tokens_per_minute": 400, "tokens_per_day": 100000, "max_tokens": 20},
+    "clamp": {"max_tokens": 3, "max_tokens_policy": "clamp"},
+    "narrow": {"models": ["echo"], "max_prompt_chars": 200},
+    "roomy": {"requests_per_minute": 100, "concurrent_streams": 2, "tokens_per_minute": 10000},
+}
+MODELS = [{"name": "echo", "backend": "echo"},
+          {"name": "echo-slow", "backend": "echo", "options": {"delay": 0.2}},
+          {"name": "echo-b", "backend": "echo"}]
+
+
+def limits_config(**extra):
+    cfg = {"plugins": {"modules": ["tests.plugins.echo_backend",
+                                   "tests.plugins.model_pause_limiter"]},
+           "models": MODELS, "tiers": TIERS,
+           "limits": {"default_tier": "rpm5", "lease_ttl": 3.0},
+           "auth": {"key_cache_ttl": 0.5}}
+    cfg.update(extra)
+    return cfg
+
+
+@pytest.fixture(scope="package")
+def limits_gw(mongo, tmp_path_factory):
+    from tests.helpers import start_gateway
+    gw = start_gateway(tmp_path_factory.mktemp("limits"), mongo.uri, limits_config())
+    yield gw
+    gw.stop()
+
+
+class Account:
+    """A fresh account with one key in a given tier."""
+
+    def __init__(self, gw, tier):
+        self.gw = gw
+        self.email = f"{tier}-{uuid.uuid4().hex[:8]}@example.com"
+        self.key = gw.create_key(self.email, tier=tier)
+        self.id = db_run(gw.db_uri, gw.db_name,
+                         lambda s: s.accounts.by_email(self.email))["_id"]
+
+    @property
+    def headers(self):
+        return {"Authorization": f"Bearer {self.key}"}
+
+    def live_leases(self, gw=None):
+        gw = gw or self.gw
+        return db_run(gw.db_uri, gw.db_name,
+                      lambda s: s.counters.live_leases(f"streams:{self.id}"))
+
+    def counter(self, prefix, window=None):
+        window = window or datetime.now(UTC).strftime("%Y%m%d%H%M")
+        return db_run(self.gw.db_uri, self.gw.db_name,
+                      lambda s: s.counters.value(f"{prefix}:{self.id}:{window}"))
+
+
+def body(model="echo", text="hello there", **kw):
+    return {"model": model, "messages": [{"role": "user", "content": text}], **kw}
+
+
+def wait_for_fresh_minute(margin=8):
+    """Start a burst well inside one fixed minute window."""
+    if datetime.now(UTC).second > 60 - margin:
+        time.sleep(61 - datetime.now(UTC).second)
+
+
+async def burst(urls_and_headers, n_each, payload):
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=500)) as c:
+        tasks = [c.post(url + "/v1/chat/completions", json=payload, headers=h)
+                 for url, h in urls_and_headers for _ in range(n_each)]
+        return await asyncio.gather(*tasks)
