@@ -68,6 +68,31 @@ async def run_load(url: str, headers: dict, concurrency: int, rounds: int,
             "chunks_per_s": chunks / wall, "n": len(ttfts)}
 
 
+def db_commands(gateway_url: str) -> dict[str, float]:
+    """The gateway's MongoDB command counters (ayct_db_commands_total) by command."""
+    import httpx
+    out = {}
+    for line in httpx.get(gateway_url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith("ayct_db_commands_total{"):
+            name = line.split('command="', 1)[1].split('"', 1)[0]
+            out[name] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def round_trips(gw, via_on, n: int) -> dict[str, float]:
+    """MongoDB commands per request with limits on, n sequential requests (steady state,
+    including the amortised usage writes)."""
+    import time as _time
+    asyncio.run(run_load(*via_on, 1, 5, BODY))
+    _time.sleep(1.5)                      # let the usage writer flush the warm-up
+    before = db_commands(gw.url)
+    asyncio.run(run_load(*via_on, 1, n, BODY))
+    _time.sleep(1.5)
+    after = db_commands(gw.url)
+    return {k: (after.get(k, 0) - before.get(k, 0)) / (n + 1) for k in after
+            if after.get(k, 0) - before.get(k, 0) > 0}
+
+
 def set_upstream(upstream: str, **settings) -> None:
     import httpx
     httpx.post(upstream + "/settings", json=settings, timeout=10)
@@ -116,6 +141,7 @@ def main() -> None:
             off = asyncio.run(run_load(*via, conc, n, BODY))
             on = asyncio.run(run_load(*via_on, conc, n, BODY))
             adm.append((conc, off, on))
+        trips = round_trips(gw, via_on, 100 if ns.quick else 300)
     finally:
         gw.stop()
         stop_process(upstream_proc)
@@ -134,6 +160,9 @@ def main() -> None:
     for conc, off, on in adm:
         print(f"{'TTFT @ ' + str(conc) + ' streams':<32}{off['p50']:>8.2f}ms{on['p50']:>8.2f}ms"
               f"{on['p50'] - off['p50']:>8.2f}ms")
+    print("\nMongoDB round trips per request, limits on (steady state, usage writes amortised):")
+    print("  " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(trips.items())) +
+          f"  = {sum(trips.values()):.2f} in all")
 
 
 if __name__ == "__main__":
