@@ -1,11 +1,12 @@
 """Exact limit counters and concurrent-stream leases, without transactions.
 
-Each counter is one document per (subject, limit, window). Taking quota is a single
-conditional upsert: ``update_one({_id, n <= limit - cost}, {$inc: {n: cost}}, upsert)``.
-When the window is already too full, the filter misses, the upsert tries to insert
-the same ``_id`` and fails with a duplicate-key error: the request is denied. MongoDB
-applies single-document updates atomically, so this never over-admits, across any
-number of gateway processes.
+Each window is one document per (subject, window), with one field per limit counted
+in it (e.g. requests and tokens of one minute). Taking quota is a single conditional
+upsert: ``find_one_and_update({_id, f: {$not: {$gt: limit - cost}}, ...},
+{$inc: {f: cost, ...}}, upsert)``. When any field would pass its limit, the filter
+misses, the upsert tries to insert the same ``_id`` and fails with a duplicate-key
+error: the request is denied and nothing is counted. MongoDB applies single-document
+updates atomically, so this never over-admits, across any number of gateway processes.
 
 Concurrent-stream slots are lease documents with an expiry that the holder renews;
 a crashed process's leases stop counting once they expire.
@@ -31,37 +32,41 @@ class Counters:
         await self.leases.create_index([("subject", 1), ("expires_at", 1)])
         await self.leases.create_index("expires_at", expireAfterSeconds=0)
 
-    async def take(self, counter_id: str, cost: int, limit: int,
-                   expires_at: datetime) -> int | None:
-        """Add ``cost`` if the counter stays within ``limit``: the new value, or None if not."""
-        if cost > limit:
+    async def take(self, window_id: str, costs: dict[str, tuple[int, int]],
+                   expires_at: datetime) -> dict | None:
+        """Add every ``field: (cost, limit)`` if all stay within their limits (one round
+        trip, all or nothing). Returns the window's new values, or None if refused."""
+        if any(cost > limit for cost, limit in costs.values()):
             return None
+        query: dict = {"_id": window_id}
+        for field, (cost, limit) in costs.items():
+            query[field] = {"$not": {"$gt": limit - cost}}   # a missing field counts as 0
         try:
-            doc = await self.counters.find_one_and_update(
-                {"_id": counter_id, "n": {"$lte": limit - cost}},
-                {"$inc": {"n": cost}, "$setOnInsert": {"expires_at": expires_at}},
+            return await self.counters.find_one_and_update(
+                query, {"$inc": {f: c for f, (c, _) in costs.items()},
+                        "$setOnInsert": {"expires_at": expires_at}},
                 upsert=True, return_document=ReturnDocument.AFTER)
-            return int(doc["n"])
         except DuplicateKeyError:
             return None
 
-    async def add(self, counter_id: str, amount: int, expires_at: datetime) -> None:
-        """Add usage beyond what was reserved (no limit check; it counts against later requests)."""
-        if amount > 0:
-            await self.counters.update_one({"_id": counter_id},
-                                           {"$inc": {"n": amount},
+    async def add(self, window_id: str, amounts: dict[str, int], expires_at: datetime) -> None:
+        """Add usage beyond what was reserved (no limit check; later requests pay for it)."""
+        amounts = {f: a for f, a in amounts.items() if a > 0}
+        if amounts:
+            await self.counters.update_one({"_id": window_id},
+                                           {"$inc": amounts,
                                             "$setOnInsert": {"expires_at": expires_at}},
                                            upsert=True)
 
-    async def give_back(self, counter_id: str, amount: int) -> None:
-        """Return unused quota (a refund; never below zero in practice)."""
-        if amount > 0:
-            await self.counters.update_one({"_id": counter_id, "n": {"$gte": amount}},
-                                           {"$inc": {"n": -amount}})
+    async def give_back(self, window_id: str, amounts: dict[str, int]) -> None:
+        """Return unused quota (each refund is at most what the same request took)."""
+        amounts = {f: -a for f, a in amounts.items() if a > 0}
+        if amounts:
+            await self.counters.update_one({"_id": window_id}, {"$inc": amounts})
 
-    async def value(self, counter_id: str) -> int:
-        doc = await self.counters.find_one({"_id": counter_id})
-        return int(doc["n"]) if doc else 0
+    async def values(self, window_id: str) -> dict[str, int]:
+        doc = await self.counters.find_one({"_id": window_id}) or {}
+        return {k: int(v) for k, v in doc.items() if k not in ("_id", "expires_at")}
 
     async def acquire_lease(self, subject: str, cap: int, ttl: float) -> str | None:
         """Take one of ``cap`` concurrent slots for ``subject``; None when all are taken.

@@ -6,9 +6,11 @@ all zeros is the permissive default.
 
 Windows are fixed (UTC minute, UTC day). Admission reserves 1 request and a token
 estimate (prompt estimate + max_tokens) with conditional counters in MongoDB (see
-``gateway.store.counters``), plus a concurrent-stream lease; these run concurrently,
-so admission costs about one database round trip of latency. Settlement refunds the
-unused token reservation and releases the lease.
+``gateway.store.counters``): one document per window, so requests/minute and
+tokens/minute cost a single round trip, tokens/day another. A concurrent-stream lease
+is taken at the same time; admission therefore costs about two round trips of latency
+(the lease is insert-then-count). Settlement refunds the unused token reservation and
+releases the lease.
 """
 from __future__ import annotations
 
@@ -87,91 +89,100 @@ class TierLimiter:
         day = now.replace(hour=0, minute=0, second=0, microsecond=0)
         minute_reset = (minute + timedelta(minutes=1) - now).total_seconds()
         day_reset = (day + timedelta(days=1) - now).total_seconds()
-        counters = self.store.counters
-        plan = []  # (limit name, counter id, cost, limit, expires, reset seconds)
+        # One document per window; every limit of a window is taken in one round trip.
+        windows = []   # (window id, {field: (cost, limit)}, expires, reset, limit names)
+        per_minute = {}
         if tier.requests_per_minute:
-            plan.append(("requests_per_minute", f"rpm:{acct}:{minute:%Y%m%d%H%M}", 1,
-                         tier.requests_per_minute, minute + timedelta(minutes=2), minute_reset))
+            per_minute["requests"] = (1, tier.requests_per_minute)
         if tier.tokens_per_minute:
-            plan.append(("tokens_per_minute", f"tpm:{acct}:{minute:%Y%m%d%H%M}", cost,
-                         tier.tokens_per_minute, minute + timedelta(minutes=2), minute_reset))
+            per_minute["tokens"] = (cost, tier.tokens_per_minute)
+        if per_minute:
+            windows.append((f"m:{acct}:{minute:%Y%m%d%H%M}", per_minute,
+                            minute + timedelta(minutes=2), minute_reset,
+                            {"requests": "requests_per_minute", "tokens": "tokens_per_minute"}))
         if tier.tokens_per_day:
-            plan.append(("tokens_per_day", f"tpd:{acct}:{day:%Y%m%d}", cost,
-                         tier.tokens_per_day, day + timedelta(days=2), day_reset))
-        steps = [counters.take(cid, c, lim, exp) for _, cid, c, lim, exp, _ in plan]
+            windows.append((f"d:{acct}:{day:%Y%m%d}", {"tokens": (cost, tier.tokens_per_day)},
+                            day + timedelta(days=2), day_reset, {"tokens": "tokens_per_day"}))
+        counters = self.store.counters
+        steps = [counters.take(wid, costs, exp) for wid, costs, exp, _, _ in windows]
         if tier.concurrent_streams:
             steps.append(counters.acquire_lease(f"streams:{acct}", tier.concurrent_streams,
                                                 self.lease_ttl))
         results = await asyncio.gather(*steps, return_exceptions=True)
-        lease = results[len(plan)] if tier.concurrent_streams else None
-        failed = next((i for i, r in enumerate(results[:len(plan)])
-                       if r is None or isinstance(r, BaseException)), None)
+        taken = results[:len(windows)]
+        lease = results[len(windows)] if tier.concurrent_streams else None
         error = next((r for r in results if isinstance(r, BaseException)), None)
-        lease_failed = bool(tier.concurrent_streams) and (lease is None or
-                                                          isinstance(lease, BaseException))
-        headers = self._headers(plan, results, now)
-        if failed is not None or lease_failed:
-            await self._undo(plan, results, lease)
-            if error is not None:
-                raise error
-            if failed is not None:
-                name, _, c, lim, _, reset = plan[failed]
-                what = "requests" if name == "requests_per_minute" else "tokens"
-                msg = (f"Rate limit reached for {name.replace('_', ' ')}: limit {lim}; "
-                       f"this request needs {c} {what}. Try again in {_fmt(reset)}.")
-                if c > lim:
-                    msg = (f"This request needs about {c} tokens, more than your tier's "
-                           f"{name.replace('_', ' ')} limit of {lim}. Lower max_tokens.")
-                return _deny(name, msg, retry_after=reset, headers=headers)
-            return _deny("concurrent_streams", f"Too many concurrent streams: your tier allows "
-                         f"{tier.concurrent_streams}. Try again when one has finished.",
-                         retry_after=1.0, headers=headers)
-        if lease:
-            self._leases.add(lease)
-            self._ensure_renewer()
-        return Admission(limiter=self.name, max_tokens=max_tokens, headers=headers,
-                         reservation={"plan": [(cid, c, exp) for n, cid, c, _, exp, _ in plan
-                                               if n != "requests_per_minute"],
-                                      "requests": [cid for n, cid, *_ in plan
-                                                   if n == "requests_per_minute"],
-                                      "lease": lease, "cost": cost})
+        refused = [i for i, r in enumerate(taken) if not isinstance(r, dict)]
+        lease_refused = bool(tier.concurrent_streams) and not isinstance(lease, str)
+        if error is None and not refused and not lease_refused:
+            if lease:
+                self._leases.add(lease)
+                self._ensure_renewer()
+            headers = self._headers(windows[0], taken[0]) if per_minute else {}
+            return Admission(limiter=self.name, max_tokens=max_tokens, headers=headers,
+                             reservation={"windows": [(w[0], w[2], "requests" in w[1])
+                                                      for w in windows],
+                                          "cost": cost, "lease": lease})
+        await self._undo(windows, taken, lease)
+        if error is not None:
+            raise error
+        if refused:
+            wid, costs, _, reset, names = windows[refused[0]]
+            values = await counters.values(wid)
+            field = next((f for f, (c, lim) in costs.items() if values.get(f, 0) + c > lim),
+                         next(iter(costs)))
+            c, lim = costs[field]
+            name = names[field]
+            headers = self._headers(windows[0], values) if per_minute else {}
+            what = "requests" if field == "requests" else "tokens"
+            msg = (f"Rate limit reached for {name.replace('_', ' ')}: limit {lim}; this "
+                   f"request needs {c} {what}. Try again in {_fmt(reset)}.")
+            if c > lim:
+                msg = (f"This request needs about {c} tokens, more than your tier's "
+                       f"{name.replace('_', ' ')} limit of {lim}. Lower max_tokens.")
+            return _deny(name, msg, retry_after=reset, headers=headers)
+        headers = self._headers(windows[0], taken[0]) if per_minute else {}
+        return _deny("concurrent_streams", f"Too many concurrent streams: your tier allows "
+                     f"{tier.concurrent_streams}. Try again when one has finished.",
+                     retry_after=1.0, headers=headers)
 
     @staticmethod
-    def _headers(plan, results, now) -> dict[str, str]:
+    def _headers(window, values) -> dict[str, str]:
+        """OpenAI's x-ratelimit-* headers from the minute window's counters."""
+        _, costs, _, reset, _ = window
+        values = values if isinstance(values, dict) else {}
         headers: dict[str, str] = {}
-        for (name, _, cost, lim, _, reset), value in zip(plan, results):
-            if name == "tokens_per_day":
-                continue
-            kind = "requests" if name == "requests_per_minute" else "tokens"
-            used = value if isinstance(value, int) else None
-            headers[f"x-ratelimit-limit-{kind}"] = str(lim)
-            headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, lim - used) if used is not None
-                                                           else 0)
-            headers[f"x-ratelimit-reset-{kind}"] = _fmt(reset)
+        for field, (_, limit) in costs.items():
+            headers[f"x-ratelimit-limit-{field}"] = str(limit)
+            headers[f"x-ratelimit-remaining-{field}"] = str(max(0, limit - values.get(field, 0)))
+            headers[f"x-ratelimit-reset-{field}"] = _fmt(reset)
         return headers
 
-    async def _undo(self, plan, results, lease) -> None:
-        refunds = [self.store.counters.give_back(cid, c)
-                   for (_, cid, c, _, _, _), r in zip(plan, results) if isinstance(r, int)]
+    async def _undo(self, windows, taken, lease) -> None:
+        steps = [self.store.counters.give_back(wid, {f: c for f, (c, _) in costs.items()})
+                 for (wid, costs, *_), r in zip(windows, taken) if isinstance(r, dict)]
         if isinstance(lease, str):
-            refunds.append(self.store.counters.release_lease(lease))
-        await asyncio.gather(*refunds, return_exceptions=True)
+            steps.append(self.store.counters.release_lease(lease))
+        await asyncio.gather(*steps, return_exceptions=True)
 
     async def settle(self, admission: Admission, usage: Usage, outcome: str) -> None:
         res = admission.reservation
-        lease = res.get("lease")
         steps = []
+        lease = res.get("lease")
         if lease:
             self._leases.discard(lease)
             steps.append(self.store.counters.release_lease(lease))
-        if outcome == "denied":  # another limiter said no: this request never ran
-            steps += [self.store.counters.give_back(cid, 1) for cid in res.get("requests", [])]
-        for cid, reserved, expires in res.get("plan", []):
-            actual = usage.total_tokens
-            if actual < reserved:
-                steps.append(self.store.counters.give_back(cid, reserved - actual))
-            elif actual > reserved:
-                steps.append(self.store.counters.add(cid, actual - reserved, expires))
+        # Reconcile the token reservation with the real usage; a request another
+        # limiter refused never ran, so its request count goes back too.
+        unused = res.get("cost", 0) - usage.total_tokens
+        for wid, expires, counts_requests in res.get("windows", []):
+            refund = {"tokens": unused} if unused > 0 else {}
+            if outcome == "denied" and counts_requests:
+                refund["requests"] = 1
+            if refund:
+                steps.append(self.store.counters.give_back(wid, refund))
+            if unused < 0:
+                steps.append(self.store.counters.add(wid, {"tokens": -unused}, expires))
         if steps:
             await asyncio.gather(*steps)
 

@@ -60,10 +60,11 @@ class Account:
         return db_run(gw.db_uri, gw.db_name,
                       lambda s: s.counters.live_leases(f"streams:{self.id}"))
 
-    def counter(self, prefix, window=None):
-        window = window or datetime.now(UTC).strftime("%Y%m%d%H%M")
+    def counter(self, field):
+        """This minute's server-side counter: "requests" or "tokens"."""
+        window = f"m:{self.id}:{datetime.now(UTC):%Y%m%d%H%M}"
         return db_run(self.gw.db_uri, self.gw.db_name,
-                      lambda s: s.counters.value(f"{prefix}:{self.id}:{window}"))
+                      lambda s: s.counters.values(window)).get(field, 0)
 
 
 def body(model="echo", text="hello there", **kw):

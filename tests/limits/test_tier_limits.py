@@ -20,7 +20,7 @@ def test_requests_per_minute_is_exact_under_a_burst(limits_gw):
     responses = asyncio.run(burst([(limits_gw.url, acct.headers)], 25, body()))
     statuses = Counter(r.status_code for r in responses)
     assert statuses == {200: 5, 429: 20}
-    assert acct.counter("rpm") == 5                       # the server's own counter agrees
+    assert acct.counter("requests") == 5                       # the server's own counter agrees
     denied = next(r for r in responses if r.status_code == 429)
     err = denied.json()["error"]
     assert err["code"] == "requests_per_minute" and err["type"] == "rate_limit_error"
@@ -41,7 +41,7 @@ def test_limit_is_shared_exactly_by_two_gateway_processes(limits_gw, start_gw):
     responses = asyncio.run(burst([(limits_gw.url, acct.headers), (second.url, acct.headers)],
                                   15, body()))
     assert Counter(r.status_code for r in responses) == {200: 6, 429: 24}
-    assert acct.counter("rpm") == 6
+    assert acct.counter("requests") == 6
 
 
 def test_concurrent_stream_cap_holds_at_every_instant(limits_gw):
@@ -165,7 +165,7 @@ def test_tokens_are_reserved_then_reconciled_with_real_usage(limits_gw):
         totals += r.json()["usage"]["total_tokens"]
         assert "x-ratelimit-remaining-tokens" in r.headers
     # Reservations were prompt estimate + 20 each; only the real usage stays counted.
-    assert acct.counter("tpm") == totals
+    assert acct.counter("tokens") == totals
     too_big = httpx.post(limits_gw.url + "/v1/chat/completions", headers=acct.headers,
                          json=body("echo", "x", max_tokens=21))
     assert too_big.status_code == 400 and too_big.json()["error"]["param"] == "max_tokens"
@@ -210,8 +210,8 @@ def test_custom_limiter_composes_with_the_tier_limiter(limits_gw):
         assert r.status_code == 429 and r.json()["error"]["code"] == "model_paused"
         assert r.headers["Retry-After"] == "30"
     # The tier limiter had reserved a request, tokens and a slot each time: all released.
-    assert acct.counter("rpm") == 0 and acct.counter("tpm") == 0
+    assert acct.counter("requests") == 0 and acct.counter("tokens") == 0
     assert acct.live_leases() == 0
     assert httpx.post(limits_gw.url + "/v1/chat/completions", headers=acct.headers,
                       json=body("echo")).status_code == 200
-    assert acct.counter("rpm") == 1
+    assert acct.counter("requests") == 1
