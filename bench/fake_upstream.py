@@ -4,7 +4,9 @@ Used by the benchmark (gateway vs direct) and by tests of the openai_compatible
 backend. It is a real HTTP server (aiohttp); it streams ``tokens`` chunks of
 ``chunk_chars`` characters, one every ``interval`` seconds, and reports usage when
 asked. ``GET /stats`` tells how many streams started, finished and were cut off by
-the client (what disconnect tests check).
+the client (what disconnect tests check). ``--fail-status`` makes every completion
+request fail with that HTTP status (failover tests); ``POST /settings`` changes any
+setting of a running server.
 
     python -m bench.fake_upstream --port 9100 --tokens 64 --interval 0.005
 """
@@ -22,13 +24,16 @@ class FakeUpstream:
     """The server state: settings and counters."""
 
     def __init__(self, tokens: int = 32, interval: float = 0.0, chunk_chars: int = 4,
-                 first_delay: float = 0.0, send_usage: bool = True) -> None:
+                 first_delay: float = 0.0, send_usage: bool = True,
+                 fail_status: int = 0) -> None:
         self.tokens = tokens
         self.interval = interval
         self.chunk_chars = chunk_chars
         self.first_delay = first_delay
         self.send_usage = send_usage
-        self.stats = {"started": 0, "finished": 0, "disconnected": 0, "active": 0}
+        self.fail_status = fail_status   # answer every completion with this HTTP status
+        self.stats = {"started": 0, "finished": 0, "disconnected": 0, "active": 0,
+                      "requests": 0}
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -51,7 +56,12 @@ class FakeUpstream:
         return web.json_response({"ok": True})
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
+        self.stats["requests"] += 1
         body = await request.json()
+        if self.fail_status:
+            return web.json_response({"error": {"message": "fake failure", "type": "server_error",
+                                                "param": None, "code": None}},
+                                     status=self.fail_status)
         chat = request.path.endswith("chat/completions")
         tokens = min(self.tokens, int(body.get("max_tokens") or self.tokens))
         piece = "x" * self.chunk_chars
@@ -117,9 +127,12 @@ def main() -> None:
     p.add_argument("--chunk-chars", type=int, default=4)
     p.add_argument("--first-delay", type=float, default=0.0)
     p.add_argument("--no-usage", action="store_true")
+    p.add_argument("--fail-status", type=int, default=0,
+                   help="answer every completion request with this HTTP status")
     ns = p.parse_args()
     asyncio.run(run(ns.port, tokens=ns.tokens, interval=ns.interval, chunk_chars=ns.chunk_chars,
-                    first_delay=ns.first_delay, send_usage=not ns.no_usage))
+                    first_delay=ns.first_delay, send_usage=not ns.no_usage,
+                    fail_status=ns.fail_status))
 
 
 if __name__ == "__main__":

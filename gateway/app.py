@@ -12,7 +12,7 @@ import tornado.web
 
 from gateway import embedded_db
 from gateway.config import Config
-from gateway.handlers import ops, openai
+from gateway.handlers import ops, openai, ws
 from gateway.handlers.base import NotFoundHandler
 from gateway.plugins import get_plugin_manager
 from gateway.runtime import Gateway
@@ -20,7 +20,7 @@ from gateway.store import Store
 
 log = logging.getLogger("allyoucantoken")
 
-CORE_ROUTES = [*openai.ROUTES, *ops.ROUTES]
+CORE_ROUTES = [*openai.ROUTES, *ws.ROUTES, *ops.ROUTES]
 
 
 def make_app(gateway: Gateway) -> tornado.web.Application:

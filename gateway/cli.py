@@ -129,7 +129,10 @@ def main(argv: list[str] | None = None) -> None:
             cfg.server.port = ns.port
         if ns.host:
             cfg.server.host = ns.host
-        asyncio.run(serve(cfg))
+        try:
+            asyncio.run(serve(cfg))
+        except config_mod.ConfigError as exc:  # plugin sections are validated at start
+            sys.exit(f"configuration error: {exc}")
     elif ns.cmd == "keys":
         asyncio.run(_keys(ns, cfg))
     elif ns.cmd == "db":

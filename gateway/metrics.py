@@ -1,16 +1,52 @@
-"""Prometheus metrics (prometheus_client); served at /metrics."""
+"""Prometheus metrics (prometheus_client); served at /metrics (see handlers/ops.py).
+
+Label values are always bounded: model labels are configured model names (anything
+else a client sends is counted as ``-``), routes are fixed strings, statuses are
+HTTP codes. No label ever carries request content, a key or an account.
+"""
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-REQUESTS = Counter("ayct_requests_total", "API requests", ["route", "model", "status"])
-ACTIVE_STREAMS = Gauge("ayct_active_streams", "Streams in progress", ["transport"])
-TTFT = Histogram("ayct_time_to_first_token_seconds", "Time to first token", ["model"],
+REQUESTS = Counter("ayct_requests_total", "API requests by route, model and HTTP status",
+                   ["route", "model", "status"])
+ACTIVE_STREAMS = Gauge("ayct_active_streams", "Generations in progress, by transport "
+                       "(sse, http, ws)", ["transport"])
+TTFT = Histogram("ayct_time_to_first_token_seconds",
+                 "Time from request arrival to the first token relayed", ["model"],
                  buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
 OVERHEAD = Histogram("ayct_gateway_overhead_seconds",
-                     "Time from request arrival until the backend is called",
+                     "Time from request arrival until the backend is called "
+                     "(parsing, auth, limits)",
                      buckets=(.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1))
-TOKENS = Counter("ayct_tokens_total", "Tokens relayed", ["model", "direction"])
-BACKEND_ERRORS = Counter("ayct_backend_errors_total", "Backend errors", ["model", "code"])
-LIMIT_REJECTIONS = Counter("ayct_limit_rejections_total", "Requests denied by a limit", ["limit"])
+TOKENS = Counter("ayct_tokens_total", "Tokens relayed (direction in = prompt, out = "
+                 "completion)", ["model", "direction"])
+BACKEND_ERRORS = Counter("ayct_backend_errors_total",
+                         "Generations that ended in a backend error, by HTTP status",
+                         ["model", "code"])
+LIMIT_REJECTIONS = Counter("ayct_limit_rejections_total", "Requests denied by a limit",
+                           ["limit"])
 USAGE_DROPPED = Counter("ayct_usage_events_dropped_total", "Usage events dropped (buffer full)")
+BACKEND_RETRIES = Counter("ayct_backend_retries_total",
+                          "Upstream attempts that failed before the first token (then retried "
+                          "on another replica, or given up), by error code", ["model", "reason"])
+REPLICA_UP = Gauge("ayct_backend_replica_up", "Upstream replica health (1 up, 0 down)",
+                   ["model", "replica"])
+
+for _transport in ("sse", "http", "ws"):
+    ACTIVE_STREAMS.labels(_transport)
+
+
+def count_request(gateway, route: str, model: str | None, status: int, task=None) -> None:
+    """Count one finished API request; unknown model names become ``-``. A request
+    whose generation ``task`` ended because the client went away counts as 499."""
+    label = model if isinstance(model, str) and model in gateway.backends else "-"
+    if task is not None and task.done() and (task.cancelled() or _client_gone(task)):
+        status = 499
+    REQUESTS.labels(route, label, str(status)).inc()
+
+
+def _client_gone(task) -> bool:
+    from gateway.streaming import ClientGone  # noqa: PLC0415 - streaming imports metrics
+
+    return isinstance(task.exception(), ClientGone)

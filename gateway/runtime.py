@@ -87,7 +87,8 @@ class Gateway:
         names = [m.name for m in self.config.models]
         if principal is None:
             return names
-        tier = self.config.tiers.get(principal.tier)
+        tier = self.config.tiers.get(principal.tier) or \
+            self.config.tiers.get(self.config.limits.default_tier)  # as the tier limiter does
         if tier is None or "*" in tier.models:
             return names
         return [n for n in names if n in tier.models]

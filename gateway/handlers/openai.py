@@ -81,7 +81,8 @@ class GenerationHandler(BaseAPIHandler):
 
     def on_finish(self) -> None:
         metrics.count_request(self.gateway, self.request.path,
-                              getattr(self, "metric_model", None), self.get_status())
+                              getattr(self, "metric_model", None), self.get_status(),
+                              task=getattr(self, "_task", None))
 
     def on_connection_close(self) -> None:
         task = getattr(self, "_task", None)

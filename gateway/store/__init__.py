@@ -9,8 +9,14 @@ from __future__ import annotations
 from pymongo import AsyncMongoClient
 
 from gateway.store.accounts import Accounts
+from gateway.store.audit import AuditLog
 from gateway.store.counters import Counters
 from gateway.store.keys import ApiKeys
+from gateway.store.monitoring import CommandCounter
+from gateway.store.outbox import Outbox
+from gateway.store.privacy import Privacy
+from gateway.store.resets import PasswordResets
+from gateway.store.sessions import Sessions
 from gateway.store.usage import UsageStore
 
 
@@ -19,13 +25,21 @@ class Store:
 
     def __init__(self, uri: str, db_name: str) -> None:
         self.client = AsyncMongoClient(uri, tz_aware=True, connect=False,
-                                       serverSelectionTimeoutMS=10_000)
+                                       serverSelectionTimeoutMS=10_000,
+                                       event_listeners=[CommandCounter()])
         self.db = self.client[db_name]
         self.accounts = Accounts(self.db)
         self.keys = ApiKeys(self.db)
         self.usage = UsageStore(self.db)
         self.counters = Counters(self.db)
-        self.repositories: list = [self.accounts, self.keys, self.usage, self.counters]
+        self.sessions = Sessions(self.db)
+        self.outbox = Outbox(self.db)
+        self.audit = AuditLog(self.db)
+        self.privacy = Privacy(self.db)
+        self.resets = PasswordResets(self.db)
+        self.repositories: list = [self.accounts, self.keys, self.usage, self.counters,
+                                   self.sessions, self.outbox, self.audit, self.privacy,
+                                   self.resets]
 
     def add_repository(self, name: str, repository) -> None:
         """Attach a further repository (from a store module of this package)."""

@@ -1,28 +1,49 @@
 """Built-in backend: any OpenAI-compatible upstream (mlc_llm serve, vLLM, SGLang,
 llama.cpp server), over pooled keep-alive HTTP connections (aiohttp).
 
+Several replicas may serve one model. Each request goes to the least busy healthy
+replica (ties rotate). A background loop probes every replica's ``/models``; a replica
+that fails a probe or refuses a connection is taken out until a probe succeeds again.
+A request is retried on another replica only while nothing has been sent to the client
+(before the first token); once a token is out, an upstream failure ends the stream
+with an error.
+
 Model options (``[[models]] options``):
-  base_url / base_urls   upstream root(s) ending in /v1; several = replicas (least busy first)
+  base_url / base_urls   upstream root(s) ending in /v1; several = replicas
   upstream_model         model name at the upstream (default: the gateway model name)
   api_key                bearer token for the upstream, if it wants one
-  connect_timeout        seconds (default 5)
-  read_timeout           seconds between chunks (default 120)
+  connect_timeout        seconds to open a TCP connection (default 5)
+  read_timeout           seconds to wait for response headers or the next chunk (default 120)
   max_connections        pooled connections per replica (default 256)
+  keepalive_timeout      seconds an idle pooled connection is kept (default 4: shorter
+                         than the upstream's own keep-alive timeout, 5 s for uvicorn)
+  health_interval        seconds between health probes of each replica (default 5)
+  health_timeout         seconds a probe may take (default 2)
+  max_attempts           replicas tried for one request before giving up (default: all)
+
+Errors the client gets: 503 ``backend_unavailable`` (no replica reachable, or all
+overloaded), 502 ``backend_error`` (upstream failed or cut the stream), 504
+``backend_timeout`` (upstream stopped responding), 4xx ``upstream_rejected`` (the
+upstream refused the request itself; never retried).
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
+import logging
 import time
 from typing import AsyncIterator
 
 import aiohttp
 
+from gateway import metrics
 from gateway.errors import APIError
 from gateway.hookspecs import hookimpl
 from gateway.types import Chunk, GenerationRequest
 from plugins.backends.sse import UpstreamError, parse_line
 
-HEALTH_TTL = 5.0
+log = logging.getLogger("allyoucantoken.backend.openai")
 
 
 class Replica:
@@ -35,13 +56,23 @@ class Replica:
         self.checked = 0.0
 
 
+class _Retry(Exception):
+    """This attempt failed before anything reached the client; try another replica."""
+
+    def __init__(self, error: APIError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
 class OpenAICompatibleBackend:
-    """Streams from an OpenAI-compatible HTTP upstream; always asks it for usage."""
+    """Streams from OpenAI-compatible HTTP upstreams; always asks them for usage."""
 
     def __init__(self, model_cfg, config) -> None:
         opts = model_cfg.options
         self.name = model_cfg.name
         urls = opts.get("base_urls") or [opts.get("base_url", "http://127.0.0.1:8000/v1")]
+        if isinstance(urls, str):
+            urls = [urls]
         self.replicas = [Replica(u) for u in urls]
         self.upstream_model = opts.get("upstream_model", model_cfg.name)
         self.api_key = opts.get("api_key", "")
@@ -49,40 +80,90 @@ class OpenAICompatibleBackend:
                                              sock_connect=float(opts.get("connect_timeout", 5)),
                                              sock_read=float(opts.get("read_timeout", 120)))
         self.max_connections = int(opts.get("max_connections", 256))
+        # below uvicorn's 5 s default (mlc_llm serve, vLLM, llama_cpp.server), so we drop
+        # an idle connection before the upstream does
+        self.keepalive_timeout = float(opts.get("keepalive_timeout", 4))
+        self.health_interval = max(0.05, float(opts.get("health_interval", 5)))
+        self.health_timeout = float(opts.get("health_timeout", 2))
+        self.max_attempts = int(opts.get("max_attempts", len(self.replicas)))
         self.session: aiohttp.ClientSession | None = None
+        self._health_task: asyncio.Task | None = None
+        self._turn = itertools.count()
 
+    # -- life cycle ---------------------------------------------------------
     async def start(self) -> None:
+        """Open the connection pool, probe every replica once, start the health loop."""
         connector = aiohttp.TCPConnector(limit=self.max_connections * len(self.replicas),
                                          limit_per_host=self.max_connections,
-                                         keepalive_timeout=60)
+                                         keepalive_timeout=self.keepalive_timeout)
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         self.session = aiohttp.ClientSession(connector=connector, timeout=self.timeout,
                                              headers=headers, auto_decompress=False)
+        await self._check_all()
+        self._health_task = asyncio.create_task(self._health_loop())
 
     async def close(self) -> None:
+        """Stop the health loop and close every pooled connection."""
+        if self._health_task:
+            self._health_task.cancel()
+            try:
+                await self._health_task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
         if self.session:
             await self.session.close()
 
+    # -- health ---------------------------------------------------------------
     async def health(self) -> dict:
+        """Last known health (kept fresh by the loop): ok when any replica is up."""
+        up = sum(r.healthy for r in self.replicas)
+        return {"ok": up > 0, "replicas_up": up, "replicas": len(self.replicas)}
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.health_interval)
+            try:
+                await self._check_all()
+            except Exception:  # noqa: BLE001 - the loop must survive anything
+                log.exception("health check of %s failed", self.name)
+
+    async def _check_all(self) -> None:
         await asyncio.gather(*(self._check(r) for r in self.replicas))
-        return {"ok": any(r.healthy for r in self.replicas),
-                "replicas": {r.url: r.healthy for r in self.replicas}}
 
-    async def _check(self, replica: Replica, force: bool = False) -> None:
-        if not force and time.monotonic() - replica.checked < HEALTH_TTL:
-            return
+    async def _check(self, replica: Replica) -> None:
         try:
-            async with self.session.get(f"{replica.url}/models",
-                                        timeout=aiohttp.ClientTimeout(total=2)) as resp:
-                replica.healthy = resp.status < 500
-        except (aiohttp.ClientError, TimeoutError):
-            replica.healthy = False
+            async with self.session.get(
+                    f"{replica.url}/models",
+                    timeout=aiohttp.ClientTimeout(total=self.health_timeout)) as resp:
+                ok = resp.status < 500
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            ok = False
+        self._set_health(replica, ok)
+
+    def _set_health(self, replica: Replica, ok: bool) -> None:
+        if ok != replica.healthy:
+            log.warning("model %s: replica %s is %s", self.name, replica.url,
+                        "back up" if ok else "down")
+        replica.healthy = ok
         replica.checked = time.monotonic()
+        metrics.REPLICA_UP.labels(self.name, replica.url).set(1 if ok else 0)
 
-    def _pick(self) -> Replica:
-        candidates = [r for r in self.replicas if r.healthy] or self.replicas
-        return min(candidates, key=lambda r: r.in_flight)
+    def _failed(self, replica: Replica, reason: str) -> None:
+        log.warning("model %s: replica %s failed (%s)", self.name, replica.url, reason)
+        self._set_health(replica, False)
 
+    def _pick(self, exclude: set[Replica]) -> Replica | None:
+        """The least busy healthy replica not yet tried (ties rotate); if none is
+        healthy, the least busy untried one anyway (health may be stale)."""
+        left = [r for r in self.replicas if r not in exclude]
+        if not left:
+            return None
+        candidates = [r for r in left if r.healthy] or left
+        least = min(r.in_flight for r in candidates)
+        ties = [r for r in candidates if r.in_flight == least]
+        return ties[next(self._turn) % len(ties)]
+
+    # -- generation -----------------------------------------------------------
     def chat(self, req: GenerationRequest) -> AsyncIterator[Chunk]:
         return self._stream(req, "chat/completions", "chat")
 
@@ -100,34 +181,80 @@ class OpenAICompatibleBackend:
         return body
 
     async def _stream(self, req: GenerationRequest, path: str, kind: str):
-        replica = self._pick()
+        payload = self._payload(req)
+        tried: set[Replica] = set()
+        error = self._unavailable()
+        while len(tried) < self.max_attempts:
+            replica = self._pick(tried)
+            if replica is None:
+                break
+            tried.add(replica)
+            state = {"sent": False}
+            try:
+                # aclosing: when our consumer stops early, the attempt (and its
+                # upstream connection) is closed at once, not at garbage collection.
+                async with contextlib.aclosing(
+                        self._attempt(replica, path, kind, payload, state)) as attempt:
+                    async for chunk in attempt:
+                        yield chunk
+                return
+            except _Retry as retry:
+                error = retry.error
+                metrics.BACKEND_RETRIES.labels(self.name, error.code or "error").inc()
+        raise error
+
+    async def _attempt(self, replica: Replica, path: str, kind: str, payload: dict,
+                       state: dict):
+        """Stream from one replica. Failures before the first chunk raise _Retry."""
         replica.in_flight += 1
         resp = None
         try:
             try:
-                resp = await self.session.post(f"{replica.url}/{path}", json=self._payload(req))
-            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-                replica.healthy, replica.checked = False, time.monotonic()
-                raise APIError(503, f"The model `{self.name}` is unavailable right now; "
-                                    "try again shortly.", code="backend_unavailable") from exc
+                resp = await self._post(replica, path, payload)
+            except aiohttp.ConnectionTimeoutError:
+                self._failed(replica, "connect timeout")
+                raise _Retry(self._unavailable()) from None
+            except TimeoutError:
+                log.warning("model %s: replica %s sent no response headers in time",
+                            self.name, replica.url)
+                raise _Retry(self._timeout()) from None
+            except (aiohttp.ClientConnectionError, OSError) as exc:
+                self._failed(replica, type(exc).__name__)
+                raise _Retry(self._unavailable()) from None
             if resp.status != 200:
-                raise await self._upstream_error(resp)
+                err = await self._upstream_error(resp)
+                if err.status >= 500:
+                    raise _Retry(err)
+                raise err
+            finished = False
             try:
                 async for line in resp.content:
                     chunk = parse_line(line, kind)
                     if chunk is False:
+                        finished = True
                         break
-                    if chunk is not None:
-                        yield chunk
-            except UpstreamError as exc:
-                raise APIError(502, "The model backend reported an error while generating.",
-                               code="backend_error") from exc
-            except TimeoutError as exc:
-                raise APIError(504, "The model backend stopped responding.",
-                               code="backend_timeout") from exc
-            except aiohttp.ClientPayloadError as exc:
-                raise APIError(502, "The model backend closed the stream early.",
-                               code="backend_error") from exc
+                    if chunk is None or not (chunk.text or chunk.finish_reason or chunk.usage):
+                        continue
+                    if chunk.finish_reason:
+                        finished = True
+                    state["sent"] = True
+                    yield chunk
+                if not finished:
+                    raise aiohttp.ClientPayloadError("stream ended without [DONE]")
+            except UpstreamError:
+                err = APIError(502, "The model backend reported an error while generating.",
+                               code="backend_error")
+                raise (err if state["sent"] else _Retry(err)) from None
+            except TimeoutError:
+                err = self._timeout()
+                raise (err if state["sent"] else _Retry(err)) from None
+            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError):
+                err = APIError(502, "The model backend closed the stream early.",
+                               code="backend_error")
+                if not state["sent"]:
+                    self._set_health(replica, False)
+                    raise _Retry(err) from None
+                raise err from None
             resp.release()   # finished normally: keep the connection for reuse
             resp = None
         finally:
@@ -135,17 +262,38 @@ class OpenAICompatibleBackend:
             if resp is not None:
                 resp.close()  # stopped early: close the connection so the upstream stops
 
+    async def _post(self, replica: Replica, path: str, payload: dict):
+        try:
+            return await self.session.post(f"{replica.url}/{path}", json=payload)
+        except aiohttp.ServerDisconnectedError:
+            # Most likely a pooled keep-alive connection that the upstream had just
+            # closed: the request never ran. Try once more on a new connection.
+            return await self.session.post(f"{replica.url}/{path}", json=payload)
+
+    def _unavailable(self) -> APIError:
+        return APIError(503, f"The model `{self.name}` is unavailable right now; "
+                             "try again shortly.", code="backend_unavailable",
+                        headers={"Retry-After": "1"})
+
+    def _timeout(self) -> APIError:
+        return APIError(504, "The model backend stopped responding.", code="backend_timeout")
+
     async def _upstream_error(self, resp) -> APIError:
         try:
             body = await resp.json(content_type=None)
             message = (body.get("error") or {}).get("message") or str(body)[:300]
         except Exception:  # noqa: BLE001
             message = f"upstream status {resp.status}"
-        if 400 <= resp.status < 500 and resp.status not in (401, 403, 429):
-            return APIError(400 if resp.status != 404 else 404, message, code="upstream_rejected")
-        if resp.status == 429 or resp.status == 503:
+        finally:
+            resp.release()
+        if 400 <= resp.status < 500 and resp.status not in (401, 403, 408, 429):
+            return APIError(404 if resp.status == 404 else 400, str(message)[:500],
+                            code="upstream_rejected")
+        if resp.status in (429, 503):
             return APIError(503, f"The model `{self.name}` is overloaded; try again shortly.",
                             code="backend_unavailable", headers={"Retry-After": "1"})
+        if resp.status == 504 or resp.status == 408:
+            return self._timeout()
         return APIError(502, f"The model backend failed (status {resp.status}).",
                         code="backend_error")
 

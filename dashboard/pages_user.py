@@ -1,0 +1,147 @@
+"""Pages of a signed-in account: overview with usage, API keys, account settings,
+data export and closing the account."""
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from dashboard import notify
+from dashboard.usage_view import usage_summary
+from dashboard.web import DashboardHandler, PageError
+from gateway.passwords import policy_error
+
+
+class OverviewHandler(DashboardHandler):
+    """Tier, status and the last 30 days of usage (SVG chart and table)."""
+
+    async def get(self) -> None:
+        usage = await usage_summary(self.store, self.account["_id"])
+        keys = await self.store.keys.for_account(self.account["_id"], include_revoked=False)
+        self.render("overview.html", usage=usage, active_keys=len(keys))
+
+
+class KeysHandler(DashboardHandler):
+    """GET: list keys. POST: create one; the key is shown in this response only."""
+
+    async def get(self) -> None:
+        await self._page()
+
+    async def _page(self, new_key: str | None = None, status: int = 200, **extra) -> None:
+        keys = await self.store.keys.for_account(self.account["_id"])
+        self.set_status(status)
+        self.render("keys.html", keys=keys, new_key=new_key, **extra)
+
+    async def post(self) -> None:
+        name = self.arg("name", 200).strip()
+        if not name or len(name) > 64:
+            keys = await self.store.keys.for_account(self.account["_id"])
+            raise PageError(400, "Give the key a name of 1 to 64 characters.", param="name",
+                            code="invalid_name", template="keys.html", keys=keys,
+                            new_key=None)
+        active = await self.store.keys.for_account(self.account["_id"], include_revoked=False)
+        if len(active) >= self.dash.cfg.max_keys:
+            raise PageError(400, f"You can have at most {self.dash.cfg.max_keys} active keys; "
+                                 "revoke one first.", param="name", code="too_many_keys",
+                            template="keys.html", keys=await self.store.keys.for_account(
+                                self.account["_id"]), new_key=None)
+        key, _doc = await self.store.keys.create(self.account["_id"], name)
+        await self._page(new_key=key, status=201)
+
+
+class KeyRevokeHandler(DashboardHandler):
+    """Revoke one of the account's keys (refused everywhere within auth.key_cache_ttl)."""
+
+    async def post(self) -> None:
+        key_id = self.arg("key_id", 100)
+        n = await self.store.keys.revoke(key_id, account_id=self.account["_id"]) \
+            if key_id.startswith("key_") else 0
+        if not n:
+            raise PageError(404, "No such active key.", param="key_id", code="key_not_found")
+        await self.set_flash("Key revoked.")
+        self.redirect("/dashboard/keys", status=303)
+
+
+class AccountHandler(DashboardHandler):
+    """Settings: change password, export data, close the account."""
+
+    async def get(self) -> None:
+        self.render("account.html")
+
+
+class PasswordHandler(DashboardHandler):
+    """Change the password (needs the current one); other sessions are ended."""
+
+    async def post(self) -> None:
+        current, new = self.arg("current_password"), self.arg("new_password")
+        ok, _ = await self.dash.passwords.verify(self.account.get("password_hash"), current)
+        if not ok:
+            raise PageError(400, "The current password is not correct.",
+                            param="current_password", code="invalid_password",
+                            template="account.html")
+        problem = policy_error(new, self.account["email"], self.dash.cfg.password_min_length)
+        if problem:
+            raise PageError(400, problem, param="new_password", code="weak_password",
+                            template="account.html")
+        await self.store.accounts.update(self.account["_id"],
+                                         password_hash=await self.dash.passwords.hash(new))
+        await self.store.sessions.delete_for_account(self.account["_id"])
+        await self.start_session(self.account["_id"])
+        await notify.send(self, self.dash, "password_changed", self.account)
+        await self.set_flash("Password changed. Other sessions were signed out.")
+        self.redirect("/dashboard/account", status=303)
+
+
+def _json_default(value):
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+class ExportHandler(DashboardHandler):
+    """Everything held about the account, as a JSON download."""
+
+    async def get(self) -> None:
+        data = await self.store.privacy.export(self.account["_id"])
+        data["exported_at"] = datetime.now(UTC)
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Content-Disposition",
+                        'attachment; filename="allyoucantoken-export.json"')
+        self.finish(json.dumps(data, default=_json_default, indent=2))
+
+
+class CloseHandler(DashboardHandler):
+    """Close the account: keys revoked, sessions ended, email sent; data goes after the
+    retention period."""
+
+    async def post(self) -> None:
+        ok, _ = await self.dash.passwords.verify(self.account.get("password_hash"),
+                                                 self.arg("password"))
+        if not ok or self.arg("confirm", 10) != "yes":
+            raise PageError(400, "Enter your password and tick the box to close your "
+                                 "account.", param="password", code="confirmation_required",
+                            template="account.html")
+        if self.is_admin:
+            raise PageError(400, "Admin accounts cannot close themselves here.",
+                            code="admin_account", template="account.html")
+        account = self.account
+        await close_account(self.gateway, self.dash, account)
+        await self.end_session()
+        days = _retention_days(self.gateway.config)
+        self.render("message.html", title="Account closed",
+                    message=f"Your account is closed and its API keys are revoked. Your "
+                            f"personal data will be deleted or anonymised after "
+                            f"{days:g} days.")
+
+
+def _retention_days(config) -> float:
+    from gateway.retention import RetentionConfig
+    return RetentionConfig.from_config(config).days
+
+
+async def close_account(gateway, dash, account: dict) -> None:
+    """Status closed, every key revoked at once, every session ended, email sent."""
+    store = gateway.store
+    await store.accounts.set_status(account["_id"], "closed")
+    await store.keys.revoke_all(account["_id"])
+    await store.sessions.delete_for_account(account["_id"])
+    await notify.send(gateway, dash, "closed", account, days=_retention_days(gateway.config))

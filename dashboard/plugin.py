@@ -1,0 +1,57 @@
+"""The dashboard plugin: server-rendered pages (routes) and its background services
+(the outbox mailer, the retention job, the first-admin check)."""
+from __future__ import annotations
+
+from dashboard import pages_admin, pages_auth, pages_user, playground
+from dashboard.config import DashboardConfig
+from dashboard.first_admin import FirstAdmin
+from dashboard.web import STATIC, Dashboard, NotFoundPage, StaticHandler
+from gateway.hookspecs import hookimpl
+from gateway.mailer import Mailer, SmtpConfig
+from gateway.retention import RetentionConfig, RetentionService
+
+ACCOUNT_ID = r"(acc_[0-9a-f]{1,64})"
+
+PAGES = [
+    (r"/", pages_auth.RootHandler),
+    (r"/dashboard/?", pages_user.OverviewHandler),
+    (r"/dashboard/register", pages_auth.RegisterHandler),
+    (r"/dashboard/login", pages_auth.LoginHandler),
+    (r"/dashboard/logout", pages_auth.LogoutHandler),
+    (r"/dashboard/forgot", pages_auth.ForgotHandler),
+    (r"/dashboard/reset", pages_auth.ResetHandler),
+    (r"/dashboard/keys", pages_user.KeysHandler),
+    (r"/dashboard/playground", playground.PlaygroundHandler),
+    (r"/dashboard/keys/revoke", pages_user.KeyRevokeHandler),
+    (r"/dashboard/account", pages_user.AccountHandler),
+    (r"/dashboard/account/password", pages_user.PasswordHandler),
+    (r"/dashboard/account/export", pages_user.ExportHandler),
+    (r"/dashboard/account/close", pages_user.CloseHandler),
+    (r"/dashboard/admin", pages_admin.AdminAccountsHandler),
+    (r"/dashboard/admin/audit", pages_admin.AdminAuditHandler),
+    (rf"/dashboard/admin/accounts/{ACCOUNT_ID}/status", pages_admin.AdminStatusHandler),
+    (rf"/dashboard/admin/accounts/{ACCOUNT_ID}/tier", pages_admin.AdminTierHandler),
+]
+
+
+@hookimpl
+def register_routes(register, config):
+    """The dashboard pages under /dashboard (and / redirecting there)."""
+    cfg = DashboardConfig.from_config(config)
+    dash = Dashboard(cfg=cfg, passwords=cfg.passwords())
+    SmtpConfig.from_config(config)          # fail at start on a bad [smtp] section
+    RetentionConfig.from_config(config)
+
+    for pattern, handler in PAGES:
+        register(pattern, handler, {"dashboard": dash})
+    register(r"/dashboard/static/(.*)", StaticHandler, {"path": STATIC})
+    register(r"/dashboard/.*", NotFoundPage, {"dashboard": dash})
+
+
+@hookimpl
+def register_services(register, config, store):
+    """Mailer (outbox sender), retention job, first-admin check."""
+    cfg = DashboardConfig.from_config(config)
+    register(Mailer(SmtpConfig.from_config(config)))
+    register(RetentionService(RetentionConfig.from_config(config)))
+    register(FirstAdmin(cfg, cfg.passwords()))

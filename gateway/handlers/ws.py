@@ -1,0 +1,418 @@
+"""WebSocket chat protocol at ``/v1/chat/ws`` (see docs/README-websocket.md).
+
+One socket carries several chat requests at once, each tagged with the client's own
+``id``. Every request runs as its own asyncio task through the same path as the SSE
+API (validation, :class:`gateway.streaming.Generation` admit -> run -> usage), so limits,
+usage recording (``transport="ws"``, metadata only) and error codes match.
+
+Client -> server: ``auth``, ``chat``, ``cancel``, ``ping``.
+Server -> client: ``ready``, ``start``, ``delta``, ``done``, ``cancelled``, ``error``, ``pong``.
+
+Auth: ``Authorization: Bearer`` on the upgrade request (programs); the dashboard session
+cookie (browsers) with a strict Origin check; or an ``auth`` first message carrying the
+key (clients that cannot set headers). Backpressure: each delta waits until it is
+written to the socket, so a client that stops reading pauses its generations and the
+gateway buffers at most one message per in-flight request (``send_timeout`` then drops it).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+import urllib.parse
+from typing import Any
+
+import tornado.httputil
+import tornado.web
+import tornado.websocket
+
+from gateway import metrics
+from gateway.errors import APIError
+from gateway.streaming import ClientGone, Generation
+from gateway.types import Chunk, GenerationRequest, Principal
+from gateway.validation import validate
+
+log = logging.getLogger("allyoucantoken.ws")
+
+# Close codes (4000-4999 are for applications, RFC 6455 section 7.4.2).
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_IDLE = 4408
+CLOSE_SLOW_READER = 4429
+MAX_ID_LENGTH = 128
+HARD_CAP_FACTOR = 4   # frames above HARD_CAP_FACTOR * max_message_bytes close the socket (1009)
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+def _error_message(err: APIError, req_id: Any = None) -> dict[str, Any]:
+    """The server's ``error`` message: the OpenAI error body plus the HTTP-like status."""
+    return {"type": "error", "id": req_id, "status": err.status, **err.body()}
+
+
+def normalize_origin(origin: str) -> str:
+    """``scheme://host[:port]`` in lower case, without a trailing slash."""
+    return origin.strip().rstrip("/").lower()
+
+
+def origin_allowed(origin: str, host: str, allowed: list[str]) -> bool:
+    """Same host as the request (as Tornado checks it) or listed in ``allowed_origins``."""
+    if urllib.parse.urlsplit(origin).netloc.lower() == host.lower() and host:
+        return True
+    return normalize_origin(origin) in {normalize_origin(a) for a in allowed}
+
+
+def _bad_id(req_id: Any) -> bool:
+    if isinstance(req_id, bool) or not isinstance(req_id, (str, int)):
+        return True
+    return isinstance(req_id, str) and not 0 < len(req_id) <= MAX_ID_LENGTH
+
+
+class ChatSocketHandler(tornado.websocket.WebSocketHandler):
+    """``/v1/chat/ws``: streaming chat over one WebSocket, several requests in flight."""
+
+    def initialize(self, gateway) -> None:
+        self.gateway = gateway
+        self.ws_config = gateway.config.websocket
+        self.auth_request = None            # what gateway.authenticate() re-checks per request
+        self.auth_via = ""
+        self.tasks: dict[Any, asyncio.Task] = {}
+        self.models: dict[Any, str | None] = {}   # for the request metrics
+        self.cancel_requested: set[Any] = set()
+        self.last_activity = time.monotonic()
+        self.opened_at = self.last_activity
+        self.watchdog: asyncio.Task | None = None
+        self.socket_closed = False
+
+    # -- handshake --------------------------------------------------------------
+    def set_default_headers(self) -> None:
+        self.clear_header("Server")
+
+    def _http_error(self, err: APIError) -> None:
+        """Refuse the upgrade with an OpenAI-style JSON error (before any socket exists)."""
+        self.clear()
+        self.set_status(err.status)
+        for name, value in err.headers.items():
+            self.set_header(name, value)
+        self.set_header("Content-Type", "application/json")
+        self.finish(_dumps(err.body()))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, APIError):
+            return self._http_error(exc)
+        if isinstance(exc, tornado.web.HTTPError) and status_code < 500:
+            return self._http_error(APIError(status_code, exc.log_message or self._reason))
+        self._http_error(APIError(500, "The server had an error while processing your "
+                                       "request.", code="internal_error"))
+
+    def log_exception(self, typ, value, tb) -> None:
+        if isinstance(value, (APIError, tornado.web.HTTPError)):
+            return
+        # Type and route only: a traceback's locals could hold request content.
+        log.error("unhandled %s on %s", typ.__name__ if typ else "error", self.request.path)
+
+    async def prepare(self) -> None:
+        """Check the upgrade, the Origin and the credentials before accepting the socket."""
+        if self.request.headers.get("Upgrade", "").lower() != "websocket":
+            raise APIError(400, "This endpoint speaks WebSocket only: connect with a "
+                                "WebSocket client (Upgrade: websocket).",
+                           code="websocket_upgrade_required")
+        origin = self.request.headers.get("Origin")
+        if origin is not None and not origin_allowed(origin, self.request.host or "",
+                                                     self.ws_config.allowed_origins):
+            raise APIError(403, "WebSocket connections from this origin are not allowed.",
+                           code="origin_not_allowed")
+        principal = await self.gateway.authenticate(self.request)  # may raise 401/403
+        if principal is not None:
+            if principal.via == "session" and origin is None:
+                # A session cookie is ambient: only a browser page of an allowed origin may use it.
+                raise APIError(403, "Session-authenticated WebSocket connections must come "
+                                    "from a browser page on an allowed origin.",
+                               code="origin_not_allowed")
+            self.auth_request = self.request
+            self.auth_via = principal.via
+
+    def check_origin(self, origin: str) -> bool:
+        """The Origin was already checked, strictly, in prepare()."""
+        return True
+
+    @property
+    def max_message_size(self) -> int:
+        return HARD_CAP_FACTOR * self.ws_config.max_message_bytes
+
+    @property
+    def ping_interval(self) -> float | None:
+        return self.ws_config.ping_interval or None
+
+    def get_compression_options(self) -> None:
+        return None   # no per-message deflate: it hides message sizes from the caps
+
+    def open(self) -> None:
+        self.set_nodelay(True)
+        self.watchdog = asyncio.ensure_future(self._watch())
+        self._send_nowait({"type": "ready", "authenticated": self.auth_request is not None,
+                           "max_in_flight": self.ws_config.max_in_flight,
+                           "max_message_bytes": self.ws_config.max_message_bytes})
+
+    # -- sending ----------------------------------------------------------------
+    def _send_nowait(self, msg: dict[str, Any]) -> None:
+        """Queue a small control message; never raises when the socket is gone."""
+        if self.socket_closed:
+            return
+        try:
+            fut = self.write_message(_dumps(msg))
+        except tornado.websocket.WebSocketClosedError:
+            return
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    async def _send(self, msg: dict[str, Any]) -> None:
+        """Write one message and wait until the socket took it (backpressure)."""
+        if self.socket_closed:
+            raise ClientGone()
+        try:
+            fut = self.write_message(_dumps(msg))
+            await asyncio.wait_for(fut, self.ws_config.send_timeout)
+        except tornado.websocket.WebSocketClosedError:
+            raise ClientGone() from None
+        except TimeoutError:
+            log.info("dropping a WebSocket client that read nothing for %.0fs",
+                     self.ws_config.send_timeout)
+            self.close(CLOSE_SLOW_READER, "client too slow")
+            raise ClientGone() from None
+
+    # -- receiving --------------------------------------------------------------
+    def on_message(self, message: str | bytes) -> None:
+        """Dispatch one client message; work runs in tasks so reading never stalls."""
+        self.last_activity = time.monotonic()
+        if self.socket_closed or self.ws_connection is None or self.ws_connection.is_closing():
+            return   # we are closing: nothing new starts
+        try:
+            self._dispatch(message)
+        except APIError as err:
+            self._send_nowait(_error_message(err, getattr(err, "req_id", None)))
+        except Exception as exc:  # noqa: BLE001 - an error message, never a dropped socket
+            log.error("WebSocket message failed: %s", type(exc).__name__)
+            self._send_nowait(_error_message(APIError(
+                500, "The server had an error while processing your message.",
+                code="internal_error")))
+
+    def _dispatch(self, message: str | bytes) -> None:
+        if isinstance(message, bytes):
+            raise APIError(400, "Binary messages are not supported: send JSON text messages.",
+                           code="invalid_message")
+        limit = self.ws_config.max_message_bytes
+        if len(message) > limit or (4 * len(message) > limit and
+                                    len(message.encode("utf-8")) > limit):
+            raise APIError(413, f"Message too large: the limit is {limit} bytes.",
+                           code="message_too_large")
+        try:
+            msg = json.loads(message)
+        except ValueError as exc:
+            raise APIError(400, f"We could not parse your message as JSON ({exc}).",
+                           code="invalid_json") from None
+        except RecursionError:
+            raise APIError(400, "We could not parse your message as JSON (nested too "
+                                "deeply).", code="invalid_json") from None
+        if not isinstance(msg, dict):
+            raise APIError(400, "A message must be a JSON object with a `type`.",
+                           code="invalid_message")
+        kind = msg.get("type")
+        req_id = msg.get("id")
+        if kind == "ping":
+            return self._send_nowait({"type": "pong", "id": req_id if not _bad_id(req_id)
+                                      else None})
+        if kind == "auth":
+            return self._start_auth(msg)
+        if kind not in ("chat", "cancel"):
+            err = APIError(400, f"Unknown message type {str(kind)[:40]!r}: expected chat, "
+                                "cancel, ping or auth.", param="type", code="unknown_message_type")
+            err.req_id = req_id if not _bad_id(req_id) else None
+            raise err
+        if _bad_id(req_id):
+            raise APIError(400, f"Each {kind} message needs an `id`: a string of 1 to "
+                                f"{MAX_ID_LENGTH} characters or an integer.", param="id",
+                           code="invalid_id")
+        if kind == "cancel":
+            return self._cancel(req_id)
+        self._start_chat(req_id, msg)
+
+    def _cancel(self, req_id: Any) -> None:
+        task = self.tasks.get(req_id)
+        if task is None:
+            err = APIError(404, f"No request with id {req_id!r} is in flight.", param="id",
+                           code="request_not_found")
+            err.req_id = req_id
+            raise err
+        self.cancel_requested.add(req_id)
+        task.cancel()   # closes the backend stream at once (Generation.run)
+
+    def _start_chat(self, req_id: Any, msg: dict[str, Any]) -> None:
+        def refuse(err: APIError) -> None:
+            err.req_id = req_id
+            raise err
+        if self.auth_request is None:
+            refuse(APIError(401, "Not authenticated: send an `auth` message with your API key "
+                                 "first, or connect with 'Authorization: Bearer YOUR_KEY'.",
+                            code="missing_api_key"))
+        if req_id in self.tasks:
+            # Tagged with no id: that id's messages belong to the request already running.
+            raise APIError(400, f"A request with id {req_id!r} is already in flight; this "
+                                "new one was ignored.", param="id", code="duplicate_id")
+        if len(self.tasks) >= self.ws_config.max_in_flight:
+            refuse(APIError(429, f"Too many requests in flight on this socket: the limit is "
+                                 f"{self.ws_config.max_in_flight}. Wait for one to finish or "
+                                 "cancel one.", code="too_many_in_flight"))
+        body = msg.get("body")
+        if not isinstance(body, dict):
+            refuse(APIError(400, "A chat message needs a `body`: an OpenAI chat completions "
+                                 "request object.", param="body", code="invalid_message"))
+        started = time.perf_counter()
+        task = asyncio.ensure_future(self._chat(req_id, body, started))
+        self.tasks[req_id] = task
+        task.add_done_callback(lambda _t: self._request_done(req_id))
+
+    def _request_done(self, req_id: Any) -> None:
+        self.tasks.pop(req_id, None)
+        self.cancel_requested.discard(req_id)
+        self.last_activity = time.monotonic()
+
+    # -- one request --------------------------------------------------------------
+    async def _chat(self, req_id: Any, body: dict[str, Any], started: float) -> None:
+        """One request, counted in the request metrics under the route ``/v1/chat/ws``."""
+        self.models[req_id] = None
+        status = 500
+        try:
+            status = await self._generate(req_id, body, started)
+        finally:
+            metrics.count_request(self.gateway, "/v1/chat/ws", self.models.pop(req_id, None),
+                                  status)
+
+    async def _generate(self, req_id: Any, body: dict[str, Any], started: float) -> int:
+        """Validate, authenticate, admit and stream one request; always answer once.
+
+        Returns the HTTP-like status of the outcome (499 when cancelled)."""
+        gen: Generation | None = None
+        try:
+            try:
+                principal = await self._principal()
+                body = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+                validate("chat", body)
+                self.models[req_id] = body["model"]
+                max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+                req = GenerationRequest("chat", body["model"], body, max_tokens,
+                                        "chatcmpl-" + secrets.token_hex(12))
+                self.gateway.backend_for(req.model)
+                gen = Generation(self.gateway, principal, req, "ws", started)
+                await gen.admit()
+            except APIError as err:
+                if gen is not None:
+                    gen.record(err.status, err.code)
+                self._send_nowait(_error_message(err, req_id))
+                return err.status
+            # No await between admit and run: a cancel lands inside run, which settles.
+            self._send_nowait({"type": "start", "id": req_id, "request_id": req.request_id,
+                               "model": req.model})
+
+            async def emit(chunk: Chunk) -> None:
+                if chunk.text:
+                    await self._send({"type": "delta", "id": req_id, "content": chunk.text})
+
+            try:
+                usage = await gen.run(emit)
+            except APIError as err:
+                self._send_nowait(_error_message(err, req_id))
+                return err.status
+            self._send_nowait({"type": "done", "id": req_id, "request_id": req.request_id,
+                               "finish_reason": gen.finish_reason,
+                               "usage": {**usage.as_openai(), "estimated": usage.estimated}})
+            return 200
+        except (asyncio.CancelledError, ClientGone):
+            if req_id in self.cancel_requested and not self.socket_closed:
+                usage = gen.usage if gen is not None else None
+                self._send_nowait({"type": "cancelled", "id": req_id, "usage": {
+                    **usage.as_openai(), "estimated": usage.estimated} if usage else None})
+            return 499
+        except Exception as exc:  # noqa: BLE001 - never a stack trace to the client
+            log.error("WebSocket request failed: %s", type(exc).__name__)
+            self._send_nowait(_error_message(APIError(
+                500, "The server had an error while processing your request.",
+                code="internal_error"), req_id))
+            return 500
+
+    async def _principal(self) -> Principal:
+        """Re-check the credentials for every request, so revocation reaches open sockets."""
+        principal = await self.gateway.authenticate(self.auth_request)
+        if principal is None:
+            if self.auth_via == "session":
+                raise APIError(401, "Your dashboard session has ended: sign in again.",
+                               code="session_expired")
+            raise APIError(401, "Your API key is no longer valid.", code="invalid_api_key")
+        return principal
+
+    # -- auth message -------------------------------------------------------------
+    def _start_auth(self, msg: dict[str, Any]) -> None:
+        if self.auth_request is not None:
+            raise APIError(400, "This socket is already authenticated.",
+                           code="already_authenticated")
+        key = msg.get("api_key")
+        if not isinstance(key, str) or not key.strip():
+            raise APIError(400, "An auth message needs `api_key`: your API key.",
+                           param="api_key", code="invalid_message")
+        task = asyncio.ensure_future(self._auth(key.strip()))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _auth(self, key: str) -> None:
+        """Check a key sent in an ``auth`` message exactly as the Authorization header."""
+        headers = tornado.httputil.HTTPHeaders({"Authorization": f"Bearer {key}"})
+        request = tornado.httputil.HTTPServerRequest(method="GET", uri=self.request.uri,
+                                                     headers=headers)
+        request.remote_ip = self.request.remote_ip
+        try:
+            principal = await self.gateway.authenticate(request)
+            if principal is None:
+                raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
+        except APIError as err:
+            self._send_nowait(_error_message(err))
+            self.close(CLOSE_UNAUTHORIZED, "authentication failed")
+            return
+        self.auth_request = request
+        self._send_nowait({"type": "authenticated"})
+
+    # -- timers and closing -------------------------------------------------------
+    async def _watch(self) -> None:
+        """Close sockets that never authenticate, or sit idle with nothing running."""
+        cfg = self.ws_config
+        while not self.socket_closed:
+            now = time.monotonic()
+            if self.auth_request is None:
+                due = self.opened_at + cfg.auth_timeout
+                if now >= due:
+                    self._send_nowait(_error_message(APIError(
+                        401, f"Not authenticated within {cfg.auth_timeout:g}s.",
+                        code="auth_timeout")))
+                    return self.close(CLOSE_UNAUTHORIZED, "authentication timeout")
+            else:
+                due = self.last_activity + cfg.idle_timeout
+                if self.tasks:
+                    due = now + cfg.idle_timeout
+                elif now >= due:
+                    self._send_nowait({"type": "error", "id": None, "status": 408, "error": {
+                        "message": f"Closing an idle connection after {cfg.idle_timeout:g}s.",
+                        "type": "timeout_error", "param": None, "code": "idle_timeout"}})
+                    return self.close(CLOSE_IDLE, "idle timeout")
+            await asyncio.sleep(max(0.05, min(due - now, 1.0)))
+
+    def on_close(self) -> None:
+        """The client left (or we closed): stop every generation at once."""
+        self.socket_closed = True
+        for task in list(self.tasks.values()):
+            task.cancel()
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+
+
+ROUTES = [(r"/v1/chat/ws", ChatSocketHandler)]

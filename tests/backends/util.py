@@ -1,0 +1,63 @@
+"""Helpers shared by the backend tests: polling, usage events, SSE reading."""
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+
+from tests.helpers import db_run
+
+
+def wait_for(fn, timeout: float = 30.0, what: str = "condition"):
+    """Poll ``fn`` until it returns something truthy (tests assert behaviour, not timing)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def usage_event(gw, request_id: str) -> dict:
+    """The usage event the gateway recorded for one request (waits for the batch write)."""
+    async def find(store):
+        return await store.db["usage_events"].find_one({"request_id": request_id}, {"_id": 0})
+    return wait_for(lambda: db_run(gw.db_uri, gw.db_name, find), what=f"usage of {request_id}")
+
+
+def upstream_stats(url: str) -> dict:
+    return httpx.get(url + "/stats", timeout=10).json()
+
+
+def set_upstream(url: str, **settings) -> None:
+    httpx.post(url + "/settings", json=settings, timeout=10).raise_for_status()
+
+
+def chat_body(model: str, content: str = "hello there", **extra) -> dict:
+    return {"model": model, "messages": [{"role": "user", "content": content}], **extra}
+
+
+def auth(key: str) -> dict:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def data_lines(response: httpx.Response):
+    """Yield each SSE ``data:`` payload of a streaming httpx response as it arrives."""
+    for line in response.iter_lines():
+        if line.startswith("data: "):
+            data = line[6:]
+            yield data if data == "[DONE]" else json.loads(data)
+
+
+def usage_events(gw, count: int, ready=None) -> list[dict]:
+    """Wait until the gateway's database holds ``count`` usage events (or until
+    ``ready(events)`` is true); return them, oldest first."""
+    ready = ready or (lambda evs: len(evs) >= count)
+
+    async def find(store):
+        return [d async for d in store.db["usage_events"].find({}, {"_id": 0}).sort("ts", 1)]
+    return wait_for(lambda: (lambda evs: evs if ready(evs) else None)(
+        db_run(gw.db_uri, gw.db_name, find)), what="usage events")

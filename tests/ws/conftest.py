@@ -1,0 +1,51 @@
+"""Fixtures of the WebSocket tests: one gateway with the echo and counting test backends."""
+import pytest
+
+from tests.helpers import db_run, start_gateway
+
+TIERS = {"free": {}, "tiny": {"requests_per_minute": 2}}
+
+
+def ws_sections(state_dir, **websocket) -> dict:
+    return {
+        "plugins": {"modules": ["tests.plugins.echo_backend", "tests.ws.counting_backend"]},
+        "models": [
+            {"name": "echo", "backend": "echo"},
+            {"name": "slow-echo", "backend": "echo", "options": {"delay": 0.05}},
+            {"name": "counter", "backend": "counting",
+             "options": {"tokens": 1_000_000, "delay": 0.002, "state_dir": str(state_dir),
+                         "progress_every": 20}},
+        ],
+        "tiers": TIERS,
+        "auth": {"key_cache_ttl": 0.5},
+        "websocket": {"max_message_bytes": 4096, "max_in_flight": 3, **websocket},
+    }
+
+
+@pytest.fixture(scope="module")
+def ws_gw(mongo, tmp_path_factory):
+    """A gateway with the WebSocket caps lowered for the tests."""
+    tmp = tmp_path_factory.mktemp("ws")
+    state = tmp / "state"
+    state.mkdir()
+    gw = start_gateway(tmp, mongo.uri, ws_sections(state, allowed_origins=[
+        "https://app.example.com"]))
+    gw.state_dir = state
+    gw.email = "ws@example.com"
+    gw.key = gw.create_key(gw.email)
+    yield gw
+    gw.stop()
+
+
+def account_id(gw, email: str) -> str:
+    async def get(store):
+        return (await store.accounts.by_email(email))["_id"]
+    return db_run(gw.db_uri, gw.db_name, get)
+
+
+def usage_events(gw, email: str) -> list[dict]:
+    aid = account_id(gw, email)
+
+    async def get(store):
+        return await store.usage.events_for_account(aid)
+    return db_run(gw.db_uri, gw.db_name, get)
