@@ -4,6 +4,8 @@ import time
 
 import httpx
 
+from tests.dashboard.conftest import ADMIN, FAST_ARGON2
+from tests.dashboard.support import Browserless
 from tests.helpers import db_run
 from tests.limits.conftest import Account, body, limits_config
 
@@ -11,7 +13,9 @@ from tests.limits.conftest import Account, body, limits_config
 def test_high_error_rate_flags_and_suspends(start_gw):
     gw = start_gw(limits_config(fair_use={"enabled": True, "check_interval": 0.3,
                                           "min_requests": 5, "max_error_rate": 0.5,
-                                          "auto_suspend": True}))
+                                          "auto_suspend": True},
+                                dashboard={"admin_email": ADMIN[0], "admin_password": ADMIN[1],
+                                           **FAST_ARGON2}))
     bad = Account(gw, "roomy")
     good = Account(gw, "roomy")
     for _ in range(5):
@@ -35,6 +39,12 @@ def test_high_error_rate_flags_and_suspends(start_gw):
     assert r.status_code == 403 and r.json()["error"]["code"] == "account_inactive"
     mails = db_run(gw.db_uri, gw.db_name, lambda s: s.outbox.find(to=bad.email))
     assert any("suspended" in m["subject"] for m in mails)
+    # Admins see the flag on the accounts page.
+    with Browserless(gw.url) as admin:
+        assert admin.login(*ADMIN).status_code == 303
+        page = admin.get("/dashboard/admin?status=suspended").text
+    row = page.split(f'data-email="{bad.email}"', 1)[1].split("</tr>", 1)[0]
+    assert "flagged" in row and "error rate 100%" in row
 
 
 def test_daily_volume_threshold_only_flags_without_auto_suspend(start_gw):
