@@ -355,13 +355,14 @@ class ChatSocketHandler(tornado.websocket.WebSocketHandler):
 
     # -- auth message -------------------------------------------------------------
     def _start_auth(self, msg: dict[str, Any]) -> None:
-        if self.auth_request is not None:
+        if self.auth_request is not None or self.auth_via == "pending":
             raise APIError(400, "This socket is already authenticated.",
                            code="already_authenticated")
         key = msg.get("api_key")
         if not isinstance(key, str) or not key.strip():
             raise APIError(400, "An auth message needs `api_key`: your API key.",
                            param="api_key", code="invalid_message")
+        self.auth_via = "pending"
         task = asyncio.ensure_future(self._auth(key.strip()))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
@@ -379,7 +380,7 @@ class ChatSocketHandler(tornado.websocket.WebSocketHandler):
             self._send_nowait(_error_message(err))
             self.close(CLOSE_UNAUTHORIZED, "authentication failed")
             return
-        self.auth_request = request
+        self.auth_request, self.auth_via = request, principal.via
         self._send_nowait({"type": "authenticated"})
 
     # -- timers and closing -------------------------------------------------------
@@ -404,7 +405,7 @@ class ChatSocketHandler(tornado.websocket.WebSocketHandler):
                         "message": f"Closing an idle connection after {cfg.idle_timeout:g}s.",
                         "type": "timeout_error", "param": None, "code": "idle_timeout"}})
                     return self.close(CLOSE_IDLE, "idle timeout")
-            await asyncio.sleep(max(0.05, min(due - now, 1.0)))
+            await asyncio.sleep(max(0.05, due - now))   # one wake-up per deadline
 
     def on_close(self) -> None:
         """The client left (or we closed): stop every generation at once."""

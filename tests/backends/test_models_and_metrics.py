@@ -126,6 +126,7 @@ def test_metrics_count_real_requests(gw):
     text = httpx.get(gw.url + "/metrics").text
     assert SECRET_PROMPT not in text and "purple" not in text
     assert gw.key not in text and "free@example.com" not in text
+    assert SECRET_PROMPT not in gw.log() and "purple" not in gw.log()
 
 
 def test_active_streams_by_transport_and_disconnects_count_as_499(gw):
