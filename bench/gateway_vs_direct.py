@@ -116,7 +116,8 @@ def main() -> None:
                                "tokens_per_day": 10**10, "concurrent_streams": 10_000}}
     gw = start_gateway(tmp / "gw", db.uri, {"models": [model], "tiers": tiers,
                                             "limits": {"default_tier": "off"},
-                                            "server": {"log_level": "WARNING"}})
+                                            "server": {"log_level": "WARNING"},
+                                            "usage": {"flush_interval": 1.0}})
     try:
         key_off = gw.create_key("bench-off@example.com", tier="off")
         key_on = gw.create_key("bench-on@example.com", tier="on")

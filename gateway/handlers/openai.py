@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 import time
 
@@ -11,13 +10,10 @@ from tornado.iostream import StreamClosedError
 from gateway import metrics
 from gateway.errors import APIError
 from gateway.handlers.base import BaseAPIHandler
+from gateway.sse import ChunkEncoder, Flusher
 from gateway.streaming import ClientGone, Generation
 from gateway.types import Chunk, GenerationRequest
 from gateway.validation import parse_json, validate
-
-
-def _dumps(data) -> str:
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
 
 class ModelsHandler(BaseAPIHandler):
@@ -99,40 +95,24 @@ class GenerationHandler(BaseAPIHandler):
             return False
 
     # -- streaming (SSE) -------------------------------------------------
-    def _chunk_payload(self, gen: Generation, chunk: Chunk, first: bool) -> dict:
-        req = gen.req
-        if self.kind == "chat":
-            delta = {"role": "assistant", "content": chunk.text} if first else \
-                ({"content": chunk.text} if chunk.text else {})
-            choice = {"index": 0, "delta": delta, "logprobs": None,
-                      "finish_reason": chunk.finish_reason}
-            obj = "chat.completion.chunk"
-        else:
-            choice = {"index": 0, "text": chunk.text, "logprobs": None,
-                      "finish_reason": chunk.finish_reason}
-            obj = "text_completion"
-        return {"id": req.request_id, "object": obj, "created": self._created,
-                "model": req.model, "choices": [choice]}
-
     async def _stream(self, gen: Generation, data: dict) -> None:
-        self._created = int(time.time())
         include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
+        encoder = ChunkEncoder(self.kind, gen.req.request_id, gen.req.model,
+                               int(time.time()), include_usage)
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")
         # Send each event at once (no Nagle delay); Tornado restores the default afterwards.
         self.request.connection.stream.set_nodelay(True)
+        flusher = Flusher(self)
         sent = 0
 
         async def emit(chunk: Chunk) -> None:
             nonlocal sent
-            payload = self._chunk_payload(gen, chunk, first=sent == 0)
-            if include_usage:
-                payload["usage"] = None
-            self.write(f"data: {_dumps(payload)}\n\n")
+            self.write(encoder.encode(chunk))
             sent += 1
             try:
-                await self.flush()
+                await flusher.written()
             except StreamClosedError:
                 raise ClientGone() from None
 
@@ -142,13 +122,10 @@ class GenerationHandler(BaseAPIHandler):
         except APIError as err:
             if sent == 0:
                 return self.send_api_error(err)
-            self.write(f"data: {_dumps(err.body())}\n\n")
+            self.write(encoder.error(err.body()))
             return self.finish()
         if include_usage:
-            payload = {"id": gen.req.request_id, "object": self._chunk_payload(
-                gen, Chunk(), False)["object"], "created": self._created,
-                "model": gen.req.model, "choices": [], "usage": gen.usage.as_openai()}
-            self.write(f"data: {_dumps(payload)}\n\n")
+            self.write(encoder.usage(gen.usage))
         self.write("data: [DONE]\n\n")
         try:
             await self.finish()
