@@ -8,8 +8,12 @@ misses, the upsert tries to insert the same ``_id`` and fails with a duplicate-k
 error: the request is denied and nothing is counted. MongoDB applies single-document
 updates atomically, so this never over-admits, across any number of gateway processes.
 
-Concurrent-stream slots are lease documents with an expiry that the holder renews;
-a crashed process's leases stop counting once they expire.
+Concurrent-stream slots are leases kept in one document per subject:
+``{_id: subject, leases: [{id, exp}, ...]}``. Taking a slot is one conditional push,
+``update_one({_id, "leases.<cap-1>": {$exists: false}}, {$push: ...}, upsert)``: the
+array can never hold more than ``cap`` leases, whatever the concurrency. Holders renew
+their leases' expiry; a crashed process's leases are pulled out once they have expired,
+when the next request finds the array full.
 """
 from __future__ import annotations
 
@@ -25,12 +29,10 @@ class Counters:
 
     def __init__(self, db) -> None:
         self.counters = db["limit_counters"]
-        self.leases = db["limit_leases"]
+        self.slots = db["limit_slots"]
 
     async def init(self) -> None:
         await self.counters.create_index("expires_at", expireAfterSeconds=0)
-        await self.leases.create_index([("subject", 1), ("expires_at", 1)])
-        await self.leases.create_index("expires_at", expireAfterSeconds=0)
 
     async def take(self, window_id: str, costs: dict[str, tuple[int, int]],
                    expires_at: datetime) -> dict | None:
@@ -69,31 +71,39 @@ class Counters:
         return {k: int(v) for k, v in doc.items() if k not in ("_id", "expires_at")}
 
     async def acquire_lease(self, subject: str, cap: int, ttl: float) -> str | None:
-        """Take one of ``cap`` concurrent slots for ``subject``; None when all are taken.
-
-        Insert first, then count live leases: if more than ``cap`` are live, remove ours.
-        Whoever inserted last sees every other lease, so the cap is never exceeded;
-        racing requests may all back off (brief under-admission), never over-admit.
-        """
+        """Take one of ``cap`` concurrent slots for ``subject``: a lease id, or None when
+        all are taken. One round trip, plus one more only when expired leases must go."""
         lease_id = "lease_" + secrets.token_hex(12)
         now = datetime.now(UTC)
-        await self.leases.insert_one({"_id": lease_id, "subject": subject, "created_at": now,
-                                      "expires_at": now + timedelta(seconds=ttl)})
-        live = await self.leases.count_documents({"subject": subject, "expires_at": {"$gt": now}})
-        if live > cap:
-            await self.leases.delete_one({"_id": lease_id})
-            return None
-        return lease_id
+        lease = {"id": lease_id, "exp": now + timedelta(seconds=ttl)}
+        if await self._push(subject, cap, lease):
+            return lease_id
+        dropped = await self.slots.update_one({"_id": subject},
+                                              {"$pull": {"leases": {"exp": {"$lte": now}}}})
+        if dropped.modified_count and await self._push(subject, cap, lease):
+            return lease_id
+        return None
+
+    async def _push(self, subject: str, cap: int, lease: dict) -> bool:
+        try:
+            await self.slots.update_one({"_id": subject, f"leases.{cap - 1}": {"$exists": False}},
+                                        {"$push": {"leases": lease}}, upsert=True)
+            return True
+        except DuplicateKeyError:
+            return False
 
     async def renew_leases(self, lease_ids: list[str], ttl: float) -> None:
+        """Push the expiry of these leases (of any subjects) ``ttl`` seconds ahead."""
         if lease_ids:
             until = datetime.now(UTC) + timedelta(seconds=ttl)
-            await self.leases.update_many({"_id": {"$in": lease_ids}},
-                                          {"$set": {"expires_at": until}})
+            await self.slots.update_many({"leases.id": {"$in": lease_ids}},
+                                         {"$set": {"leases.$[l].exp": until}},
+                                         array_filters=[{"l.id": {"$in": lease_ids}}])
 
-    async def release_lease(self, lease_id: str) -> None:
-        await self.leases.delete_one({"_id": lease_id})
+    async def release_lease(self, subject: str, lease_id: str) -> None:
+        await self.slots.update_one({"_id": subject}, {"$pull": {"leases": {"id": lease_id}}})
 
     async def live_leases(self, subject: str) -> int:
-        return await self.leases.count_documents(
-            {"subject": subject, "expires_at": {"$gt": datetime.now(UTC)}})
+        doc = await self.slots.find_one({"_id": subject}) or {}
+        now = datetime.now(UTC)
+        return sum(1 for lease in doc.get("leases", []) if lease["exp"] > now)

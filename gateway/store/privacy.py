@@ -47,10 +47,11 @@ class Privacy:
         await db["password_resets"].delete_many({"account_id": account_id})
         await db["mail_outbox"].delete_many({"account_id": account_id})
         await db["api_keys"].delete_many({"account_id": account_id})
-        # Limit counters and leases are keyed "<limit>:<account>:<window>" (short-lived).
+        # Limit windows are keyed "<window>:<account>:<time>", stream slots
+        # "streams:<account>" (all short-lived).
         pattern = f":{re.escape(account_id)}(:|$)"
         await db["limit_counters"].delete_many({"_id": {"$regex": pattern}})
-        await db["limit_leases"].delete_many({"subject": {"$regex": pattern}})
+        await db["limit_slots"].delete_many({"_id": {"$regex": pattern}})
         await db["usage_events"].update_many({"account_id": account_id},
                                              {"$set": {"account_id": anon, "key_id": None}})
         old = [d async for d in db["usage_daily"].find({"account_id": account_id})]

@@ -8,8 +8,8 @@ Windows are fixed (UTC minute, UTC day). Admission reserves 1 request and a toke
 estimate (prompt estimate + max_tokens) with conditional counters in MongoDB (see
 ``gateway.store.counters``): one document per window, so requests/minute and
 tokens/minute cost a single round trip, tokens/day another. A concurrent-stream lease
-is taken at the same time; admission therefore costs about two round trips of latency
-(the lease is insert-then-count). Settlement refunds the unused token reservation and
+is taken at the same time (one conditional push); admission therefore costs one round
+trip of latency. Settlement refunds the unused token reservation and
 releases the lease.
 """
 from __future__ import annotations
@@ -50,7 +50,7 @@ class TierLimiter:
         self.config = config
         self.store = store
         self.lease_ttl = config.limits.lease_ttl
-        self._leases: set[str] = set()
+        self._leases: dict[str, str] = {}   # live lease id -> subject, renewed in the background
         self._renewer: asyncio.Task | None = None
 
     def tier_for(self, principal: Principal):
@@ -105,9 +105,9 @@ class TierLimiter:
                             day + timedelta(days=2), day_reset, {"tokens": "tokens_per_day"}))
         counters = self.store.counters
         steps = [counters.take(wid, costs, exp) for wid, costs, exp, _, _ in windows]
+        subject = f"streams:{acct}"
         if tier.concurrent_streams:
-            steps.append(counters.acquire_lease(f"streams:{acct}", tier.concurrent_streams,
-                                                self.lease_ttl))
+            steps.append(counters.acquire_lease(subject, tier.concurrent_streams, self.lease_ttl))
         results = await asyncio.gather(*steps, return_exceptions=True)
         taken = results[:len(windows)]
         lease = results[len(windows)] if tier.concurrent_streams else None
@@ -116,14 +116,15 @@ class TierLimiter:
         lease_refused = bool(tier.concurrent_streams) and not isinstance(lease, str)
         if error is None and not refused and not lease_refused:
             if lease:
-                self._leases.add(lease)
+                self._leases[lease] = subject
                 self._ensure_renewer()
             headers = self._headers(windows[0], taken[0]) if per_minute else {}
             return Admission(limiter=self.name, max_tokens=max_tokens, headers=headers,
                              reservation={"windows": [(w[0], w[2], "requests" in w[1])
                                                       for w in windows],
-                                          "cost": cost, "lease": lease})
-        await self._undo(windows, taken, lease)
+                                          "cost": cost, "lease": (subject, lease) if lease
+                                          else None})
+        await self._undo(windows, taken, subject, lease)
         if error is not None:
             raise error
         if refused:
@@ -158,20 +159,20 @@ class TierLimiter:
             headers[f"x-ratelimit-reset-{field}"] = _fmt(reset)
         return headers
 
-    async def _undo(self, windows, taken, lease) -> None:
+    async def _undo(self, windows, taken, subject, lease) -> None:
         steps = [self.store.counters.give_back(wid, {f: c for f, (c, _) in costs.items()})
                  for (wid, costs, *_), r in zip(windows, taken) if isinstance(r, dict)]
         if isinstance(lease, str):
-            steps.append(self.store.counters.release_lease(lease))
+            steps.append(self.store.counters.release_lease(subject, lease))
         await asyncio.gather(*steps, return_exceptions=True)
 
     async def settle(self, admission: Admission, usage: Usage, outcome: str) -> None:
         res = admission.reservation
         steps = []
-        lease = res.get("lease")
-        if lease:
-            self._leases.discard(lease)
-            steps.append(self.store.counters.release_lease(lease))
+        if res.get("lease"):
+            subject, lease = res["lease"]
+            self._leases.pop(lease, None)
+            steps.append(self.store.counters.release_lease(subject, lease))
         # Reconcile the token reservation with the real usage; a request another
         # limiter refused never ran, so its request count goes back too.
         unused = res.get("cost", 0) - usage.total_tokens
