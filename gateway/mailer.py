@@ -24,6 +24,7 @@ from email.utils import make_msgid
 
 import aiosmtplib
 
+from gateway.background import stop_task
 from gateway.config import ConfigError, _build
 
 log = logging.getLogger("allyoucantoken.mail")
@@ -92,12 +93,7 @@ class Mailer:
         self._task = asyncio.ensure_future(self._run())
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await stop_task(self._task)
 
     def wake(self) -> None:
         self._wake.set()

@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from gateway.background import stop_task
 from gateway.config import ConfigError, _build
 
 log = logging.getLogger("allyoucantoken.retention")
@@ -64,12 +65,7 @@ class RetentionService:
             self._task = asyncio.ensure_future(self._run(gateway.store))
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await stop_task(self._task)
 
     async def _run(self, store) -> None:
         while True:

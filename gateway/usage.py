@@ -13,6 +13,7 @@ from collections import deque
 from datetime import UTC, datetime
 from typing import Any, Callable
 
+from gateway.background import stop_task
 from gateway import metrics
 
 log = logging.getLogger("allyoucantoken.usage")
@@ -79,10 +80,5 @@ class UsageRecorder:
                 await self.store.keys.touch(last_used)
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await stop_task(self._task)
         await self.flush()

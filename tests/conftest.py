@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -74,3 +75,35 @@ def llama_server(tmp_path_factory):
                          f"http://127.0.0.1:{port}/v1/models", log, timeout=120)
     yield f"http://127.0.0.1:{port}/v1"
     stop_process(proc)
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium driven by Playwright (no browser download). `make test`
+    installs it; a missing browser is a failure, not a skip. Module-scoped: Playwright's
+    sync API holds an event loop open, which other tests' asyncio.run() cannot share."""
+    import playwright.sync_api
+
+    assert Path(CHROMIUM).exists(), "Debian chromium is missing: apt-get install chromium"
+    with playwright.sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def screenshot_path(tmp_path):
+    """Where a browser test saves its screenshot: docs/ (for the README) when
+    UPDATE_SCREENSHOTS=1, else the test's temporary folder."""
+    import os
+
+    def path(name: str) -> Path:
+        if os.environ.get("UPDATE_SCREENSHOTS") == "1":
+            return Path(__file__).resolve().parent.parent / "docs" / name
+        return tmp_path / name
+    return path

@@ -37,6 +37,7 @@ from typing import AsyncIterator
 
 import aiohttp
 
+from gateway.background import stop_task
 from gateway import metrics
 from gateway.errors import APIError
 from gateway.hookspecs import hookimpl
@@ -104,12 +105,7 @@ class OpenAICompatibleBackend:
 
     async def close(self) -> None:
         """Stop the health loop and close every pooled connection."""
-        if self._health_task:
-            self._health_task.cancel()
-            try:
-                await self._health_task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
-                pass
+        await stop_task(self._health_task)
         if self.session:
             await self.session.close()
 

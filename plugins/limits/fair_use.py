@@ -11,6 +11,7 @@ import asyncio
 import logging
 from datetime import UTC, datetime
 
+from gateway.background import stop_task
 from gateway.hookspecs import hookimpl
 
 log = logging.getLogger("allyoucantoken.fair_use")
@@ -32,8 +33,7 @@ class FairUseMonitor:
         self._task = asyncio.ensure_future(self._loop())
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
+        await stop_task(self._task)
 
     async def _loop(self) -> None:
         while True:

@@ -16,22 +16,9 @@ from tests.dashboard.conftest import ADMIN
 from tests.dashboard.support import wait_until
 from tests.dashboard.test_accounts import PASSWORD
 
-playwright = pytest.importorskip("playwright.sync_api")
-
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
-SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
 
 
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian chromium is not installed")
-    with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
+
 
 
 def one_cookie(context, url: str, exactly: bool = True) -> None:
@@ -48,7 +35,7 @@ def chat(gw, key: str, text: str) -> httpx.Response:
                       json={"model": "echo", "messages": [{"role": "user", "content": text}]})
 
 
-def test_account_journey_in_a_real_browser(dash_gw, inbox, browser, tmp_path):
+def test_account_journey_in_a_real_browser(dash_gw, inbox, browser, tmp_path, screenshot_path):
     url = dash_gw.url
     email_addr = "ada@example.com"
     # JavaScript off: every page and form works without it.
@@ -111,8 +98,7 @@ def test_account_journey_in_a_real_browser(dash_gw, inbox, browser, tmp_path):
     assert "echo" in page.inner_text("#per-model")
     assert "quick brown fox" not in page.content()
     check()
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    page.screenshot(path=str(screenshot_path("dashboard.png")), full_page=True)
 
     # export
     page.click("nav >> text=Account")

@@ -4,20 +4,14 @@ cookie + Origin check), and Stop cancels the generation in the backend."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from tests.helpers import start_gateway
 from tests.ws.conftest import ws_sections
 
-playwright = pytest.importorskip("playwright.sync_api")
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 ADMIN = ("pg-admin@example.com", "playground-password-0123")
-SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "playground.png"
 FAST_ARGON2 = {"argon2_time_cost": 2, "argon2_memory_cost": 8192, "argon2_parallelism": 1}
 
 
@@ -34,17 +28,9 @@ def pg_gw(mongo, tmp_path_factory):
     gw.stop()
 
 
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian chromium is not installed")
-    with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
 
 
-def test_playground_streams_and_stops_in_a_real_browser(pg_gw, browser):
+def test_playground_streams_and_stops_in_a_real_browser(pg_gw, browser, screenshot_path):
     ctx = browser.new_context()
     page = ctx.new_page()
     problems: list[str] = []
@@ -72,7 +58,7 @@ def test_playground_streams_and_stops_in_a_real_browser(pg_gw, browser):
     reply.locator(".pg-meta").wait_for()
     assert reply.locator(".pg-text").inner_text().strip() == "hello from the playground"
     assert "completion tokens" in reply.locator(".pg-meta").inner_text()
-    page.screenshot(path=str(SCREENSHOT))
+    page.screenshot(path=str(screenshot_path("playground.png")))
 
     # Tokens appear while the generation runs; Stop cancels it in the backend.
     page.select_option("#pg-model", "counter")
