@@ -73,7 +73,7 @@ async def serve(config: Config, ready=None) -> None:
             fh.write(str(embedded.port))
         log.info("embedded database on port %d (%s)", embedded.port,
                  config.database.embedded_engine)
-    store = Store(uri, config.database.name)
+    store = Store(uri, config.database.name, config.database.timeout)
     try:
         await store.init()
         pm = get_plugin_manager(config.plugins.modules, config.plugins.disabled)

@@ -41,6 +41,7 @@ class DatabaseConfig:
     uri: str = ""            # empty: start the embedded MongoDB-wire server
     name: str = "allyoucantoken"
     embedded_engine: str = "sqlite"   # sqlite (file under data_dir) or memory
+    timeout: float = 5.0              # seconds to wait for the database before failing (503)
 
 
 @dataclass

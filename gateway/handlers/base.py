@@ -9,6 +9,7 @@ from typing import Any
 import tornado.web
 
 from gateway.errors import APIError
+from gateway.store import StoreError
 from gateway.types import Principal
 
 log = logging.getLogger("allyoucantoken.http")
@@ -68,6 +69,10 @@ class BaseAPIHandler(tornado.web.RequestHandler):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, APIError):
             return self.send_api_error(exc)
+        if isinstance(exc, StoreError):
+            return self.send_api_error(APIError(
+                503, "The service is temporarily unavailable; please retry shortly.",
+                code="service_unavailable", headers={"Retry-After": "5"}))
         if isinstance(exc, tornado.web.HTTPError) and status_code < 500:
             message = exc.log_message or self._reason
             return self.send_api_error(APIError(status_code, message))

@@ -7,6 +7,7 @@ its own indexes in ``init()``.
 from __future__ import annotations
 
 from pymongo import AsyncMongoClient
+from pymongo.errors import PyMongoError as StoreError  # noqa: F401 - re-exported for handlers
 
 from gateway.store.accounts import Accounts
 from gateway.store.audit import AuditLog
@@ -23,9 +24,9 @@ from gateway.store.usage import UsageStore
 class Store:
     """The gateway's handle on MongoDB: one client, one database, many repositories."""
 
-    def __init__(self, uri: str, db_name: str) -> None:
+    def __init__(self, uri: str, db_name: str, timeout: float = 5.0) -> None:
         self.client = AsyncMongoClient(uri, tz_aware=True, connect=False,
-                                       serverSelectionTimeoutMS=10_000,
+                                       serverSelectionTimeoutMS=int(timeout * 1000),
                                        event_listeners=[CommandCounter()])
         self.db = self.client[db_name]
         self.accounts = Accounts(self.db)

@@ -1,0 +1,56 @@
+"""A database outage: cached keys keep working, usage waits in the buffer and is written
+once the database is back (nothing lost); requests that need the database get a clean
+503 with Retry-After."""
+import time
+
+import httpx
+
+from gateway import embedded_db
+from tests.helpers import db_run, free_port, start_gateway
+
+BODY = {"model": "echo", "messages": [{"role": "user", "content": "outage test"}]}
+
+
+def test_outage_loses_no_usage_and_fails_cleanly(tmp_path):
+    port = free_port()
+    path = str(tmp_path / "db" / "db.sqlite")
+    db = embedded_db.start("sqlite", path, port=port)
+    gw = start_gateway(tmp_path / "gw", db.uri, {
+        "plugins": {"modules": ["tests.plugins.echo_backend"]},
+        "models": [{"name": "echo", "backend": "echo"}],
+        "auth": {"key_cache_ttl": 120.0},
+        "database": {"timeout": 1.0}})
+    try:
+        key = gw.create_key("outage@example.com")
+        other = gw.create_key("other@example.com")
+        headers = {"Authorization": f"Bearer {key}"}
+        assert httpx.post(gw.url + "/v1/chat/completions", json=BODY,
+                          headers=headers).status_code == 200       # the key is cached now
+        time.sleep(0.5)
+        db.stop()
+
+        for _ in range(3):
+            r = httpx.post(gw.url + "/v1/chat/completions", json=BODY, headers=headers,
+                           timeout=30)
+            assert r.status_code == 200
+        r = httpx.post(gw.url + "/v1/chat/completions", json=BODY, timeout=30,
+                       headers={"Authorization": f"Bearer {other}"})   # needs the database
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "service_unavailable"
+        assert r.headers["Retry-After"] == "5" and "Traceback" not in r.text
+        time.sleep(1.5)                                                   # flushes fail meanwhile
+
+        db = embedded_db.start("sqlite", path, port=port)                 # the database is back
+        deadline = time.monotonic() + 20
+        while True:
+            events = db_run(db.uri, gw.db_name, lambda s: s.usage.events.find(
+                {"status": 200}).to_list())
+            if len(events) >= 4 or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert len(events) == 4          # the first request and the three during the outage
+        assert httpx.post(gw.url + "/v1/chat/completions", json=BODY, timeout=30,
+                          headers={"Authorization": f"Bearer {other}"}).status_code == 200
+    finally:
+        gw.stop()
+        db.stop()
