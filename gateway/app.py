@@ -96,10 +96,12 @@ async def serve(config: Config, ready=None) -> None:
         await stop.wait()
         log.info("shutting down")
         server.stop()
+        ws.close_all_sockets()
         try:  # let running streams finish, for a while
             await asyncio.wait_for(server.close_all_connections(), 10)
         except TimeoutError:
             log.warning("closing with streams still open")
+        await gateway.cancel_running()
         await gateway.stop()
     finally:
         await store.close()

@@ -27,6 +27,7 @@ class Gateway:
         self.authenticators: list[Any] = []
         self.services: list[Any] = []
         self.routes: list[tuple] = []
+        self.running: set[asyncio.Task] = set()   # generations in progress (for shutdown)
         self.usage = UsageRecorder(store, config.usage.batch_size, config.usage.flush_interval,
                                    config.usage.buffer_max, observers=pm.hook.on_usage)
 
@@ -55,6 +56,14 @@ class Gateway:
         self.usage.start()
         for service in self.services:
             await service.start(self)
+
+    async def cancel_running(self) -> None:
+        """Cut off the generations still running and wait until each has settled its
+        limits and recorded its usage (status 499)."""
+        tasks = list(self.running)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def stop(self) -> None:
         """Stop services, flush usage, close backends (in that order)."""

@@ -101,6 +101,8 @@ class Generation:
         metrics.ACTIVE_STREAMS.labels(self.transport).inc()
         status, error_code, outcome = 200, None, "ok"
         self._relayed, self._ttft, self._reported = 0, None, None
+        task = asyncio.current_task()
+        self.gateway.running.add(task)
         try:
             stream = backend.chat(self.req) if self.req.kind == "chat" else \
                 backend.completions(self.req)
@@ -135,7 +137,10 @@ class Generation:
             self.usage = usage
             if self.finish_reason is None and status == 200:
                 self.finish_reason = "stop"
-            await asyncio.shield(self._finish(usage, outcome, status, error_code, ttft))
+            try:
+                await asyncio.shield(self._finish(usage, outcome, status, error_code, ttft))
+            finally:
+                self.gateway.running.discard(task)
         return self.usage
 
     async def _pump(self, stream, emit: Emit) -> None:

@@ -22,6 +22,7 @@ import logging
 import secrets
 import time
 import urllib.parse
+import weakref
 from typing import Any
 
 import tornado.httputil
@@ -40,6 +41,20 @@ log = logging.getLogger("allyoucantoken.ws")
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_IDLE = 4408
 CLOSE_SLOW_READER = 4429
+CLOSE_GOING_AWAY = 1001
+
+# Open sockets of this process, so that a shutdown can say goodbye properly.
+OPEN_SOCKETS: "weakref.WeakSet[ChatSocketHandler]" = weakref.WeakSet()
+
+
+def close_all_sockets() -> None:
+    """On shutdown: tell every client why (an error message), then close with 1001.
+    Requests still running are cancelled and recorded as cut off."""
+    for handler in list(OPEN_SOCKETS):
+        handler._send_nowait({"type": "error", "id": None, "status": 503, "error": {
+            "message": "The server is shutting down; reconnect and retry.",
+            "type": "server_error", "param": None, "code": "server_shutdown"}})
+        handler.close(CLOSE_GOING_AWAY, "server shutting down")
 MAX_ID_LENGTH = 128
 HARD_CAP_FACTOR = 4   # frames above HARD_CAP_FACTOR * max_message_bytes close the socket (1009)
 
@@ -152,6 +167,7 @@ class ChatSocketHandler(tornado.websocket.WebSocketHandler):
         return None   # no per-message deflate: it hides message sizes from the caps
 
     def open(self) -> None:
+        OPEN_SOCKETS.add(self)
         self.set_nodelay(True)
         self.watchdog = asyncio.ensure_future(self._watch())
         self._send_nowait({"type": "ready", "authenticated": self.auth_request is not None,
@@ -410,6 +426,7 @@ class ChatSocketHandler(tornado.websocket.WebSocketHandler):
     def on_close(self) -> None:
         """The client left (or we closed): stop every generation at once."""
         self.socket_closed = True
+        OPEN_SOCKETS.discard(self)
         for task in list(self.tasks.values()):
             task.cancel()
         if self.watchdog is not None:

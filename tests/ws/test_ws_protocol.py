@@ -1,6 +1,7 @@
 """The WebSocket chat protocol against a real gateway process (echo/counting test backends)."""
 import asyncio
 import json
+import signal
 import time
 
 import httpx
@@ -228,3 +229,37 @@ def test_usage_is_recorded_without_content(ws_gw):
     for word in secret.split():
         assert word not in repr(events)
         assert word not in ws_gw.log()
+
+
+def test_shutdown_says_goodbye_and_records_the_cut_off_request(mongo, tmp_path):
+    """SIGTERM: open sockets get an error message and close code 1001; a running
+    request is recorded as cut off (499)."""
+    from tests.helpers import start_gateway
+    from tests.ws.conftest import ws_sections
+
+    state = tmp_path / "state"
+    state.mkdir()
+    gw = start_gateway(tmp_path, mongo.uri, ws_sections(state))
+    key = gw.create_key("bye@example.com")
+
+    async def main():
+        client = await Client.connect(gw, key)
+        await client.send({"type": "chat", "id": "long", "body": {
+            "model": "slow-echo", "messages": [{"role": "user", "content": "w " * 400}]}})
+        while True:
+            msg = await client.recv()
+            if msg["type"] == "delta":
+                break
+        gw.proc.send_signal(signal.SIGTERM)
+        messages = []
+        while (msg := await client.recv(timeout=20)) is not None:
+            messages.append(msg)
+        return messages, client.conn.close_code
+
+    messages, code = asyncio.run(main())
+    assert code == 1001
+    goodbye = [m for m in messages if m["type"] == "error" and m["id"] is None]
+    assert goodbye and goodbye[0]["error"]["code"] == "server_shutdown"
+    assert gw.proc.wait(20) == 0
+    events = usage_events(gw, "bye@example.com")
+    assert [e["status"] for e in events] == [499]
