@@ -32,13 +32,7 @@ def get_plugin_manager(extra_modules: tuple[str, ...] | list[str] = (),
     for name in (*DEFAULT_PLUGINS, *extra_modules):
         if pm.is_blocked(name):
             continue
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if name in DEFAULT_PLUGINS and exc.name == name:
-                continue  # a built-in not shipped in this install
-            raise
-        pm.register(module, name=name)
+        pm.register(importlib.import_module(name), name=name)
     if load_entry_points:
         pm.load_setuptools_entrypoints(hookspecs.PROJECT)
     return pm

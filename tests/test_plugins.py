@@ -53,3 +53,11 @@ def test_readme_example_plugin_is_short_and_valid():
     registered = {}
     namespace["register_backends"](register=registered.__setitem__, config=None)
     assert registered
+
+
+def test_a_disabled_builtin_is_not_loaded():
+    pm = get_plugin_manager(disabled=["plugins.limits.tiers", "dashboard.plugin"],
+                            load_entry_points=False)
+    names = {pm.get_name(p) for p in pm.get_plugins()}
+    assert "plugins.limits.tiers" not in names and "dashboard.plugin" not in names
+    assert "plugins.auth.api_key" in names
