@@ -42,11 +42,6 @@ class Store:
                                    self.sessions, self.outbox, self.audit, self.privacy,
                                    self.resets]
 
-    def add_repository(self, name: str, repository) -> None:
-        """Attach a further repository (from a store module of this package)."""
-        setattr(self, name, repository)
-        self.repositories.append(repository)
-
     async def init(self) -> None:
         """Check the connection and create every repository's indexes."""
         await self.db.command("ping")
