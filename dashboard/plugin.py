@@ -35,6 +35,12 @@ PAGES = [
 
 
 @hookimpl
+def config_sections():
+    """The dashboard reads [dashboard], [smtp] and [retention]."""
+    return ["dashboard", "smtp", "retention"]
+
+
+@hookimpl
 def register_routes(register, config):
     """The dashboard pages under /dashboard (and / redirecting there)."""
     cfg = DashboardConfig.from_config(config)

@@ -64,5 +64,14 @@ def register_services(register, config, store):
 
 
 @hookspec
+def config_sections():
+    """Return the names of the config-file sections this plugin reads (e.g. ``["smtp"]``).
+
+    The gateway refuses to start when the config file has a section that no plugin
+    claims, so a misspelt section is an error instead of being silently ignored.
+    """
+
+
+@hookspec
 def on_usage(event):
     """Observe one usage event (a dict of metadata, never content) after a request ends."""

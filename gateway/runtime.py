@@ -6,7 +6,7 @@ import asyncio
 import logging
 from typing import Any
 
-from gateway.config import Config
+from gateway.config import Config, ConfigError
 from gateway.errors import APIError
 from gateway.types import Principal
 from gateway.usage import UsageRecorder
@@ -30,6 +30,13 @@ class Gateway:
         self.running: set[asyncio.Task] = set()   # generations in progress (for shutdown)
         self.usage = UsageRecorder(store, config.usage.batch_size, config.usage.flush_interval,
                                    config.usage.buffer_max, observers=pm.hook.on_usage)
+
+        claimed = {name for names in pm.hook.config_sections() for name in names}
+        unknown = sorted(set(config.extra) - claimed)
+        if unknown:
+            raise ConfigError(f"unknown config section(s) {', '.join(f'[{n}]' for n in unknown)}"
+                              f"; known: {', '.join(f'[{n}]' for n in sorted(claimed))} and "
+                              "the core sections")
 
         def reg_backend(name: str, factory) -> None:
             self.backend_types[name] = factory

@@ -38,3 +38,20 @@ def test_invalid_config_names_the_key(data, needle):
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load(str(tmp_path / "nope.toml"), env={})
+
+
+def test_a_section_no_plugin_reads_stops_the_gateway(mongo, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.helpers import env, write_config
+
+    cfg = write_config(tmp_path / "c.toml", {
+        "server": {"port": 1, "data_dir": str(tmp_path / "var")},
+        "database": {"uri": mongo.uri, "name": "cfgtest"},
+        "smpt": {"host": "mail.example.com"}})
+    result = subprocess.run([sys.executable, "-m", "gateway.cli", "-c", str(cfg), "serve"],
+                            capture_output=True, text=True, env=env(), timeout=60)
+    assert result.returncode != 0
+    assert "configuration error: unknown config section(s) [smpt]" in result.stderr
+    assert "[smtp]" in result.stderr and "Traceback" not in result.stderr
