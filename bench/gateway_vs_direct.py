@@ -127,14 +127,25 @@ def main() -> None:
         rows = []
         # TTFT: 16 chunks of 4 chars, 5 ms apart (a realistic-ish decode rate).
         set_upstream(upstream, tokens=16, interval=0.005, chunk_chars=4)
+        # The floor for any extra Python hop: a bare asyncio byte relay, one stream.
+        relay_port = free_port()
+        relay_proc = start_process([sys.executable, "-m", "bench.tcp_relay", "--port",
+                                    str(relay_port), "--upstream-port", str(port)],
+                                   f"http://127.0.0.1:{relay_port}/v1/models",
+                                   tmp / "relay.log")
+        d = asyncio.run(run_load(*direct, 1, rounds[1], BODY))
+        r = asyncio.run(run_load(f"http://127.0.0.1:{relay_port}/v1/chat/completions", {}, 1,
+                                 rounds[1], BODY))
+        stop_process(relay_proc)
+        relay_row = ("bare TCP relay @   1", d, r)
         for conc in (1, 50, 200):
             d = asyncio.run(run_load(*direct, conc, rounds[conc], BODY))
             g = asyncio.run(run_load(*via, conc, rounds[conc], BODY))
             rows.append((f"TTFT @ {conc:>3} streams", d, g))
         # Saturation: 200 streams of 256 chunks, no pause between chunks.
         set_upstream(upstream, tokens=256, interval=0.0, chunk_chars=4)
-        d = asyncio.run(run_load(*direct, 200, 1, BODY))
-        g = asyncio.run(run_load(*via, 200, 1, BODY))
+        sat_direct = asyncio.run(run_load(*direct, 200, 1, BODY))
+        sat_gateway = asyncio.run(run_load(*via, 200, 1, BODY))
         # Admission cost: limits on vs off, one stream at a time and 50 at a time.
         set_upstream(upstream, tokens=4, interval=0.0, chunk_chars=4)
         adm = []
@@ -152,11 +163,12 @@ def main() -> None:
           "gateway, upstream and database)\n")
     print(f"{'measure':<24}{'direct p50':>12}{'gateway p50':>13}{'added p50':>11}"
           f"{'direct p99':>12}{'gateway p99':>13}")
-    for name, d, g in rows:
+    for name, d, g in rows + [relay_row]:
         print(f"{name:<24}{d['p50']:>10.2f}ms{g['p50']:>11.2f}ms{g['p50'] - d['p50']:>9.2f}ms"
               f"{d['p99']:>10.2f}ms{g['p99']:>11.2f}ms")
     print(f"\n{'saturation (200 streams x 256 chunks)':<40}{'direct':>12}{'gateway':>12}")
-    print(f"{'relayed chunks/s':<40}{d['chunks_per_s']:>12.0f}{g['chunks_per_s']:>12.0f}")
+    print(f"{'relayed chunks/s':<40}{sat_direct['chunks_per_s']:>12.0f}"
+          f"{sat_gateway['chunks_per_s']:>12.0f}")
     print(f"\n{'admission (limits on vs off)':<32}{'off p50':>10}{'on p50':>10}{'added':>10}")
     for conc, off, on in adm:
         print(f"{'TTFT @ ' + str(conc) + ' streams':<32}{off['p50']:>8.2f}ms{on['p50']:>8.2f}ms"
