@@ -78,6 +78,9 @@ class TierLimiter:
             return _deny("prompt_too_large", f"The prompt is larger than your tier allows "
                          f"({tier.max_prompt_chars} characters).", status=400,
                          param="messages" if req.kind == "chat" else "prompt")
+        if not (tier.requests_per_minute or tier.tokens_per_minute or tier.tokens_per_day
+                or tier.concurrent_streams):
+            return Admission(limiter=self.name, max_tokens=max_tokens)  # nothing to count
         cost = prompt_estimate + (max_tokens or DEFAULT_COMPLETION_ESTIMATE)
         return await self._reserve(principal, tier, cost, max_tokens)
 
