@@ -81,3 +81,19 @@ def test_revoking_an_unknown_key_fails_clearly(start_gw):
     gw = start_gw(ECHO)
     result = gw.cli("keys", "revoke", "ayct_nothere", check=False)
     assert result.returncode != 0 and "no active key" in result.stderr
+
+
+def test_last_use_is_recorded_off_the_hot_path(start_gw):
+    gw = start_gw(ECHO)
+    used = gw.create_key("dave@example.com")
+    gw.create_key("dave@example.com")            # a second key, never used
+    assert call(gw, used).status_code == 200
+    deadline = time.monotonic() + 10
+    while True:                                 # written with the next usage batch
+        listing = gw.cli("keys", "list", "--account", "dave@example.com").stdout
+        if "never" in listing and listing.count("last used 20") == 1:
+            break
+        assert time.monotonic() < deadline, listing
+        time.sleep(0.2)
+    line = next(x for x in listing.splitlines() if x.startswith(used[:13]))
+    assert "last used 20" in line

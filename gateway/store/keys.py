@@ -6,6 +6,8 @@ import secrets
 from datetime import datetime
 from typing import Any
 
+from pymongo import UpdateOne
+
 from gateway.store.accounts import now
 
 KEY_PREFIX = "ayct_"
@@ -67,5 +69,7 @@ class ApiKeys:
 
     async def touch(self, last_used: dict[str, datetime]) -> None:
         """Record last-used times (batched from usage events; never on the hot path)."""
-        for key_id, when in last_used.items():
-            await self.col.update_one({"_id": key_id}, {"$max": {"last_used_at": when}})
+        if last_used:
+            await self.col.bulk_write([UpdateOne({"_id": key_id},
+                                                 {"$max": {"last_used_at": when}})
+                                       for key_id, when in last_used.items()], ordered=False)
