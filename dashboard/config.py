@@ -8,6 +8,8 @@ from gateway.config import ConfigError, _build
 
 @dataclass
 class DashboardConfig:
+    """``[dashboard]``: sessions, passwords, throttling and the first admin."""
+
     admin_email: str = ""           # first admin (created at first start if no admin exists)
     admin_password: str = ""        # or ALLYOUCANTOKEN_DASHBOARD__ADMIN_PASSWORD; empty: random
     session_idle: float = 3600.0    # seconds without a request before a session ends

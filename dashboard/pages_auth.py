@@ -18,6 +18,8 @@ _INACTIVE = {"pending": "Your account is waiting for approval by an administrato
 
 
 class RootHandler(DashboardHandler):
+    """``/``: sends visitors to the dashboard."""
+
     access = "public"
 
     def get(self) -> None:

@@ -23,6 +23,8 @@ class ConfigError(ValueError):
 
 @dataclass
 class ServerConfig:
+    """``[server]``: where and how the gateway listens."""
+
     host: str = "127.0.0.1"
     port: int = 8888
     max_body_bytes: int = 1_048_576
@@ -38,6 +40,8 @@ class ServerConfig:
 
 @dataclass
 class DatabaseConfig:
+    """``[database]``: MongoDB, or the embedded MongoDB-wire server when ``uri`` is empty."""
+
     uri: str = ""            # empty: start the embedded MongoDB-wire server
     name: str = "allyoucantoken"
     embedded_engine: str = "sqlite"   # sqlite (file under data_dir) or memory
@@ -46,12 +50,16 @@ class DatabaseConfig:
 
 @dataclass
 class AuthConfig:
+    """``[auth]``: the API-key cache (its TTL bounds how fast revocation takes effect)."""
+
     key_cache_ttl: float = 2.0       # revocation/suspension bound, seconds
     key_cache_size: int = 10_000
 
 
 @dataclass
 class UsageConfig:
+    """``[usage]``: batching of usage metadata writes."""
+
     batch_size: int = 200
     flush_interval: float = 1.0
     buffer_max: int = 50_000
@@ -59,6 +67,8 @@ class UsageConfig:
 
 @dataclass
 class ModelConfig:
+    """``[[models]]``: a model name clients use, the backend serving it, its options."""
+
     name: str
     backend: str
     options: dict[str, Any] = field(default_factory=dict)
@@ -66,6 +76,8 @@ class ModelConfig:
 
 @dataclass
 class TierConfig:
+    """``[tiers.NAME]``: one subscription tier's limits (0 means unlimited)."""
+
     requests_per_minute: int = 0      # 0 means unlimited
     tokens_per_minute: int = 0
     tokens_per_day: int = 0
@@ -78,6 +90,8 @@ class TierConfig:
 
 @dataclass
 class LimitsConfig:
+    """``[limits]``: the tier limiter's settings."""
+
     default_tier: str = "free"
     lease_ttl: float = 15.0
     enabled: bool = True
@@ -97,6 +111,8 @@ class FairUseConfig:
 
 @dataclass
 class PluginsConfig:
+    """``[plugins]``: extra plugin modules to load and plugins to block."""
+
     modules: list[str] = field(default_factory=list)   # extra plugin modules to import
     disabled: list[str] = field(default_factory=list)  # plugin names to block
 
@@ -124,6 +140,8 @@ class WebSocketConfig:
 
 @dataclass
 class Config:
+    """The whole configuration; plugin-owned sections are kept in ``extra``."""
+
     server: ServerConfig = field(default_factory=ServerConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)

@@ -32,6 +32,8 @@ log = logging.getLogger("allyoucantoken.mail")
 
 @dataclass
 class SmtpConfig:
+    """``[smtp]``: the one SMTP relay all mail goes through."""
+
     host: str = ""
     port: int = 587
     starttls: bool = True

@@ -23,6 +23,8 @@ RETAINED_STATUSES = ("closed", "rejected", "suspended")
 
 @dataclass
 class RetentionConfig:
+    """``[retention]``: how long data of closed/suspended/rejected accounts is kept."""
+
     days: float = 90.0
     interval: float = 3600.0     # seconds between passes
     enabled: bool = True
