@@ -71,7 +71,10 @@ def llama_server(tmp_path_factory):
     log = tmp_path_factory.mktemp("llama_server") / "server.log"
     proc = start_process([sys.executable, "-m", "llama_cpp.server", "--model", default_model_path(),
                           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
-                          "--model_alias", "smol-upstream"],
+                          "--model_alias", "smol-upstream",
+                          # Otherwise any new request, even the gateway's health probe of
+                          # /v1/models, cuts off the generation in progress.
+                          "--interrupt_requests", "false"],
                          f"http://127.0.0.1:{port}/v1/models", log, timeout=120)
     yield f"http://127.0.0.1:{port}/v1"
     stop_process(proc)
