@@ -33,7 +33,10 @@ def test_client_disconnect_stops_generation_at_once(gateway, api_key):
     sock.close()
     closed_at = time.monotonic()
     while idle_instances(gateway) == 0:
-        assert time.monotonic() - closed_at < 3.0, "generation did not stop within 3 s"
+        # Typically under 0.2 s: the worker stops at the next token. Under heavy CPU
+        # contention one llama.cpp token step can take seconds, hence the roomy bound,
+        # still far below the ~25 s the 1500-token generation would take.
+        assert time.monotonic() - closed_at < 5.0, "generation did not stop within 5 s"
         time.sleep(0.02)
     stopped_after = time.monotonic() - closed_at
     print(f"generation stopped {stopped_after * 1000:.0f} ms after the disconnect")
