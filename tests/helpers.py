@@ -23,6 +23,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until(fn, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
+    """Poll ``fn`` until it returns something truthy, and return that (tests assert
+    behaviour, not timing: the timeout is only a safety net)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(interval)
+
+
 def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = None,
               log: Path | None = None) -> None:
     deadline = time.monotonic() + timeout

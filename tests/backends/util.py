@@ -2,23 +2,15 @@
 from __future__ import annotations
 
 import json
-import time
 
 import httpx
 
-from tests.helpers import db_run
+from tests.helpers import db_run, wait_until
 
 
 def wait_for(fn, timeout: float = 30.0, what: str = "condition"):
-    """Poll ``fn`` until it returns something truthy (tests assert behaviour, not timing)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+    """Poll ``fn`` until it returns something truthy (see tests.helpers.wait_until)."""
+    return wait_until(fn, timeout, what=what)
 
 
 def usage_event(gw, request_id: str) -> dict:

@@ -8,7 +8,10 @@ import threading
 import time
 
 import httpx
+
 from aiosmtpd.controller import Controller
+
+from tests.helpers import wait_until  # noqa: F401 - re-exported for the dashboard tests
 
 CSRF = re.compile(r'name="_csrf" value="([^"]+)"')
 HTML = {"Accept": "text/html"}
@@ -92,11 +95,3 @@ def assert_api_error(resp: httpx.Response, status: int, code: str | None = None)
     return body["error"]
 
 
-def wait_until(fn, timeout: float = 30.0, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not met")

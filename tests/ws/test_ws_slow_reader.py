@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.helpers import start_gateway
+from tests.helpers import start_gateway, wait_until
 from tests.ws.conftest import ws_sections
 from tests.ws.rawsocket import RawSocket
 
@@ -38,14 +38,6 @@ def state(gw, marker):
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def wait_until(pred, timeout=60.0, every=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError("condition not reached")
 
 
 def test_a_client_that_reads_nothing_pauses_the_generation(flood_gw):
@@ -67,7 +59,7 @@ def test_a_client_that_reads_nothing_pauses_the_generation(flood_gw):
             last.update(n=s["produced"], since=time.monotonic())
             return False
         return time.monotonic() - last["since"] > 1.0 and s
-    paused = wait_until(stalled, timeout=120, every=0.1)
+    paused = wait_until(stalled, timeout=120, interval=0.1, what="the backend to pause")
     during = rss_kb(pid)
     frame_bytes = 2 + len('{"type":"delta","id":1,"content":"t12345 "}')  # one delta frame
     print(f"\n[slow reader] backend paused after {paused['produced']} of {TOTAL} tokens "
