@@ -104,8 +104,11 @@ async def serve(config: Config, ready=None) -> None:
         await gateway.cancel_running()
         await gateway.stop()
     finally:
-        await store.close()
+        try:
+            await asyncio.wait_for(store.close(), 1.0)
+        except (TimeoutError, Exception):  # noqa: BLE001 - exiting anyway
+            pass
         if embedded:
-            embedded.stop()
+            embedded.stop(timeout=embedded_db.EXIT_GRACE + 1)
             if os.path.exists(port_file):
                 os.remove(port_file)

@@ -54,15 +54,17 @@ class AuthConfig:
 
     key_cache_ttl: float = 2.0       # revocation/suspension bound, seconds
     key_cache_size: int = 10_000
+    key_cache_max_stale: float = 600.0  # while the database is down, cached keys work this long
 
 
 @dataclass
 class UsageConfig:
-    """``[usage]``: batching of usage metadata writes."""
+    """``[usage]``: how usage rollups are written and kept."""
 
-    batch_size: int = 200
-    flush_interval: float = 1.0
-    buffer_max: int = 50_000
+    flush_interval: float = 1.0       # seconds between rollup writes
+    hourly_days: float = 14.0         # hourly detail is kept this long (daily sums stay)
+    shutdown_timeout: float = 5.0     # at exit, unwritten usage goes to the spool after this
+    events_file: str = ""             # opt-in per-request metadata log (JSON lines) in data_dir
 
 
 @dataclass
@@ -93,7 +95,10 @@ class LimitsConfig:
     """``[limits]``: the tier limiter's settings."""
 
     default_tier: str = "free"
-    lease_ttl: float = 15.0
+    lease_ttl: float = 15.0           # stream slots of a crashed process free after this
+    lease_idle: float = 2.0           # an idle account's unused quota goes back after this
+    lease_horizon: float = 1.0        # a quota block covers this many seconds of demand
+    lease_max_share: float = 0.25     # ...and at most this share of a limit
     enabled: bool = True
 
 

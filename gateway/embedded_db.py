@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
+
+PR_SET_PDEATHSIG = 1
+EXIT_GRACE = 5.0      # after SIGTERM (or the gateway's death), exit within this long
 
 
 @dataclass
@@ -53,7 +58,8 @@ def start(engine: str = "sqlite", path: str | None = None, port: int = 0,
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, env=env, text=True)
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, env=env, text=True,
+                            preexec_fn=_die_with_parent)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
@@ -65,8 +71,46 @@ def start(engine: str = "sqlite", path: str | None = None, port: int = 0,
     raise RuntimeError("embedded MongoDB-wire server did not start in time")
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: the kernel sends SIGTERM when the gateway dies, even
+    by SIGKILL, so the database server never outlives it (Linux; elsewhere the child
+    still polls its parent id)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+def _skip_payload_id_scan() -> None:
+    """Make inserts O(log n) instead of O(n) (a mongoeco cost, measured: 3 ms into an
+    empty collection, 14 ms at 1,000 documents, 155 ms at 1,800 in a batch).
+
+    Before inserting, mongoeco looks the new ``_id`` up by its storage key (indexed) and
+    then, with ``scan_payload_id=True``, also decodes every document of the collection to
+    compare ids by value. Its own rule for when that scan is needed is "the id contains
+    a number" (1 and 1.0 are equal ids with different storage keys); that rule still
+    applies here, only the unconditional scan is dropped. String and ObjectId ids (all
+    the gateway uses) are then checked through the index alone."""
+    from mongoeco.engines.memory import MemoryEngine
+    from mongoeco.engines.sqlite import SQLiteEngine
+
+    for cls, name in ((SQLiteEngine, "_validate_document_against_unique_indexes"),
+                      (MemoryEngine, "_ensure_unique_indexes")):
+        original = getattr(cls, name, None)
+        if original is None or getattr(original, "_ayct_patched", False):
+            continue
+
+        def patched(self, *args, _original=original, **kwargs):
+            kwargs["scan_payload_id"] = False
+            return _original(self, *args, **kwargs)
+        patched._ayct_patched = True
+        setattr(cls, name, patched)
+
+
 async def _serve(engine_name: str, path: str | None, port: int) -> None:
     from mongoeco.wire import AsyncMongoEcoProxyServer
+
+    _skip_payload_id_scan()
 
     if engine_name == "memory":
         from mongoeco.engines.memory import MemoryEngine
@@ -79,8 +123,17 @@ async def _serve(engine_name: str, path: str | None, port: int) -> None:
     bound = addr[1] if isinstance(addr, tuple) else getattr(addr, "port", port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal(signum, frame) -> None:
+        # A plain handler (not the loop's): it runs even while the loop is busy, and a
+        # timer makes sure the process is gone within EXIT_GRACE whatever it is doing.
+        timer = threading.Timer(EXIT_GRACE, os._exit, [0])
+        timer.daemon = True
+        timer.start()
+        loop.call_soon_threadsafe(stop.set)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        signal.signal(sig, on_signal)
     print(f"READY {bound}", flush=True)
     # Exit when the parent goes away, too (stdin closes or the ppid changes).
     parent = os.getppid()
@@ -90,7 +143,10 @@ async def _serve(engine_name: str, path: str | None, port: int) -> None:
         except TimeoutError:
             if os.getppid() != parent:
                 break
-    await server.close()
+    try:
+        await asyncio.wait_for(server.close(), EXIT_GRACE / 2)
+    except TimeoutError:
+        pass
 
 
 def main() -> None:

@@ -32,7 +32,9 @@ def register_limiters(register, config, store):
     before the backend runs; deny with status/limit/retry_after) and
     ``async settle(admission, usage, outcome)`` (reconcile with real usage and release,
     on success, error, disconnect or timeout). All limiters must admit; when one denies,
-    the reservations of the others are settled with zero usage.
+    the reservations of the others are settled with zero usage. An optional
+    ``async close()`` runs at shutdown (e.g. to give back leased quota). Keep the
+    database off this path: ``admit`` and ``settle`` run for every request.
     """
 
 
@@ -74,4 +76,9 @@ def config_sections():
 
 @hookspec
 def on_usage(event):
-    """Observe one usage event (a dict of metadata, never content) after a request ends."""
+    """Observe one usage event (a dict of metadata, never content) after a request ends.
+
+    Called on the event loop for every request: do no blocking I/O here (buffer, as the
+    built-in ``plugins.usage.events_file`` does). The database keeps only rollups; an
+    observer is the way to keep per-request records.
+    """

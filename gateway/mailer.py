@@ -13,16 +13,27 @@ SMTP outage delays mail but loses none. Configured by the ``[smtp]`` section::
     sender = "AllYouCanToken <no-reply@example.com>"
 
 Without ``host`` mail stays queued in the outbox (a warning is logged once).
+
+Bodies are stored encrypted (``MailSeal``: Fernet, with a key generated at first use in
+``data_dir/mail.key``, mode 0600, or ``[smtp] key_file``), so a reset code waiting in
+the outbox, or left in a database file, is unreadable without the key; once a message is
+sent (or given up) its body is erased. A process sends only messages sealed with its own
+key: gateways on several hosts sharing one database either share the key file or each
+send what they queued.
 """
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import os
+import secrets
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import make_msgid
 
 import aiosmtplib
+from cryptography.fernet import Fernet, InvalidToken
 
 from gateway.background import stop_task
 from gateway.config import ConfigError, _build
@@ -46,6 +57,7 @@ class SmtpConfig:
     retry_base: float = 30.0        # first retry delay; doubles per attempt
     retry_max: float = 3600.0       # longest delay between attempts
     max_attempts: int = 100         # then the message is marked failed
+    key_file: str = ""              # key sealing queued bodies; default data_dir/mail.key
 
     @classmethod
     def from_config(cls, config) -> "SmtpConfig":
@@ -69,10 +81,84 @@ class SmtpConfig:
         return cfg
 
 
+def private_dir(path: str) -> str:
+    """Create ``path`` (0700), or take group/other permissions away from it."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    mode = os.stat(path).st_mode & 0o777
+    if mode & 0o077:
+        try:
+            os.chmod(path, mode & 0o700)
+        except PermissionError:  # not ours: the key file itself is still 0600
+            log.warning("cannot make %s private (mode %o)", path, mode)
+    return path
+
+
+def _read_key(path: str) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as f:
+        if os.fstat(f.fileno()).st_mode & 0o077:
+            os.fchmod(f.fileno(), 0o600)
+        key = f.read().strip()
+    Fernet(key)  # a clear error for a damaged file
+    return key
+
+
+def load_or_create_key(path: str) -> bytes:
+    """The sealing key at ``path``; a new one (mode 0600) if the file does not exist.
+    Safe when several processes start at once: the first link wins, all read it."""
+    try:
+        return _read_key(path)
+    except FileNotFoundError:
+        pass
+    private_dir(os.path.dirname(os.path.abspath(path)))
+    tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(Fernet.generate_key() + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+    finally:
+        os.unlink(tmp)
+    return _read_key(path)
+
+
+class MailSeal:
+    """Encrypts queued mail bodies at rest (Fernet: AES-CBC + HMAC-SHA256)."""
+
+    _by_path: dict[str, "MailSeal"] = {}
+
+    def __init__(self, key: bytes) -> None:
+        self._fernet = Fernet(key)
+        self.key_id = hashlib.sha256(key).hexdigest()[:16]
+
+    @classmethod
+    def for_config(cls, config) -> "MailSeal":
+        """The seal of this gateway (one per key file and process)."""
+        smtp = config.extra.get("smtp", {}) if hasattr(config, "extra") else {}
+        path = os.path.abspath(smtp.get("key_file") or
+                               os.path.join(config.server.data_dir, "mail.key"))
+        if path not in cls._by_path:
+            cls._by_path[path] = cls(load_or_create_key(path))
+        return cls._by_path[path]
+
+    def seal(self, text: str) -> str:
+        return self._fernet.encrypt(text.encode()).decode()
+
+    def open(self, token: str) -> str:
+        return self._fernet.decrypt(token.encode()).decode()
+
+
 async def enqueue(gateway, to: str, subject: str, body: str, *, kind: str = "",
                   account_id: str | None = None) -> None:
-    """Store a message in the outbox and wake this process's sender."""
-    await gateway.store.outbox.enqueue(to, subject, body, kind=kind, account_id=account_id)
+    """Store a message in the outbox (its body sealed) and wake this process's sender."""
+    seal = MailSeal.for_config(gateway.config)
+    await gateway.store.outbox.enqueue(to, subject, seal.seal(body), kind=kind,
+                                       account_id=account_id, key_id=seal.key_id)
     for service in gateway.services:
         if isinstance(service, Mailer):
             service.wake()
@@ -86,12 +172,14 @@ class Mailer:
     def __init__(self, cfg: SmtpConfig) -> None:
         self.cfg = cfg
         self.store = None
+        self.seal: MailSeal | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._warned = False
 
     async def start(self, gateway) -> None:
         self.store = gateway.store
+        self.seal = MailSeal.for_config(gateway.config)
         self._task = asyncio.ensure_future(self._run())
 
     async def stop(self) -> None:
@@ -122,11 +210,20 @@ class Mailer:
                 log.warning("smtp.host is not set: email stays queued in the outbox")
                 self._warned = True
             return False
-        mail = await self.store.outbox.claim(self.cfg.timeout * 2 + 10)
+        mail = await self.store.outbox.claim(self.cfg.timeout * 2 + 10,
+                                             key_id=self.seal.key_id)
         if mail is None:
             return False
         try:
-            await self._send(mail)
+            body = self.seal.open(mail["body"]) if mail.get("key_id") else mail["body"]
+        except InvalidToken:
+            await self.store.outbox.retry_later(mail["_id"], 0, "InvalidToken: the body "
+                                                "cannot be decrypted", give_up=True)
+            log.error("mail %s (%s) cannot be decrypted; dropped", mail["_id"],
+                      mail.get("kind"))
+            return True
+        try:
+            await self._send(mail, body)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             attempts = mail["attempts"]
             delay = min(self.cfg.retry_base * 2 ** (attempts - 1), self.cfg.retry_max)
@@ -141,13 +238,13 @@ class Mailer:
         log.info("mail %s (%s) sent", mail["_id"], mail.get("kind"))
         return True
 
-    async def _send(self, mail: dict) -> None:
+    async def _send(self, mail: dict, body: str) -> None:
         msg = EmailMessage()
         msg["From"] = self.cfg.sender
         msg["To"] = mail["to"]
         msg["Subject"] = mail["subject"]
         msg["Message-ID"] = make_msgid(domain=self.cfg.sender.rpartition("@")[2].strip(">"))
-        msg.set_content(mail["body"])
+        msg.set_content(body)
         await aiosmtplib.send(msg, hostname=self.cfg.host, port=self.cfg.port,
                               use_tls=self.cfg.tls, start_tls=self.cfg.starttls,
                               username=self.cfg.username or None,

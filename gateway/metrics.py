@@ -26,7 +26,9 @@ BACKEND_ERRORS = Counter("ayct_backend_errors_total",
                          ["model", "code"])
 LIMIT_REJECTIONS = Counter("ayct_limit_rejections_total", "Requests denied by a limit",
                            ["limit"])
-USAGE_DROPPED = Counter("ayct_usage_events_dropped_total", "Usage events dropped (buffer full)")
+USAGE_RECORDED = Counter("ayct_usage_recorded_total", "Requests counted into usage rollups")
+USAGE_SPOOLED = Counter("ayct_usage_spooled_batches_total",
+                        "Usage batches written to the spool file at exit (database unreachable)")
 BACKEND_RETRIES = Counter("ayct_backend_retries_total",
                           "Upstream attempts that failed before the first token (then retried "
                           "on another replica, or given up), by error code", ["model", "reason"])

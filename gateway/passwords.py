@@ -3,7 +3,8 @@
 ``Passwords`` wraps one ``argon2.PasswordHasher``. Hashing and verifying take tens of
 milliseconds of CPU, so both run in a worker thread (``asyncio.to_thread``). When the
 configured parameters change, ``verify`` returns a fresh hash so the caller can upgrade
-the stored one at login. ``policy_error`` is the minimum password policy.
+the stored one at login. ``policy_error`` is the minimum password policy. Every check is counted in
+``ayct_password_checks_total`` (what the sign-in throttle bounds).
 """
 from __future__ import annotations
 
@@ -11,6 +12,13 @@ import asyncio
 
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from prometheus_client import Counter
+
+CHECKS = Counter("ayct_password_checks_total",
+                 "Passwords checked with argon2id (sign-in, password change), by result "
+                 "(right, wrong)", ["result"])
+for _result in ("right", "wrong"):
+    CHECKS.labels(_result)
 
 COMMON = frozenset({"password", "password1", "passw0rd", "12345678", "123456789",
                     "1234567890", "qwertyuiop", "iloveyou", "letmein123", "allyoucantoken",
@@ -49,8 +57,10 @@ class Passwords:
             if self._dummy is None:
                 self._dummy = await self.hash("not-a-real-password")
             await asyncio.to_thread(self._check, self._dummy, password)
+            CHECKS.labels("wrong").inc()
             return False, None
         ok = await asyncio.to_thread(self._check, stored_hash, password)
+        CHECKS.labels("right" if ok else "wrong").inc()
         if not ok:
             return False, None
         if self.hasher.check_needs_rehash(stored_hash):

@@ -17,6 +17,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.auth.session",
     "plugins.limits.tiers",
     "plugins.limits.fair_use",
+    "plugins.usage.events_file",
     "dashboard.plugin",
 )
 

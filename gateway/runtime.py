@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any
 
 from gateway.config import Config, ConfigError
@@ -28,8 +29,10 @@ class Gateway:
         self.services: list[Any] = []
         self.routes: list[tuple] = []
         self.running: set[asyncio.Task] = set()   # generations in progress (for shutdown)
-        self.usage = UsageRecorder(store, config.usage.batch_size, config.usage.flush_interval,
-                                   config.usage.buffer_max, observers=pm.hook.on_usage)
+        self.usage = UsageRecorder(store, config.usage.flush_interval,
+                                   os.path.join(config.server.data_dir, "usage-spool.jsonl"),
+                                   config.usage.hourly_days, config.usage.shutdown_timeout,
+                                   observers=pm.hook.on_usage)
 
         claimed = {name for names in pm.hook.config_sections() for name in names}
         unknown = sorted(set(config.extra) - claimed)
@@ -60,7 +63,7 @@ class Gateway:
     async def start(self) -> None:
         """Start backends, the usage writer and background services."""
         await asyncio.gather(*(b.start() for b in self.backends.values()))
-        self.usage.start()
+        await self.usage.start()
         for service in self.services:
             await service.start(self)
 
@@ -72,13 +75,20 @@ class Gateway:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def stop(self) -> None:
-        """Stop services, flush usage, close backends (in that order)."""
-        for service in reversed(self.services):
+    async def stop(self, step_timeout: float = 2.0) -> None:
+        """Stop services, give back limiter leases, write usage, close backends (in that
+        order). Each step is bounded, so a slow or unreachable database cannot hold the
+        process: usage that cannot be written goes to the spool file."""
+        for part in [*reversed(self.services), *self.limiters]:
+            stop = getattr(part, "stop", None) or getattr(part, "close", None)
+            if stop is None:
+                continue
             try:
-                await service.stop()
-            except Exception:  # noqa: BLE001
-                log.exception("service %s failed to stop", getattr(service, "name", service))
+                async with asyncio.timeout(step_timeout):
+                    await stop()
+            except Exception as exc:  # noqa: BLE001 - shutdown goes on
+                log.warning("%s did not stop cleanly (%s)", getattr(part, "name", part),
+                            type(exc).__name__)
         await self.usage.stop()
         await asyncio.gather(*(b.close() for b in self.backends.values()),
                              return_exceptions=True)

@@ -1,84 +1,199 @@
-"""Usage events (metadata only) and the batched writer that stores them.
+"""Usage accounting off the request path: events are folded into rollups in memory and
+written in batches; what cannot be written by exit goes to a spool file.
 
-An event is a dict of the fields in ``gateway.store.usage.EVENT_FIELDS``: who, which
-model, token counts, timing, status. Never prompt or completion text. Events go to a
-bounded in-memory buffer and are written to MongoDB in batches by a background task;
-the buffer is flushed on shutdown.
+An event is a dict of metadata (who, which model, token counts, timing, status; never
+prompt or completion text). ``record`` adds it to the in-memory rollup of its (account,
+key, model, hour) and hands it to the ``on_usage`` observers; it never waits. Every
+``flush_interval`` the pending rollups are sealed into a *batch* with a unique id and
+written with one ``$inc`` per rollup (``UsageStore.apply``), exactly once even when
+retried. Memory is bounded by the number of active rollups, not by traffic: during a
+database outage new usage keeps folding into the pending rollups while the sealed batch
+waits to be retried.
+
+At exit, whatever is still unwritten after ``shutdown_timeout`` seconds is appended to
+``<data_dir>/usage-spool.jsonl`` (fsync'd) and written at the next start, with the same
+batch ids, so it is counted exactly once.
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from collections import deque
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Callable
 
-from gateway.background import stop_task
 from gateway import metrics
+from gateway.background import stop_task
+from gateway.store.usage import add_counts, counts_of
 
 log = logging.getLogger("allyoucantoken.usage")
 
+PRUNE_EVERY = 3600.0
+
+
+@dataclass
+class Batch:
+    """Rollup increments sealed under one id (and the keys' last-use times)."""
+
+    id: str
+    rollups: dict[tuple, dict[str, float]]
+    last_used: dict[str, datetime] = field(default_factory=dict)
+    spooled: bool = False          # read from the spool file at start
+
+    def to_json(self) -> str:
+        return json.dumps({"id": self.id,
+                           "rollups": [[a, k, m, h.isoformat(), inc]
+                                       for (a, k, m, h), inc in self.rollups.items()],
+                           "last_used": {k: t.isoformat() for k, t in self.last_used.items()}})
+
+    @classmethod
+    def from_json(cls, line: str) -> "Batch":
+        data = json.loads(line)
+        return cls(data["id"], {(a, k, m, datetime.fromisoformat(h)): inc
+                                for a, k, m, h, inc in data["rollups"]},
+                   {k: datetime.fromisoformat(t) for k, t in data["last_used"].items()},
+                   spooled=True)
+
 
 class UsageRecorder:
-    """Buffers usage events and writes them in batches (and bumps key last-used times)."""
+    """Folds usage events into rollups and writes them in the background."""
 
-    def __init__(self, store, batch_size: int = 200, flush_interval: float = 1.0,
-                 buffer_max: int = 50_000, observers: Callable[[dict], Any] | None = None) -> None:
+    def __init__(self, store, flush_interval: float = 1.0, spool_path: str | None = None,
+                 hourly_days: float = 14.0, shutdown_timeout: float = 5.0,
+                 observers: Callable[..., Any] | None = None) -> None:
         self.store = store
-        self.batch_size = batch_size
         self.flush_interval = flush_interval
-        self.buffer: deque[dict[str, Any]] = deque(maxlen=buffer_max)
+        self.spool_path = spool_path
+        self.hourly_days = hourly_days
+        self.shutdown_timeout = shutdown_timeout
         self.observers = observers
-        self._wake = asyncio.Event()
+        self.pending: dict[tuple, dict[str, float]] = {}
+        self.pending_last_used: dict[str, datetime] = {}
+        self.unwritten: list[Batch] = []       # sealed, in order (spooled ones first)
         self._task: asyncio.Task | None = None
         self._lock = asyncio.Lock()
+        self._pruned = -PRUNE_EVERY
 
     def record(self, event: dict[str, Any]) -> None:
-        """Queue one event (non-blocking; the oldest event is dropped if the buffer is full)."""
-        event.setdefault("ts", datetime.now(UTC))
-        if len(self.buffer) == self.buffer.maxlen:
-            metrics.USAGE_DROPPED.inc()
-        self.buffer.append(event)
+        """Count one request (non-blocking; metadata only)."""
+        ts = event.setdefault("ts", datetime.now(UTC))
+        hour = ts.replace(minute=0, second=0, microsecond=0)
+        key = (event.get("account_id"), event.get("key_id"), event.get("model"), hour)
+        add_counts(self.pending.setdefault(key, {}), counts_of(event))
+        key_id = event.get("key_id")
+        if key_id and ts > self.pending_last_used.get(key_id, ts.min.replace(tzinfo=UTC)):
+            self.pending_last_used[key_id] = ts
+        metrics.USAGE_RECORDED.inc()
         if self.observers:
             try:
                 self.observers(event=dict(event))
             except Exception:  # noqa: BLE001 - an observer plugin must not break requests
                 log.exception("on_usage hook failed")
-        if len(self.buffer) >= self.batch_size:
-            self._wake.set()
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """Fold a legacy events collection, queue the spool, start the writer."""
+        try:
+            folded = await self.store.usage.fold_legacy_events()
+            if folded:
+                log.info("folded %d legacy usage events into hourly rollups", folded)
+        except Exception as exc:  # noqa: BLE001 - retried at the next start
+            log.warning("could not fold legacy usage events (%s)", type(exc).__name__)
+        self.unwritten = self._read_spool() + self.unwritten
         self._task = asyncio.ensure_future(self._run())
+
+    def _seal(self) -> None:
+        if self.pending:
+            self.unwritten.append(Batch("b_" + secrets.token_hex(10), self.pending,
+                                        self.pending_last_used))
+            self.pending, self.pending_last_used = {}, {}
 
     async def _run(self) -> None:
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.flush_interval)
-            except TimeoutError:
-                pass
-            self._wake.clear()
+            await asyncio.sleep(self.flush_interval)
             try:
                 await self.flush()
-            except Exception:  # noqa: BLE001 - keep the events, try again next round
-                log.exception("usage flush failed; will retry")
-                await asyncio.sleep(self.flush_interval)
+                if time.monotonic() - self._pruned >= PRUNE_EVERY:
+                    await self.store.usage.prune_hourly(self.hourly_days)
+                    self._pruned = time.monotonic()
+            except Exception as exc:  # noqa: BLE001 - keep the batch, try again next round
+                log.warning("usage write failed (%s); will retry", type(exc).__name__)
 
     async def flush(self) -> None:
-        """Write everything buffered so far, in batches."""
+        """Write every unwritten batch, oldest first; a failed batch stays first in line
+        (with its id) and new usage keeps folding into the pending rollups meanwhile."""
         async with self._lock:
-            while self.buffer:
-                batch = [self.buffer.popleft() for _ in range(min(self.batch_size, len(self.buffer)))]
-                try:
-                    await self.store.usage.write_batch(batch)
-                except Exception:
-                    self.buffer.extendleft(reversed(batch))
-                    raise
-                last_used: dict[str, datetime] = {}
-                for e in batch:
-                    if e.get("key_id"):
-                        last_used[e["key_id"]] = max(e["ts"], last_used.get(e["key_id"], e["ts"]))
-                await self.store.keys.touch(last_used)
+            if not self.unwritten:
+                self._seal()
+            while self.unwritten:
+                batch = self.unwritten[0]
+                await self.store.usage.apply(batch.id, batch.rollups)
+                await self.store.keys.touch(batch.last_used)
+                self.unwritten.pop(0)
+                if batch.spooled:
+                    self._spool_written()
 
     async def stop(self) -> None:
+        """Write what is left within ``shutdown_timeout`` seconds; spool the rest."""
         await stop_task(self._task)
-        await self.flush()
+        try:
+            async with asyncio.timeout(self.shutdown_timeout):
+                await self.flush()
+                await self.flush()
+        except Exception as exc:  # noqa: BLE001 - slow or unreachable database
+            log.warning("usage not written at exit (%s); spooling it", type(exc).__name__)
+        self._seal()
+        self._write_spool()
+
+    # -- spool file ---------------------------------------------------------------------
+    def _read_spool(self) -> list[Batch]:
+        if not self.spool_path or not os.path.exists(self.spool_path):
+            return []
+        batches = []
+        with open(self.spool_path, encoding="utf-8") as fh:
+            for line in fh:
+                if line.strip():
+                    try:
+                        batches.append(Batch.from_json(line))
+                    except (ValueError, KeyError, TypeError):
+                        log.error("unreadable line in the usage spool skipped")
+        if batches:
+            log.info("replaying %d spooled usage batch(es)", len(batches))
+        return batches
+
+    def _spool_written(self) -> None:
+        """The spool's batches are all in the database: remove the file."""
+        if self.spool_path and not any(b.spooled for b in self.unwritten):
+            try:
+                os.remove(self.spool_path)
+            except FileNotFoundError:
+                pass
+
+    def _write_spool(self) -> None:
+        """Replace the spool by every unwritten batch (atomically, fsync'd)."""
+        if not self.spool_path:
+            return
+        batches = [b for b in self.unwritten if b.rollups]
+        if not batches:
+            self._spool_written()
+            return
+        os.makedirs(os.path.dirname(os.path.abspath(self.spool_path)), exist_ok=True)
+        tmp = self.spool_path + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            for batch in batches:
+                fh.write(batch.to_json() + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.spool_path)
+        dir_fd = os.open(os.path.dirname(os.path.abspath(self.spool_path)), os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        metrics.USAGE_SPOOLED.inc(len(batches))
+        log.warning("%d usage batch(es) spooled to %s; they are written at the next start",
+                    len(batches), self.spool_path)

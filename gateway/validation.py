@@ -1,18 +1,28 @@
-"""Request validation for the OpenAI-compatible API (JSON Schema).
+"""Request parsing and validation for the OpenAI-compatible API and the WebSocket.
 
-Valid requests take the fast path: the schema compiled to Python by fastjsonschema
-(a few microseconds). Only an invalid request is validated again with jsonschema,
-whose detailed errors name the offending parameter, as OpenAI does (400).
+Bounded for any body within ``max_body_bytes`` (hostile input is the design case):
+- :func:`loads` refuses NaN/Infinity and numbers that overflow to infinity, nesting
+  deeper than :data:`MAX_DEPTH`, and turns a ``RecursionError`` into a 400;
+- :func:`validate` runs the schema compiled to Python by fastjsonschema, which stops at
+  the first error (array lengths are checked before items), and explains that one
+  error in a message of bounded size. Nothing ever enumerates all errors.
+The cyclic garbage collector is paused while a body is parsed and checked: a body of
+many small containers would otherwise trigger collections that cost more than the parse.
 """
 from __future__ import annotations
 
+import gc
+import heapq
 import json
+import reprlib
+from contextlib import contextmanager
 from typing import Any
 
 import fastjsonschema
-from jsonschema import Draft202012Validator
 
 from gateway.errors import APIError
+
+MAX_DEPTH = 64   # objects/arrays nested deeper than this are refused (400)
 
 _NUM = {"type": ["number", "null"]}
 _COMMON: dict[str, Any] = {
@@ -25,7 +35,7 @@ _COMMON: dict[str, Any] = {
     "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
     "top_p": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
     "n": {"type": ["integer", "null"], "minimum": 1, "maximum": 1},
-    "stop": {"type": ["string", "array", "null"], "items": {"type": "string"}, "maxItems": 4},
+    "stop": {"type": ["string", "array", "null"], "maxItems": 4, "items": {"type": "string"}},
     "presence_penalty": {**_NUM, "minimum": -2, "maximum": 2},
     "frequency_penalty": {**_NUM, "minimum": -2, "maximum": 2},
     "seed": {"type": ["integer", "null"]},
@@ -69,16 +79,91 @@ COMPLETION_SCHEMA = {
     "additionalProperties": False,
     "properties": {
         **_COMMON,
-        "prompt": {"type": ["string", "array"], "items": {"type": "string"}, "minItems": 1},
+        "prompt": {"type": ["string", "array"], "minItems": 1, "items": {"type": "string"}},
         "echo": {"type": ["boolean", "null"]},
         "suffix": {"type": ["string", "null"]},
         "best_of": {"type": ["integer", "null"], "minimum": 1, "maximum": 1},
     },
 }
-_VALIDATORS = {"chat": Draft202012Validator(CHAT_SCHEMA),
-               "completion": Draft202012Validator(COMPLETION_SCHEMA)}
-_FAST = {"chat": fastjsonschema.compile(CHAT_SCHEMA),
-         "completion": fastjsonschema.compile(COMPLETION_SCHEMA)}
+_SCHEMAS = {"chat": CHAT_SCHEMA, "completion": COMPLETION_SCHEMA}
+_FAST = {kind: fastjsonschema.compile(schema) for kind, schema in _SCHEMAS.items()}
+_FIELDS = {kind: frozenset(schema["properties"]) for kind, schema in _SCHEMAS.items()}
+
+# Error messages quote at most a few dozen characters of the offending value.
+_SHORT = reprlib.Repr(maxlevel=2, maxdict=4, maxlist=4, maxtuple=4, maxset=4,
+                      maxstring=40, maxlong=40, maxother=40)
+_TYPE_NAMES = {"string": "a string", "number": "a number", "integer": "an integer",
+               "boolean": "a boolean", "object": "an object", "array": "an array",
+               "null": "null"}
+_DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_HUGE_EXPONENTS = (b"e000", b"E000", b"e+000", b"E+000")
+_LONG_MANTISSA = b"0" * 200
+
+
+@contextmanager
+def _gc_paused():
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _invalid_json(detail: str, what: str) -> APIError:
+    return APIError(400, f"We could not parse the JSON {what} ({detail}).", code="invalid_json")
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not allowed: numbers must be finite")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value - value != 0.0:   # inf - inf is nan
+        raise ValueError(f"the number {text[:20]}… is too large: numbers must be finite")
+    return value
+
+
+def _may_overflow(raw: bytes) -> bool:
+    """True when some number literal might overflow to infinity (a 3-digit exponent or a
+    200-digit mantissa). Cheap: one translate and a few substring searches."""
+    zeroed = raw.translate(_DIGITS_TO_ZERO)
+    return any(p in zeroed for p in _HUGE_EXPONENTS) or _LONG_MANTISSA in zeroed
+
+
+def _too_deep(obj: Any, limit: int) -> bool:
+    """Whether containers nest deeper than ``limit`` (iterative, one level at a time)."""
+    level = [obj]
+    for _ in range(limit):
+        kids: list[Any] = []
+        for container in level:
+            kids.extend(container.values() if type(container) is dict else container)
+        level = [k for k in kids if type(k) is dict or type(k) is list]
+        if not level:
+            return False
+    return True
+
+
+def loads(raw: bytes | str, what: str = "body of your request") -> Any:
+    """Decode JSON strictly: finite numbers only, at most MAX_DEPTH levels; else a 400."""
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", "surrogatepass")
+    hooks: dict[str, Any] = {"parse_constant": _no_constant}
+    if _may_overflow(raw):
+        hooks["parse_float"] = _finite_float
+    try:
+        data = json.loads(raw, **hooks)
+    except RecursionError:
+        raise _invalid_json(f"nested more than {MAX_DEPTH} levels deep", what) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _invalid_json(str(exc)[:200], what) from None
+    # At most MAX_DEPTH levels need at least MAX_DEPTH brackets: most bodies skip the walk.
+    if (isinstance(data, (dict, list)) and raw.count(b"[") + raw.count(b"{") > MAX_DEPTH
+            and _too_deep(data, MAX_DEPTH)):
+        raise _invalid_json(f"nested more than {MAX_DEPTH} levels deep", what)
+    return data
 
 
 def parse_json(body: bytes) -> dict[str, Any]:
@@ -86,39 +171,90 @@ def parse_json(body: bytes) -> dict[str, Any]:
     if not body:
         raise APIError(400, "We could not parse the JSON body of your request: the body is "
                             "empty. Send a JSON object.", code="invalid_json")
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise APIError(400, f"We could not parse the JSON body of your request ({exc}).",
-                       code="invalid_json") from None
+    with _gc_paused():
+        data = loads(body)
     if not isinstance(data, dict):
         raise APIError(400, "The request body must be a JSON object.", code="invalid_json")
     return data
 
 
+def parse_and_validate(kind: str, body: bytes) -> dict[str, Any]:
+    """:func:`parse_json` then :func:`validate`, with the garbage collector paused once."""
+    with _gc_paused():
+        data = parse_json(body)
+        validate(kind, data)
+    return data
+
+
 def validate(kind: str, data: dict[str, Any]) -> None:
     """Validate a chat/completion body; raise a 400 naming the first bad parameter."""
+    extra = data.keys() - _FIELDS[kind]
+    if extra:   # checked first: an unknown field is the likeliest mistake
+        raise _unknown(extra, "")
     try:
         _FAST[kind](data)
-        return
-    except fastjsonschema.JsonSchemaException:
-        pass  # find and explain the error below
-    error = next(iter(sorted(_VALIDATORS[kind].iter_errors(data),
-                             key=lambda e: (len(e.absolute_path), str(e.absolute_path)))), None)
-    if error is None:
-        return
-    path = list(error.absolute_path)
-    if error.validator == "additionalProperties":
-        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
-        param = ".".join(str(p) for p in path + extra[:1])
-        raise APIError(400, f"Unrecognized request argument supplied: {', '.join(extra)}",
-                       param=param, code="unknown_parameter")
-    if error.validator == "required":
-        missing = error.message.split("'")[1]
-        param = ".".join(str(p) for p in path + [missing])
-        raise APIError(400, f"Missing required parameter: '{param}'.", param=param,
-                       code="missing_required_parameter")
-    param = "".join(f"[{p}]" if isinstance(p, int) else (("." if i else "") + p)
-                    for i, p in enumerate(path)) or None
-    raise APIError(400, f"Invalid value for '{param}': {error.message}.", param=param,
-                   code="invalid_value")
+    except fastjsonschema.JsonSchemaValueException as exc:
+        raise _explain(exc) from None
+
+
+def _unknown(extra: set[str], prefix: str) -> APIError:
+    names = heapq.nsmallest(3, extra)   # never sort a huge set
+    more = f" and {len(extra) - len(names)} more" if len(extra) > len(names) else ""
+    shown = ", ".join(_SHORT.repr(n)[1:-1] for n in names)
+    return APIError(400, f"Unrecognized request argument supplied: {shown}{more}",
+                    param=prefix + names[0][:100], code="unknown_parameter")
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _explain(exc: fastjsonschema.JsonSchemaValueException) -> APIError:
+    """One OpenAI-style 400 for the first schema error; the value is quoted, shortened."""
+    param = exc.name[len("data"):].lstrip(".") or None
+    rule, limit, value = exc.rule, exc.rule_definition, exc.value
+    shown = _SHORT.repr(value)
+    if rule == "required":
+        schema = exc.definition
+        missing = next(k for k in schema["required"] if k not in value)
+        full = f"{param}.{missing}" if param else missing
+        return APIError(400, f"Missing required parameter: '{full}'.", param=full,
+                        code="missing_required_parameter")
+    if rule == "additionalProperties":
+        allowed = exc.definition.get("properties", {})
+        return _unknown(set(value) - set(allowed), f"{param}." if param else "")
+    if rule == "type":
+        types = limit if isinstance(limit, list) else [limit]
+        expected = " or ".join(_TYPE_NAMES.get(t, t) for t in types)
+        return APIError(400, f"Invalid type for '{param}': expected {expected}, but got "
+                             f"{_type_name(value)} instead.", param=param, code="invalid_type")
+    if rule in ("maxItems", "minItems"):
+        bound = "maximum" if rule == "maxItems" else "minimum"
+        what = "too long" if rule == "maxItems" else "too short"
+        return APIError(400, f"Invalid value for '{param}': array {what}. Expected an array "
+                             f"with {bound} length {limit}, but got an array with length "
+                             f"{len(value)} instead.", param=param, code="invalid_value")
+    if rule == "minimum":
+        detail = f"{shown} is less than the minimum of {limit}"
+    elif rule == "maximum":
+        detail = f"{shown} is greater than the maximum of {limit}"
+    elif rule == "minLength":
+        detail = f"{shown} is too short (at least {limit} characters)"
+    elif rule == "enum":
+        detail = f"{shown} is not one of {', '.join(repr(v) for v in limit)}"
+    else:
+        detail = f"{shown} is not allowed here ({rule})"
+    return APIError(400, f"Invalid value for '{param}': {detail}.", param=param,
+                    code="invalid_value")

@@ -40,6 +40,15 @@ class Accounts:
         await self.col.insert_one(doc)
         return doc
 
+    async def create_if_absent(self, email: str, *, tier: str,
+                               **fields: Any) -> dict[str, Any] | None:
+        """Insert a new account, or None when the email is taken (one insert attempt
+        either way: the unique index decides, so both outcomes cost the same)."""
+        try:
+            return await self.create(email, tier=tier, **fields)
+        except DuplicateKeyError:
+            return None
+
     async def ensure(self, email: str, *, tier: str) -> dict[str, Any]:
         """Return the account with this email, creating a minimal active one if needed."""
         existing = await self.by_email(email)

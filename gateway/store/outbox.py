@@ -1,6 +1,9 @@
 """The email outbox: every message is stored before it is sent, so an SMTP outage
 loses nothing. Senders claim due messages one at a time with a lease (safe with
-several gateway processes), and mark them sent or schedule a retry."""
+several gateway processes), and mark them sent or schedule a retry.
+
+Bodies arrive sealed (encrypted by ``gateway.mailer.MailSeal``; ``key_id`` names the
+key) and are erased once a message is sent or given up: nothing readable stays."""
 from __future__ import annotations
 
 import secrets
@@ -21,19 +24,25 @@ class Outbox:
         await self.col.create_index("account_id")
 
     async def enqueue(self, to: str, subject: str, body: str, *, kind: str = "",
-                      account_id: str | None = None) -> dict[str, Any]:
+                      account_id: str | None = None,
+                      key_id: str | None = None) -> dict[str, Any]:
+        """Queue a message; ``body`` is sealed with the key ``key_id`` (None: clear)."""
         now = datetime.now(UTC)
         doc = {"_id": "mail_" + secrets.token_hex(12), "to": to, "subject": subject,
-               "body": body, "kind": kind, "account_id": account_id, "status": "pending",
+               "body": body, "key_id": key_id, "kind": kind, "account_id": account_id,
+               "status": "pending",
                "attempts": 0, "created_at": now, "next_attempt_at": now, "last_error": None}
         await self.col.insert_one(doc)
         return doc
 
-    async def claim(self, lease_seconds: float, now: datetime | None = None) -> dict | None:
-        """Take the oldest due message (it is not due for others for ``lease_seconds``)."""
+    async def claim(self, lease_seconds: float, now: datetime | None = None, *,
+                    key_id: str | None = None) -> dict | None:
+        """Take the oldest due message that this sender can open (sealed with ``key_id``,
+        or clear); it is not due for others for ``lease_seconds``."""
         now = now or datetime.now(UTC)
         return await self.col.find_one_and_update(
-            {"status": "pending", "next_attempt_at": {"$lte": now}},
+            {"status": "pending", "next_attempt_at": {"$lte": now},
+             "key_id": {"$in": [key_id, None]}},
             {"$set": {"next_attempt_at": now + timedelta(seconds=lease_seconds)},
              "$inc": {"attempts": 1}},
             sort=[("next_attempt_at", 1)], return_document=ReturnDocument.AFTER)
@@ -48,7 +57,7 @@ class Outbox:
         fields: dict[str, Any] = {"last_error": error[:300],
                                   "next_attempt_at": datetime.now(UTC) + timedelta(seconds=delay)}
         if give_up:
-            fields["status"] = "failed"
+            fields.update(status="failed", body="")
         await self.col.update_one({"_id": mail_id}, {"$set": fields})
 
     async def find(self, **query: Any) -> list[dict[str, Any]]:

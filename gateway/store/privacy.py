@@ -25,17 +25,17 @@ class Privacy:
                                                 {"password_hash": 0})
         keys = [d async for d in db["api_keys"].find({"account_id": account_id},
                                                       {"sha256": 0}).sort("created_at", 1)]
-        daily = [d async for d in db["usage_daily"].find({"account_id": account_id},
-                                                         {"_id": 0}).sort("day", 1)]
-        events = [d async for d in db["usage_events"].find({"account_id": account_id},
-                                                           {"_id": 0}).sort("ts", 1)]
+        daily = [d async for d in db["usage_daily"].find(
+            {"account_id": account_id}, {"_id": 0, "applied": 0}).sort("day", 1)]
+        hourly = [d async for d in db["usage_hourly"].find(
+            {"account_id": account_id}, {"_id": 0, "applied": 0}).sort("hour", 1)]
         mail = [d async for d in db["mail_outbox"].find(
             {"account_id": account_id}, {"body": 0, "last_error": 0}).sort("created_at", 1)]
         audit = [d async for d in db["audit_log"].find(
             {"target_id": account_id}, {"actor_id": 0}).sort("at", 1)]
         sessions = await db["sessions"].count_documents({"account_id": account_id})
         return {"account": account, "api_keys": keys, "usage_daily": daily,
-                "usage_events": events, "emails": mail, "admin_actions": audit,
+                "usage_hourly": hourly, "emails": mail, "admin_actions": audit,
                 "active_sessions": sessions}
 
     async def erase(self, account_id: str) -> str:
@@ -47,23 +47,44 @@ class Privacy:
         await db["password_resets"].delete_many({"account_id": account_id})
         await db["mail_outbox"].delete_many({"account_id": account_id})
         await db["api_keys"].delete_many({"account_id": account_id})
-        # Limit windows are keyed "<window>:<account>:<time>", stream slots
-        # "streams:<account>" (all short-lived).
+        # Quota windows are keyed "q:<kind>:<account>", stream slots "slots:<account>",
+        # sign-in throttles by hashes and IPs (all short-lived).
         pattern = f":{re.escape(account_id)}(:|$)"
         await db["limit_counters"].delete_many({"_id": {"$regex": pattern}})
         await db["limit_slots"].delete_many({"_id": {"$regex": pattern}})
-        await db["usage_events"].update_many({"account_id": account_id},
-                                             {"$set": {"account_id": anon, "key_id": None}})
-        old = [d async for d in db["usage_daily"].find({"account_id": account_id})]
-        if old:
-            ops = [UpdateOne({"_id": f"{anon}|-|{d.get('model')}|{d['day']}"},
-                             {"$inc": {k: d.get(k, 0) for k in
-                                       ("requests", "prompt_tokens", "completion_tokens",
-                                        "errors")},
-                              "$setOnInsert": {"account_id": anon, "key_id": None,
-                                               "model": d.get("model"), "day": d["day"]}},
-                             upsert=True) for d in old]
-            await db["usage_daily"].bulk_write(ops, ordered=False)
-            await db["usage_daily"].delete_many({"_id": {"$in": [d["_id"] for d in old]}})
+        for name, period in (("usage_hourly", "hour"), ("usage_daily", "day")):
+            await _relabel(db[name], account_id, anon, period)
         await db["accounts"].delete_one({"_id": account_id})
         return anon
+
+
+COUNTERS_SKIP = ("_id", "account_id", "key_id", "model", "hour", "day", "applied")
+
+
+async def _relabel(coll, account_id: str, anon: str, period: str) -> None:
+    """Move an account's usage rollups to anonymous ones (one per model and period, no
+    key): the totals stay for billing, nothing links them to the person."""
+    old = [d async for d in coll.find({"account_id": account_id})]
+    if not old:
+        return
+    merged: dict[str, dict] = {}
+    for d in old:
+        stamp = d[period].isoformat() if period == "hour" else d[period]
+        doc = merged.setdefault(f"{anon}|-|{d.get('model')}|{stamp}", {
+            "fields": {"account_id": anon, "key_id": None, "model": d.get("model"),
+                       "day": d.get("day"), **({"hour": d["hour"]} if period == "hour" else {})},
+            "inc": {}})
+        _add_nested(doc["inc"], {k: v for k, v in d.items() if k not in COUNTERS_SKIP})
+    await coll.bulk_write([UpdateOne({"_id": _id}, {"$inc": m["inc"],
+                                                    "$setOnInsert": m["fields"]}, upsert=True)
+                           for _id, m in merged.items()], ordered=False)
+    await coll.delete_many({"_id": {"$in": [d["_id"] for d in old]}})
+
+
+def _add_nested(into: dict, counts: dict, prefix: str = "") -> None:
+    """Flatten nested counters (histograms) into dotted ``$inc`` paths and add them."""
+    for k, v in counts.items():
+        if isinstance(v, dict):
+            _add_nested(into, v, f"{prefix}{k}.")
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            into[prefix + k] = into.get(prefix + k, 0) + v

@@ -1,68 +1,173 @@
-"""Usage metadata: raw events and daily rollups. Never any prompt or completion text."""
+"""Usage metadata as rollups: counters per (account, key, model) per hour and per day.
+
+Never any prompt or completion text, and never one document per request: a flush adds
+a whole batch of requests to each affected rollup with one ``$inc``, so the collections
+grow with keys x calendar periods, not with traffic.
+
+- ``usage_hourly``: one document per (account, key, model, UTC hour); kept for
+  ``[usage] hourly_days`` days, then deleted (the daily rollup keeps the totals).
+- ``usage_daily``: one document per (account, key, model, UTC day); kept until the
+  account's data is erased (re-labelled anonymously, see ``Privacy.erase``).
+
+Exactly once: every flush is a batch with a unique id. A rollup remembers the ids of
+the last ``APPLIED_KEEP`` batches applied to it, and an update only matches a rollup
+that has not seen its batch, so a batch retried after a lost acknowledgement, or
+replayed from the spool file after a restart, is never counted twice.
+"""
 from __future__ import annotations
 
-from collections import defaultdict
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo import UpdateOne
+from pymongo.errors import BulkWriteError
 
-# The only fields a usage event may carry. Anything else is dropped before storage.
-EVENT_FIELDS = frozenset({
-    "request_id", "account_id", "key_id", "model", "kind", "transport", "status", "error_code",
-    "prompt_tokens", "completion_tokens", "estimated", "ttft_ms", "duration_ms", "ts",
-})
+# Buckets (upper bounds, ms) of the latency histograms kept per rollup.
+TTFT_BUCKETS_MS = (100, 250, 500, 1000, 2500, 5000)
+DURATION_BUCKETS_MS = (1000, 5000, 15000, 60000, 300000)
+APPLIED_KEEP = 32
+DUPLICATE_KEY = 11000
+
+
+def bucket(value_ms: float, bounds: tuple[int, ...]) -> str:
+    """The histogram field for one latency: ``le_<bound>`` or ``le_inf``."""
+    for bound in bounds:
+        if value_ms <= bound:
+            return f"le_{bound}"
+    return "le_inf"
+
+
+def counts_of(event: dict[str, Any]) -> dict[str, float]:
+    """The rollup counters one request adds (metadata only)."""
+    status = int(event.get("status") or 200)
+    inc: dict[str, float] = {"requests": 1,
+                             "prompt_tokens": int(event.get("prompt_tokens") or 0),
+                             "completion_tokens": int(event.get("completion_tokens") or 0),
+                             f"status_{status // 100}xx": 1}
+    if status >= 400:
+        inc["errors"] = 1
+    if event.get("estimated"):
+        inc["estimated"] = 1
+    if event.get("ttft_ms") is not None:
+        inc["ttft_ms_sum"] = float(event["ttft_ms"])
+        inc["ttft_count"] = 1
+        inc["ttft_hist." + bucket(event["ttft_ms"], TTFT_BUCKETS_MS)] = 1
+    if event.get("duration_ms") is not None:
+        inc["duration_ms_sum"] = float(event["duration_ms"])
+        inc["duration_hist." + bucket(event["duration_ms"], DURATION_BUCKETS_MS)] = 1
+    return inc
+
+
+def rollup_ids(account_id: str | None, key_id: str | None, model: str | None,
+               ts: datetime) -> tuple[str, str]:
+    """The ``_id`` of the hourly and of the daily rollup one request belongs to."""
+    prefix = f"{account_id}|{key_id or '-'}|{model}|"
+    return prefix + ts.strftime("%Y-%m-%dT%H"), prefix + ts.strftime("%Y-%m-%d")
 
 
 class UsageStore:
-    """usage_events (one per request) and usage_daily (per account/key/model/day)."""
+    """usage_hourly and usage_daily rollups."""
 
     def __init__(self, db) -> None:
-        self.events = db["usage_events"]
+        self.hourly = db["usage_hourly"]
         self.daily = db["usage_daily"]
+        self.legacy_events = db["usage_events"]
 
     async def init(self) -> None:
-        await self.events.create_index([("account_id", 1), ("ts", -1)])
-        await self.events.create_index([("key_id", 1), ("ts", -1)])
+        await self.hourly.create_index([("account_id", 1), ("hour", -1)])
+        await self.hourly.create_index("hour")
         await self.daily.create_index([("account_id", 1), ("day", -1)])
+        await self.daily.create_index("day")
 
-    async def write_batch(self, events: list[dict[str, Any]]) -> None:
-        """Insert events and fold them into the daily rollups, one update per group."""
-        if not events:
-            return
-        clean = [{k: v for k, v in e.items() if k in EVENT_FIELDS} for e in events]
-        await self.events.insert_many(clean, ordered=False)
-        groups: dict[tuple, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        for e in clean:
-            day = e["ts"].strftime("%Y-%m-%d")
-            g = groups[(e.get("account_id"), e.get("key_id"), e.get("model"), day)]
-            g["requests"] += 1
-            g["prompt_tokens"] += e.get("prompt_tokens", 0)
-            g["completion_tokens"] += e.get("completion_tokens", 0)
-            g["errors"] += 0 if e.get("status", 200) < 400 else 1
-        ops = [UpdateOne({"_id": f"{a}|{k}|{m}|{d}"},
-                         {"$inc": dict(inc), "$setOnInsert": {"account_id": a, "key_id": k,
-                                                              "model": m, "day": d}},
-                         upsert=True)
-               for (a, k, m, d), inc in groups.items()]
-        await self.daily.bulk_write(ops, ordered=False)
+    async def apply(self, batch_id: str, rollups: dict[tuple, dict[str, float]]) -> None:
+        """Add one batch to the rollups, exactly once per rollup whatever the retries.
+
+        ``rollups`` maps (account, key, model, hour start) to the counters to add."""
+        hourly, daily = [], []
+        for (account_id, key_id, model, hour), inc in rollups.items():
+            hour_id, day_id = rollup_ids(account_id, key_id, model, hour)
+            common = {"account_id": account_id, "key_id": key_id, "model": model,
+                      "day": hour.strftime("%Y-%m-%d")}
+            hourly.append(_once(hour_id, batch_id, inc, {**common, "hour": hour}))
+            daily.append(_once(day_id, batch_id, inc, common))
+        if hourly:
+            await _bulk_once(self.hourly, hourly)
+            await _bulk_once(self.daily, daily)
+
+    async def prune_hourly(self, keep_days: float, now: datetime | None = None) -> int:
+        """Delete hourly rollups older than ``keep_days`` (the daily ones keep the sums)."""
+        cutoff = (now or datetime.now(UTC)) - timedelta(days=keep_days)
+        return (await self.hourly.delete_many({"hour": {"$lt": cutoff}})).deleted_count
 
     async def daily_for_account(self, account_id: str, days: int = 30,
                                 today: datetime | None = None) -> list[dict[str, Any]]:
         since = ((today or datetime.now()) - timedelta(days=days - 1)).strftime("%Y-%m-%d")
-        cursor = self.daily.find({"account_id": account_id, "day": {"$gte": since}})
+        cursor = self.daily.find({"account_id": account_id, "day": {"$gte": since}},
+                                 {"applied": 0})
         return [d async for d in cursor.sort("day", 1)]
+
+    async def hourly_for_account(self, account_id: str) -> list[dict[str, Any]]:
+        cursor = self.hourly.find({"account_id": account_id}, {"applied": 0})
+        return [d async for d in cursor.sort("hour", 1)]
 
     async def totals_for_day(self, day: str) -> list[dict[str, Any]]:
         """Per-account sums of one day's rollups: requests, errors, tokens."""
         totals: dict[str, dict[str, int]] = {}
-        async for d in self.daily.find({"day": day}):
+        async for d in self.daily.find({"day": day}, {"applied": 0}):
             t = totals.setdefault(d["account_id"], {"requests": 0, "errors": 0, "tokens": 0})
             t["requests"] += d.get("requests", 0)
             t["errors"] += d.get("errors", 0)
             t["tokens"] += d.get("prompt_tokens", 0) + d.get("completion_tokens", 0)
         return [{"account_id": a, **t} for a, t in totals.items()]
 
-    async def events_for_account(self, account_id: str, limit: int = 10_000) -> list[dict]:
-        cursor = self.events.find({"account_id": account_id}, {"_id": 0})
-        return [d async for d in cursor.sort("ts", -1).limit(limit)]
+    async def total_requests(self) -> int:
+        """Requests counted in all daily rollups (benchmarks and tests compare it)."""
+        return sum([int(d.get("requests", 0)) async for d in self.daily.find({}, {"requests": 1})])
+
+    async def fold_legacy_events(self) -> int:
+        """Fold per-request documents of the old ``usage_events`` collection into hourly
+        rollups, then drop it (once; safe to repeat). Their daily sums were already kept
+        by the old writer, so only the hourly detail is built. Returns events folded."""
+        if "usage_events" not in await self.hourly.database.list_collection_names():
+            return 0
+        rollups: dict[tuple, dict[str, float]] = {}
+        n = 0
+        async for event in self.legacy_events.find({}, {"_id": 0}):
+            ts = event.get("ts") or datetime.now(UTC)
+            hour = ts.replace(minute=0, second=0, microsecond=0)
+            key = (event.get("account_id"), event.get("key_id"), event.get("model"), hour)
+            add_counts(rollups.setdefault(key, {}), counts_of(event))
+            n += 1
+        ops = [_once(rollup_ids(a, k, m, h)[0], "legacy-events", inc,
+                     {"account_id": a, "key_id": k, "model": m, "hour": h,
+                      "day": h.strftime("%Y-%m-%d")})
+               for (a, k, m, h), inc in rollups.items()]
+        if ops:
+            await _bulk_once(self.hourly, ops)
+        await self.legacy_events.drop()
+        return n
+
+
+def _once(doc_id: str, batch_id: str, inc: dict[str, float], fields: dict) -> UpdateOne:
+    """Add ``inc`` to one rollup unless it has already seen ``batch_id`` (creating it
+    with ``fields`` when it does not exist yet)."""
+    return UpdateOne({"_id": doc_id, "applied": {"$ne": batch_id}},
+                     {"$inc": inc, "$setOnInsert": fields,
+                      "$push": {"applied": {"$each": [batch_id], "$slice": -APPLIED_KEEP}}},
+                     upsert=True)
+
+
+def add_counts(into: dict[str, float], inc: dict[str, float]) -> None:
+    for field, value in inc.items():
+        into[field] = into.get(field, 0) + value
+
+
+async def _bulk_once(coll, ops: list) -> None:
+    """Run idempotent upserts; a duplicate-key error means "this batch was already
+    applied to that rollup" and is not an error."""
+    try:
+        await coll.bulk_write(ops, ordered=False)
+    except BulkWriteError as exc:
+        others = [e for e in exc.details.get("writeErrors", []) if e.get("code") != DUPLICATE_KEY]
+        if others or exc.details.get("writeConcernErrors"):
+            raise

@@ -1,16 +1,23 @@
 """Built-in auth plugin: ``Authorization: Bearer <key>`` API keys.
 
-Keys are looked up by SHA-256 in a small in-process cache (TTL ``auth.key_cache_ttl``,
-bounded size) and in MongoDB on a miss. The TTL is the bound within which a revoked
-key or a suspended account is refused on every gateway process.
+Keys are looked up by SHA-256 in a small in-process cache (bounded size) and in MongoDB
+on a miss. A key in use is looked up again in the background once its entry is half
+``auth.key_cache_ttl`` old, so steady traffic never waits for the database, and no
+answer is ever based on data older than the TTL: that is the bound within which a
+revoked key or a suspended account is refused on every process. While the database
+cannot be reached, cached entries keep working for ``auth.key_cache_max_stale`` seconds
+(requests do not wait for it meanwhile; a lookup in the background retries).
 """
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections import OrderedDict
 
 from gateway.errors import APIError
 from gateway.hookspecs import hookimpl
+from gateway.store import StoreError
 from gateway.store.keys import KEY_PREFIX, hash_key
 from gateway.types import Principal
 
@@ -20,24 +27,33 @@ _INACTIVE = {"pending": "Your account is awaiting approval.",
              "closed": "Your account is closed."}
 
 
-class KeyCache:
-    """A bounded LRU of sha256 -> (principal or error, expiry)."""
+log = logging.getLogger("allyoucantoken.auth")
+DOWN_RETRY = 5.0    # after a failed lookup, serve cached keys without waiting this long
 
-    def __init__(self, ttl: float, size: int) -> None:
+
+class KeyCache:
+    """A bounded LRU of sha256 -> (principal or error, time it was looked up)."""
+
+    def __init__(self, ttl: float, size: int, max_stale: float = 0.0) -> None:
         self.ttl = ttl
         self.size = size
+        self.max_stale = max(ttl, max_stale)
         self._data: OrderedDict[str, tuple[object, float]] = OrderedDict()
 
-    def get(self, sha: str):
+    def get(self, sha: str) -> tuple[object, float] | None:
+        """(value, age in seconds), or None when absent or too old to use at all."""
         item = self._data.get(sha)
-        if item is None or item[1] < time.monotonic():
+        if item is None:
+            return None
+        age = time.monotonic() - item[1]
+        if age > self.max_stale:
             self._data.pop(sha, None)
             return None
         self._data.move_to_end(sha)
-        return item[0]
+        return item[0], age
 
     def put(self, sha: str, value) -> None:
-        self._data[sha] = (value, time.monotonic() + self.ttl)
+        self._data[sha] = (value, time.monotonic())
         self._data.move_to_end(sha)
         while len(self._data) > self.size:
             self._data.popitem(last=False)
@@ -48,9 +64,11 @@ class ApiKeyAuthenticator:
 
     name = "api_key"
 
-    def __init__(self, store, ttl: float, size: int) -> None:
+    def __init__(self, store, ttl: float, size: int, max_stale: float = 0.0) -> None:
         self.store = store
-        self.cache = KeyCache(ttl, size)
+        self.cache = KeyCache(ttl, size, max_stale)
+        self._refreshing: dict[str, asyncio.Task] = {}
+        self._db_down_until = 0.0
 
     async def authenticate(self, request) -> Principal | None:
         header = request.headers.get("Authorization", "")
@@ -62,13 +80,43 @@ class ApiKeyAuthenticator:
             raise APIError(401, "The Authorization header must be 'Bearer YOUR_KEY'.",
                            code="invalid_api_key")
         sha = hash_key(key)
-        result = self.cache.get(sha)
-        if result is None:
-            result = await self._lookup(key, sha)
-            self.cache.put(sha, result)
+        cached = self.cache.get(sha)
+        if cached is not None and (cached[1] <= self.cache.ttl or
+                                   time.monotonic() < self._db_down_until):
+            result, age = cached
+            if age > self.cache.ttl / 2:
+                self._refresh_soon(key, sha)
+        else:
+            try:
+                result = await self._lookup(key, sha)
+            except StoreError:
+                if cached is None:
+                    raise
+                self._db_down_until = time.monotonic() + DOWN_RETRY
+                log.warning("database unreachable: serving a cached key")
+                result = cached[0]
+            else:
+                self.cache.put(sha, result)
         if isinstance(result, APIError):
             raise result
         return result
+
+    def _refresh_soon(self, key: str, sha: str) -> None:
+        if sha not in self._refreshing:
+            self._refreshing[sha] = asyncio.ensure_future(self._refresh(key, sha))
+
+    async def _refresh(self, key: str, sha: str) -> None:
+        """Look a cached key up again in the background; on a database error the old
+        entry stays (up to ``key_cache_max_stale``)."""
+        try:
+            self.cache.put(sha, await self._lookup(key, sha))
+            self._db_down_until = 0.0
+        except Exception as exc:  # noqa: BLE001 - keep serving the cached entry
+            self._db_down_until = time.monotonic() + DOWN_RETRY
+            log.warning("key refresh failed (%s); using the cached entry",
+                        type(exc).__name__)
+        finally:
+            self._refreshing.pop(sha, None)
 
     async def _lookup(self, key: str, sha: str):
         doc = await self.store.keys.by_hash(sha) if key.startswith(KEY_PREFIX) else None
@@ -89,4 +137,5 @@ class ApiKeyAuthenticator:
 @hookimpl
 def register_authenticators(register, config, store):
     """Register the bearer API key authenticator."""
-    register(ApiKeyAuthenticator(store, config.auth.key_cache_ttl, config.auth.key_cache_size))
+    register(ApiKeyAuthenticator(store, config.auth.key_cache_ttl, config.auth.key_cache_size,
+                                 config.auth.key_cache_max_stale))

@@ -5,22 +5,25 @@ Per tier: requests/minute, tokens/minute, tokens/day, concurrent streams, max
 all zeros is the permissive default.
 
 Windows are fixed (UTC minute, UTC day). Admission reserves 1 request and a token
-estimate (prompt estimate + max_tokens) with conditional counters in MongoDB (see
-``gateway.store.counters``): one document per window, so requests/minute and
-tokens/minute cost a single round trip, tokens/day another. A concurrent-stream lease
-is taken at the same time (one conditional push); admission therefore costs one round
-trip of latency. Settlement refunds the unused token reservation and
-releases the lease.
+estimate (prompt estimate + max_tokens) from this process's quota leases
+(``plugins.limits.quota``): in steady state that is memory only, and the shared
+counters in MongoDB are touched once per block of quota, not per request. Settlement
+replaces the token estimate by the real usage and frees the stream slot, in memory too.
+The limits hold exactly across processes: the leases of all processes never add up to
+more than a limit.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
+import secrets
 from datetime import UTC, datetime, timedelta
 
+from gateway.errors import APIError
 from gateway.hookspecs import hookimpl
+from gateway.store import StoreError
 from gateway.streaming import estimate_prompt_tokens
 from gateway.types import Admission, GenerationRequest, Principal, Usage
+from plugins.limits.quota import LeaseSettings, QuotaLeases
 
 log = logging.getLogger("allyoucantoken.limits")
 DEFAULT_COMPLETION_ESTIMATE = 1024
@@ -48,10 +51,11 @@ class TierLimiter:
 
     def __init__(self, config, store) -> None:
         self.config = config
-        self.store = store
-        self.lease_ttl = config.limits.lease_ttl
-        self._leases: dict[str, str] = {}   # live lease id -> subject, renewed in the background
-        self._renewer: asyncio.Task | None = None
+        lim = config.limits
+        self.leases = QuotaLeases(store.counters,
+                                  LeaseSettings(lim.lease_horizon, lim.lease_max_share,
+                                                lim.lease_idle, lim.lease_ttl),
+                                  "proc_" + secrets.token_hex(8), log)
 
     def tier_for(self, principal: Principal):
         return self.config.tiers.get(principal.tier) or \
@@ -92,116 +96,101 @@ class TierLimiter:
         day = now.replace(hour=0, minute=0, second=0, microsecond=0)
         minute_reset = (minute + timedelta(minutes=1) - now).total_seconds()
         day_reset = (day + timedelta(days=1) - now).total_seconds()
-        # One document per window; every limit of a window is taken in one round trip.
-        windows = []   # (window id, {field: (cost, limit)}, expires, reset, limit names)
+        # (pool id, window, {field: (cost, limit)}, seconds to reset, limit names)
+        windows = []
         per_minute = {}
         if tier.requests_per_minute:
             per_minute["requests"] = (1, tier.requests_per_minute)
         if tier.tokens_per_minute:
             per_minute["tokens"] = (cost, tier.tokens_per_minute)
         if per_minute:
-            windows.append((f"m:{acct}:{minute:%Y%m%d%H%M}", per_minute,
-                            minute + timedelta(minutes=2), minute_reset,
+            windows.append((f"q:m:{acct}", f"{minute:%Y%m%d%H%M}", per_minute, minute_reset,
                             {"requests": "requests_per_minute", "tokens": "tokens_per_minute"}))
         if tier.tokens_per_day:
-            windows.append((f"d:{acct}:{day:%Y%m%d}", {"tokens": (cost, tier.tokens_per_day)},
-                            day + timedelta(days=2), day_reset, {"tokens": "tokens_per_day"}))
-        counters = self.store.counters
-        steps = [counters.take(wid, costs, exp) for wid, costs, exp, _, _ in windows]
-        subject = f"streams:{acct}"
-        if tier.concurrent_streams:
-            steps.append(counters.acquire_lease(subject, tier.concurrent_streams, self.lease_ttl))
-        results = await asyncio.gather(*steps, return_exceptions=True)
-        taken = results[:len(windows)]
-        lease = results[len(windows)] if tier.concurrent_streams else None
-        error = next((r for r in results if isinstance(r, BaseException)), None)
-        refused = [i for i, r in enumerate(taken) if not isinstance(r, dict)]
-        lease_refused = bool(tier.concurrent_streams) and not isinstance(lease, str)
-        if error is None and not refused and not lease_refused:
-            if lease:
-                self._leases[lease] = subject
-                self._ensure_renewer()
-            headers = self._headers(windows[0], taken[0]) if per_minute else {}
-            return Admission(limiter=self.name, max_tokens=max_tokens, headers=headers,
-                             reservation={"windows": [(w[0], w[2], "requests" in w[1])
-                                                      for w in windows],
-                                          "cost": cost, "lease": (subject, lease) if lease
-                                          else None})
-        await self._undo(windows, taken, subject, lease)
-        if error is not None:
-            raise error
-        if refused:
-            wid, costs, _, reset, names = windows[refused[0]]
-            values = await counters.values(wid)
-            field = next((f for f, (c, lim) in costs.items() if values.get(f, 0) + c > lim),
-                         next(iter(costs)))
-            c, lim = costs[field]
-            name = names[field]
-            headers = self._headers(windows[0], values) if per_minute else {}
-            what = "requests" if field == "requests" else "tokens"
-            msg = (f"Rate limit reached for {name.replace('_', ' ')}: limit {lim}; this "
-                   f"request needs {c} {what}. Try again in {_fmt(reset)}.")
-            if c > lim:
-                msg = (f"This request needs about {c} tokens, more than your tier's "
-                       f"{name.replace('_', ' ')} limit of {lim}. Lower max_tokens.")
-            return _deny(name, msg, retry_after=reset, headers=headers)
-        headers = self._headers(windows[0], taken[0]) if per_minute else {}
-        return _deny("concurrent_streams", f"Too many concurrent streams: your tier allows "
-                     f"{tier.concurrent_streams}. Try again when one has finished.",
-                     retry_after=1.0, headers=headers)
+            windows.append((f"q:d:{acct}", f"{day:%Y%m%d}", {"tokens": (cost, tier.tokens_per_day)},
+                            day_reset, {"tokens": "tokens_per_day"}))
+        for _, _, costs, _, names in windows:
+            for field, (c, lim) in costs.items():
+                if c > lim:
+                    return _deny(names[field], f"This request needs about {c} tokens, more "
+                                 f"than your tier's {names[field].replace('_', ' ')} limit of "
+                                 f"{lim}. Lower max_tokens.", retry_after=0.0)
+        taken = []     # (pool, window, cost) reserved so far
+        slot = None
+        try:
+            for pool_id, window, costs, reset, names in windows:
+                pool = self.leases.pool(pool_id, {f: lim for f, (_, lim) in costs.items()})
+                want = {f: c for f, (c, _) in costs.items()}
+                if not await self.leases.acquire(pool, want, window):
+                    self._undo(taken, slot)
+                    return self._refused(pool, costs, reset, names, windows)
+                taken.append((pool, window, want))
+            if tier.concurrent_streams:
+                pool = self.leases.slot_pool(f"slots:{acct}")
+                if not await self.leases.acquire_slot(pool, tier.concurrent_streams):
+                    self._undo(taken, slot)
+                    return _deny("concurrent_streams", "Too many concurrent streams: your "
+                                 f"tier allows {tier.concurrent_streams}. Try again when one "
+                                 "has finished.", retry_after=1.0,
+                                 headers=self._headers(windows, taken))
+                slot = pool
+        except StoreError as exc:
+            self._undo(taken, slot)
+            log.warning("quota lease failed: database unavailable (%s)", type(exc).__name__)
+            raise APIError(503, "The service is temporarily unavailable; please retry shortly.",
+                           code="service_unavailable", headers={"Retry-After": "5"}) from None
+        return Admission(limiter=self.name, max_tokens=max_tokens,
+                         headers=self._headers(windows, taken),
+                         reservation={"taken": taken, "slot": slot})
 
-    @staticmethod
-    def _headers(window, values) -> dict[str, str]:
-        """OpenAI's x-ratelimit-* headers from the minute window's counters."""
-        _, costs, _, reset, _ = window
-        values = values if isinstance(values, dict) else {}
+    def _refused(self, pool, costs, reset, names, windows) -> Admission:
+        field = next((f for f, (c, _) in costs.items() if pool.remaining(f) < c),
+                     next(iter(costs)))
+        c, lim = costs[field]
+        name = names[field]
+        what = "requests" if field == "requests" else "tokens"
+        return _deny(name, f"Rate limit reached for {name.replace('_', ' ')}: limit {lim}; "
+                     f"this request needs {c} {what}. Try again in {_fmt(reset)}.",
+                     retry_after=reset, headers=self._headers(windows, []))
+
+    def _headers(self, windows, taken) -> dict[str, str]:
+        """OpenAI's x-ratelimit-* headers from the minute window (as this process sees it:
+        its own use exactly, other processes' as of its last contact with the counter)."""
+        if not windows or not windows[0][0].startswith("q:m:"):
+            return {}
+        pool_id, window, costs, reset, _ = windows[0]
+        pool = self.leases.pools.get(pool_id)
         headers: dict[str, str] = {}
         for field, (_, limit) in costs.items():
+            left = pool.remaining(field) if pool is not None and pool.window == window else limit
             headers[f"x-ratelimit-limit-{field}"] = str(limit)
-            headers[f"x-ratelimit-remaining-{field}"] = str(max(0, limit - values.get(field, 0)))
+            headers[f"x-ratelimit-remaining-{field}"] = str(left)
             headers[f"x-ratelimit-reset-{field}"] = _fmt(reset)
         return headers
 
-    async def _undo(self, windows, taken, subject, lease) -> None:
-        steps = [self.store.counters.give_back(wid, {f: c for f, (c, _) in costs.items()})
-                 for (wid, costs, *_), r in zip(windows, taken) if isinstance(r, dict)]
-        if isinstance(lease, str):
-            steps.append(self.store.counters.release_lease(subject, lease))
-        await asyncio.gather(*steps, return_exceptions=True)
+    def _undo(self, taken, slot) -> None:
+        for pool, window, cost in taken:
+            self.leases.settle(pool, window, cost, {})
+        if slot is not None:
+            self.leases.release_slot(slot)
 
     async def settle(self, admission: Admission, usage: Usage, outcome: str) -> None:
+        """Replace the token estimate by the real usage and free the slot (in memory).
+        A request another limiter refused never ran: its request goes back too."""
         res = admission.reservation
-        steps = []
-        if res.get("lease"):
-            subject, lease = res["lease"]
-            self._leases.pop(lease, None)
-            steps.append(self.store.counters.release_lease(subject, lease))
-        # Reconcile the token reservation with the real usage; a request another
-        # limiter refused never ran, so its request count goes back too.
-        unused = res.get("cost", 0) - usage.total_tokens
-        for wid, expires, counts_requests in res.get("windows", []):
-            refund = {"tokens": unused} if unused > 0 else {}
-            if outcome == "denied" and counts_requests:
-                refund["requests"] = 1
-            if refund:
-                steps.append(self.store.counters.give_back(wid, refund))
-            if unused < 0:
-                steps.append(self.store.counters.add(wid, {"tokens": -unused}, expires))
-        if steps:
-            await asyncio.gather(*steps)
+        for pool, window, cost in res.get("taken", ()):
+            actual = {}
+            if "tokens" in cost:
+                actual["tokens"] = usage.total_tokens
+            if "requests" in cost and outcome != "denied":
+                actual["requests"] = cost["requests"]
+            self.leases.settle(pool, window, cost, actual)
+        if res.get("slot") is not None:
+            self.leases.release_slot(res["slot"])
 
-    def _ensure_renewer(self) -> None:
-        if self._renewer is None or self._renewer.done():
-            self._renewer = asyncio.ensure_future(self._renew())
-
-    async def _renew(self) -> None:
-        """Renew this process's live leases every third of their TTL."""
-        while self._leases:
-            await asyncio.sleep(self.lease_ttl / 3)
-            try:
-                await self.store.counters.renew_leases(list(self._leases), self.lease_ttl)
-            except Exception:  # noqa: BLE001 - try again next round
-                log.warning("lease renewal failed; retrying")
+    async def close(self) -> None:
+        """Give back this process's unused quota and stream slots (at shutdown)."""
+        await self.leases.close()
 
 
 @hookimpl

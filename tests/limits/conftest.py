@@ -18,6 +18,7 @@ TIERS = {
     "narrow": {"models": ["echo"], "max_prompt_chars": 200},
     "roomy": {"requests_per_minute": 100, "concurrent_streams": 2, "tokens_per_minute": 10000},
 }
+LEASE_IDLE = 0.4     # seconds until an idle account's unused quota and slots go back
 MODELS = [{"name": "echo", "backend": "echo"},
           {"name": "echo-slow", "backend": "echo", "options": {"delay": 0.2}},
           {"name": "echo-b", "backend": "echo"}]
@@ -27,7 +28,7 @@ def limits_config(**extra):
     cfg = {"plugins": {"modules": ["tests.plugins.echo_backend",
                                    "tests.plugins.model_pause_limiter"]},
            "models": MODELS, "tiers": TIERS,
-           "limits": {"default_tier": "rpm5", "lease_ttl": 3.0},
+           "limits": {"default_tier": "rpm5", "lease_ttl": 3.0, "lease_idle": LEASE_IDLE},
            "auth": {"key_cache_ttl": 0.5}}
     cfg.update(extra)
     return cfg
@@ -55,16 +56,22 @@ class Account:
     def headers(self):
         return {"Authorization": f"Bearer {self.key}"}
 
-    def live_leases(self, gw=None):
+    def live_leases(self, gw=None, settled=False):
+        """Stream slots held for this account by live gateway processes; ``settled``:
+        after idle processes have given theirs back."""
         gw = gw or self.gw
+        if settled:
+            time.sleep(LEASE_IDLE * 3)
         return db_run(gw.db_uri, gw.db_name,
-                      lambda s: s.counters.live_leases(f"streams:{self.id}"))
+                      lambda s: s.counters.live_leases(f"slots:{self.id}"))
 
     def counter(self, field):
-        """This minute's server-side counter: "requests" or "tokens"."""
-        window = f"m:{self.id}:{datetime.now(UTC):%Y%m%d%H%M}"
+        """This minute's server-side counter ("requests" or "tokens"), once the
+        gateway has given back the unused part of its lease (after LEASE_IDLE)."""
+        time.sleep(LEASE_IDLE * 3)
+        window = f"{datetime.now(UTC):%Y%m%d%H%M}"
         return db_run(self.gw.db_uri, self.gw.db_name,
-                      lambda s: s.counters.values(window)).get(field, 0)
+                      lambda s: s.counters.quota_values(f"q:m:{self.id}", window)).get(field, 0)
 
 
 def body(model="echo", text="hello there", **kw):

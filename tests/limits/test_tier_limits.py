@@ -91,7 +91,7 @@ def test_concurrent_stream_cap_holds_at_every_instant(limits_gw):
     for i, (s1, e1) in enumerate(intervals):      # nor did the clients ever see more
         overlapping = sum(1 for s2, e2 in intervals if s2 < e1 and s1 < e2)
         assert overlapping <= 2
-    assert acct.live_leases() == 0                # and every slot was released
+    assert acct.live_leases(settled=True) == 0                # and every slot was released
 
 
 def _open_stream(gw, acct, text):
@@ -132,11 +132,11 @@ def test_backend_error_frees_the_slot(limits_gw):
                    json=body("echo-slow", "one two FAIL three", stream=True))
     assert r.status_code == 200                      # the stream had started
     assert '"code":"backend_error"' in r.text.replace(" ", "")
-    assert acct.live_leases() == 0
+    assert acct.live_leases(settled=True) == 0
     r = httpx.post(limits_gw.url + "/v1/chat/completions", headers=acct.headers,
                    json=body("echo", "FAIL"))
     assert r.status_code == 502 and r.json()["error"]["code"] == "backend_error"
-    assert acct.live_leases() == 0
+    assert acct.live_leases(settled=True) == 0
 
 
 def test_killed_process_slot_expires_within_the_lease_ttl(limits_gw, start_gw):
@@ -211,7 +211,7 @@ def test_custom_limiter_composes_with_the_tier_limiter(limits_gw):
         assert r.headers["Retry-After"] == "30"
     # The tier limiter had reserved a request, tokens and a slot each time: all released.
     assert acct.counter("requests") == 0 and acct.counter("tokens") == 0
-    assert acct.live_leases() == 0
+    assert acct.live_leases(settled=True) == 0
     assert httpx.post(limits_gw.url + "/v1/chat/completions", headers=acct.headers,
                       json=body("echo")).status_code == 200
     assert acct.counter("requests") == 1

@@ -1,0 +1,304 @@
+"""Quota leases: admit from memory, take quota from the shared counters in blocks.
+
+Each gateway process holds, per account and window (this minute, today), a *lease*: a
+block of quota it has taken from the shared counter (``Counters.lease_quota``), and how
+much of it its own requests have used. A request that fits in the lease is admitted
+without any database round trip. When the lease runs low a new block is taken in the
+background, sized from recent demand (``horizon`` seconds of it, at most ``max_share``
+of the limit); requests that arrive while a lease is empty wait for one coalesced take.
+Unused quota goes back to the shared counter once the account has been idle for
+``idle`` seconds, and with a new window the old lease simply lapses.
+
+The shared counter never lets the leases of all processes add up to more than the
+limit, so nothing is ever over-admitted. The price is under-admission: a request can be
+refused while other processes still hold unused quota, at most their unused blocks, and
+for at most ``idle`` seconds after they stop using it.
+
+Concurrent-stream slots work the same way (``SlotPool``): a process leases slots and
+reuses them for its streams; its holding expires ``lease_ttl`` seconds after the
+process dies, because only a living process renews it.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass, field
+
+Amounts = dict[str, int]
+
+RECHECK = 0.5          # after a refusal, refuse from memory for this long (seconds)
+
+
+@dataclass
+class LeaseSettings:
+    """How leases are sized and returned (from ``[limits]``)."""
+
+    horizon: float = 1.0       # a new block covers this many seconds of recent demand
+    max_share: float = 0.25    # ...but at most this share of the limit (beyond what waits)
+    idle: float = 2.0          # an idle account's unused quota goes back after this long
+    lease_ttl: float = 15.0    # stream slots of a dead process free themselves after this
+
+
+@dataclass
+class QuotaPool:
+    """This process's lease on one account's shared window (e.g. its minute)."""
+
+    pool_id: str
+    limits: Amounts
+    window: str = ""
+    granted: Amounts = field(default_factory=dict)    # leased from the shared counter
+    used: Amounts = field(default_factory=dict)       # admitted here (reconciled)
+    others: Amounts = field(default_factory=dict)     # taken by other processes, last seen
+    demand: Amounts = field(default_factory=dict)     # waiting for the take in flight
+    need: Amounts = field(default_factory=dict)
+    fetch: asyncio.Future | None = None
+    refused_at: float = -math.inf
+    last_active: float = field(default_factory=time.monotonic)
+    inflight: int = 0                                 # admitted requests not yet settled
+    consumed: float = 0.0                             # for the demand rate
+    rate: dict[str, float] = field(default_factory=dict)
+    rate_mark: tuple[float, dict] = field(default_factory=lambda: (time.monotonic(), {}))
+
+    def roll(self, window: str) -> None:
+        """Start afresh in a new window (the old lease lapses with its window)."""
+        if window != self.window:
+            self.window = window
+            self.granted, self.used, self.others, self.demand = {}, {}, {}, {}
+            self.refused_at = -math.inf
+
+    def fits(self, cost: Amounts) -> bool:
+        return all(self.used.get(f, 0) + c <= self.granted.get(f, 0) for f, c in cost.items())
+
+    def use(self, cost: Amounts, sign: int = 1) -> None:
+        for f, c in cost.items():
+            self.used[f] = self.used.get(f, 0) + sign * c
+            self.rate_mark[1][f] = self.rate_mark[1].get(f, 0) + sign * c
+
+    def remaining(self, f: str) -> int:
+        """What this account may still use in the window, as far as this process knows."""
+        return max(0, self.limits[f] - self.others.get(f, 0) - self.used.get(f, 0))
+
+    def prefetch(self, settings: LeaseSettings) -> Amounts:
+        """Beyond what waits, how much to take: recent demand over the horizon."""
+        now = time.monotonic()
+        since, spent = self.rate_mark
+        if now - since >= 0.25:
+            for f, amount in spent.items():
+                inst = max(0.0, amount) / (now - since)
+                self.rate[f] = inst if f not in self.rate else 0.5 * self.rate[f] + 0.5 * inst
+            self.rate_mark = (now, {})
+        return {f: int(min(self.rate.get(f, 0.0) * settings.horizon,
+                           self.limits[f] * settings.max_share)) for f in self.limits}
+
+
+@dataclass
+class SlotPool:
+    """This process's lease on one account's concurrent-stream slots."""
+
+    subject: str
+    held: int = 0
+    in_use: int = 0
+    demand: int = 0
+    fetch: asyncio.Future | None = None
+    refused_at: float = -math.inf
+    last_active: float = field(default_factory=time.monotonic)
+
+
+class QuotaLeases:
+    """All quota and slot leases of this process, with their background upkeep."""
+
+    def __init__(self, counters, settings: LeaseSettings, holder: str, log) -> None:
+        self.counters = counters
+        self.settings = settings
+        self.holder = holder
+        self.log = log
+        self.pools: dict[str, QuotaPool] = {}
+        self.slots: dict[str, SlotPool] = {}
+        self._upkeep: asyncio.Task | None = None
+        self._background: set[asyncio.Task] = set()
+        self._renewed = time.monotonic()
+
+    # -- quota -------------------------------------------------------------------------
+    def pool(self, pool_id: str, limits: Amounts) -> QuotaPool:
+        pool = self.pools.get(pool_id)
+        if pool is None:
+            pool = self.pools[pool_id] = QuotaPool(pool_id, dict(limits))
+        pool.limits = dict(limits)
+        self._ensure_upkeep()
+        return pool
+
+    async def acquire(self, pool: QuotaPool, cost: Amounts, window: str) -> bool:
+        """Reserve ``cost`` in ``window``: from the lease if it fits (no round trip),
+        else after taking a new block. False when the limit is reached."""
+        for _ in range(3):
+            pool.roll(window)
+            pool.last_active = time.monotonic()
+            if pool.fits(cost):
+                pool.use(cost)
+                pool.inflight += 1
+                self._refill_early(pool)
+                return True
+            if time.monotonic() - pool.refused_at < RECHECK:
+                return False
+            if not await self._take(pool, cost):
+                return False
+        return False
+
+    def settle(self, pool: QuotaPool, window: str, reserved: Amounts, actual: Amounts) -> None:
+        """Replace a reservation by what was really used (no round trip; a difference
+        beyond the lease is charged to the shared counter by the upkeep)."""
+        pool.inflight = max(0, pool.inflight - 1)
+        if pool.window == window:
+            pool.use({f: actual.get(f, 0) - c for f, c in reserved.items()})
+        pool.last_active = time.monotonic()
+
+    async def _take(self, pool: QuotaPool, cost: Amounts) -> bool:
+        for f, c in cost.items():
+            pool.demand[f] = pool.demand.get(f, 0) + c
+        if pool.fetch is None:
+            pool.need = dict(cost)
+            pool.fetch = asyncio.ensure_future(self._fetch(pool))
+        return await asyncio.shield(pool.fetch)
+
+    def _refill_early(self, pool: QuotaPool) -> None:
+        """Take the next block in the background before the lease runs out, so steady
+        traffic never waits for the database."""
+        if pool.fetch is not None or time.monotonic() - pool.refused_at < RECHECK:
+            return
+        ahead = pool.prefetch(self.settings)
+        if any(a > 0 and pool.granted.get(f, 0) - pool.used.get(f, 0) < a / 2
+               for f, a in ahead.items()):
+            pool.need = {}
+            pool.fetch = asyncio.ensure_future(self._fetch(pool))
+            pool.fetch.add_done_callback(_consume_error)
+
+    async def _fetch(self, pool: QuotaPool) -> bool:
+        window = pool.window
+        try:
+            await asyncio.sleep(0)            # let requests of this same moment join in
+            demand, pool.demand = pool.demand, {}
+            ahead = pool.prefetch(self.settings)
+            want = {f: max(0, pool.used.get(f, 0) + demand.get(f, 0) + ahead.get(f, 0)
+                           - pool.granted.get(f, 0)) for f in pool.limits}
+            need = {f: max(0, pool.used.get(f, 0) + c - pool.granted.get(f, 0))
+                    for f, c in pool.need.items()}
+            taken, shared = await self.counters.lease_quota(pool.pool_id, window, want, need,
+                                                            pool.limits)
+            if pool.window != window:
+                return False
+            for f, amount in (taken or {}).items():
+                pool.granted[f] = pool.granted.get(f, 0) + amount
+            if shared:
+                pool.others = {f: max(0, shared.get(f, 0) - pool.granted.get(f, 0))
+                               for f in pool.limits}
+            if taken is None:
+                pool.refused_at = time.monotonic()
+                return False
+            return True
+        finally:
+            pool.fetch = None
+
+    # -- stream slots --------------------------------------------------------------------
+    def slot_pool(self, subject: str) -> SlotPool:
+        pool = self.slots.get(subject)
+        if pool is None:
+            pool = self.slots[subject] = SlotPool(subject)
+        self._ensure_upkeep()
+        return pool
+
+    async def acquire_slot(self, pool: SlotPool, cap: int) -> bool:
+        """One stream slot of ``cap``: reuse one this process holds, or lease more."""
+        for _ in range(3):
+            pool.last_active = time.monotonic()
+            if pool.in_use < pool.held:
+                pool.in_use += 1
+                return True
+            if time.monotonic() - pool.refused_at < RECHECK:
+                return False
+            pool.demand += 1
+            if pool.fetch is None:
+                pool.fetch = asyncio.ensure_future(self._fetch_slots(pool, cap))
+            if not await asyncio.shield(pool.fetch):
+                return False
+        return False
+
+    def release_slot(self, pool: SlotPool) -> None:
+        pool.in_use = max(0, pool.in_use - 1)
+        pool.last_active = time.monotonic()
+
+    async def _fetch_slots(self, pool: SlotPool, cap: int) -> bool:
+        try:
+            await asyncio.sleep(0)
+            demand, pool.demand = pool.demand, 0
+            got = await self.counters.lease_slots(pool.subject, self.holder, demand, 1, cap,
+                                                  self.settings.lease_ttl)
+            pool.held += got
+            if not got:
+                pool.refused_at = time.monotonic()
+            return bool(got)
+        finally:
+            pool.fetch = None
+
+    # -- upkeep --------------------------------------------------------------------------
+    def _ensure_upkeep(self) -> None:
+        if self._upkeep is None or self._upkeep.done():
+            self._upkeep = asyncio.ensure_future(self._run_upkeep())
+
+    async def _run_upkeep(self) -> None:
+        period = max(0.05, min(self.settings.idle / 2, self.settings.lease_ttl / 3))
+        while self.pools or self.slots:
+            await asyncio.sleep(period)
+            try:
+                await self.upkeep()
+            except Exception as exc:  # noqa: BLE001 - try again next round
+                self.log.warning("quota lease upkeep failed (%s); retrying",
+                                 type(exc).__name__)
+
+    async def upkeep(self, everything: bool = False) -> None:
+        """Charge overuse, give back idle accounts' unused quota and slots, renew slot
+        holdings, forget what is settled. ``everything``: give all back now (shutdown)."""
+        now = time.monotonic()
+        idle = self.settings.idle
+        for pool_id, pool in list(self.pools.items()):
+            if pool.fetch is not None:
+                continue
+            spare = {f: pool.granted.get(f, 0) - pool.used.get(f, 0) for f in pool.limits}
+            over = {f: -s for f, s in spare.items() if s < 0}
+            quiet = everything or now - pool.last_active >= idle
+            back = {f: -s for f, s in spare.items() if s > 0} if quiet else {}
+            if over or back:
+                await self.counters.adjust_quota(pool_id, pool.window, {**over, **back})
+                for f, s in spare.items():
+                    if s < 0 or quiet:
+                        pool.granted[f] = pool.used.get(f, 0)
+            if quiet and pool.inflight == 0 and self.pools.get(pool_id) is pool:
+                del self.pools[pool_id]
+        for subject, slots in list(self.slots.items()):
+            if slots.fetch is not None:
+                continue
+            quiet = everything or now - slots.last_active >= idle
+            if quiet and slots.held > slots.in_use:
+                await self.counters.return_slots(subject, self.holder,
+                                                 slots.held - slots.in_use, slots.held)
+                slots.held = slots.in_use
+            if slots.held == 0 and slots.in_use == 0 and self.slots.get(subject) is slots:
+                del self.slots[subject]
+        held = sum(1 for s in self.slots.values() if s.held)
+        if held and now - self._renewed >= self.settings.lease_ttl / 3:
+            self._renewed = now
+            still = await self.counters.renew_slots(self.holder, self.settings.lease_ttl)
+            if still < held:
+                self.log.warning("stream slots of this process expired while it was busy; "
+                                 "they were taken back")
+
+    async def close(self) -> None:
+        """Give back everything this process holds (at shutdown)."""
+        if self._upkeep is not None:
+            self._upkeep.cancel()
+        await self.upkeep(everything=True)
+
+
+def _consume_error(fut: asyncio.Future) -> None:
+    if not fut.cancelled():
+        fut.exception()

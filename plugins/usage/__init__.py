@@ -1,0 +1,1 @@
+"""Built-in usage observers (``on_usage`` hook)."""
