@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 
 from dashboard import notify
+from dashboard.deferred import defer
 from dashboard.throttle import email_key, take_slot
 from dashboard.web import DashboardHandler, PageError
 from gateway.passwords import policy_error
@@ -55,19 +56,18 @@ class RegisterHandler(DashboardHandler):
                                self.dash.cfg.register_max_per_ip, 3600):
             raise PageError(429, "Too many registrations from your network; try again "
                                  "later.", code="too_many_registrations", **form)
-        password_hash = await self.dash.passwords.hash(password)  # both paths: same work
-        existing = await self.store.accounts.by_email(email)
-        if existing is None:
-            try:
-                account = await self.store.accounts.create(
-                    email, tier=tier, status="pending", password_hash=password_hash,
-                    status_changed_at=None)
-                await notify.send(self, self.dash, "registered", account, tier=tier)
-            except Exception as exc:  # noqa: BLE001 - a concurrent duplicate: same answer
-                if type(exc).__name__ != "DuplicateKeyError":
-                    raise
+        # Both paths do the same work before answering: one argon2 hash and one insert
+        # attempt (the unique email index refuses a taken address). The mail, and the
+        # look-up of an existing owner, happen after the answer has been sent.
+        password_hash = await self.dash.passwords.hash(password)
+        account = await self.store.accounts.create_if_absent(
+            email, tier=tier, status="pending", password_hash=password_hash,
+            status_changed_at=None)
+        if account is not None:
+            defer(self.gateway, "registration mail",
+                  notify.send(self.gateway, self.dash, "registered", account, tier=tier))
         else:
-            await notify.send(self, self.dash, "exists", existing)
+            defer(self.gateway, "registration mail", _tell_owner(self.gateway, self.dash, email))
         self.render("message.html", title="Check your email",
                     message="Thank you. If this address can be used for a new account, we "
                             "have sent it a confirmation. An administrator reviews every "
@@ -91,17 +91,21 @@ class LoginHandler(DashboardHandler):
         form = {"template": "login.html", "email": email}
         ip = self.client_ip()
         throttle = self.dash.throttle(self.store)
-        wait = await throttle.blocked(email, ip)
-        if wait:
-            minutes = max(1, int(wait // 60) + 1)
+        attempt = await throttle.reserve(email, ip)   # counted before any hashing
+        if not attempt.allowed:
+            minutes = max(1, int(attempt.wait // 60) + 1)
             raise PageError(429, f"Too many sign-in attempts. Try again in {minutes} "
                                  "minute(s).", code="too_many_attempts", **form)
-        account = await self.store.accounts.by_email(email) if email else None
-        ok, new_hash = await self.dash.passwords.verify(
-            account.get("password_hash") if account else None, password)
-        if not ok:
-            await throttle.failed(email, ip)
+        try:
+            account = await self.store.accounts.by_email(email) if email else None
+            ok, new_hash = await self.dash.passwords.verify(
+                account.get("password_hash") if account else None, password)
+        except BaseException:
+            await throttle.release(attempt)               # nothing was checked
+            raise
+        if not ok:                                        # the reservation stays counted
             raise PageError(401, GENERIC_LOGIN_ERROR, code="invalid_credentials", **form)
+        await throttle.release(attempt)                   # right password: not a failure
         if new_hash:
             await self.store.accounts.update(account["_id"], password_hash=new_hash)
         status = account.get("status")
@@ -142,20 +146,36 @@ class ForgotHandler(DashboardHandler):
                                cfg.register_max_per_ip, 3600):
             raise PageError(429, "Too many requests from your network; try again later.",
                             code="too_many_requests", template="forgot.html", email=email)
-        account = await self.store.accounts.by_email(email)
-        if account is not None and account.get("status") == "active" and \
-                await take_slot(counters, "reset-email", email_key(email), 3, 3600):
-            token = await self.store.resets.create(account["_id"], cfg.reset_ttl)
-            if cfg.public_url:
-                how = f"Open this link to choose a new password:\n" \
-                      f"{cfg.public_url.rstrip('/')}/dashboard/reset?token={token}"
-            else:
-                how = f"Open /dashboard/reset on the dashboard and enter this code:\n{token}"
-            await notify.send(self, self.dash, "reset", account, how=how,
-                              minutes=int(cfg.reset_ttl // 60))
+        # Everything that depends on the account (look-up, code, mail) happens after the
+        # answer is sent: the response time does not tell whether the account exists.
+        defer(self.gateway, "password reset", _send_reset(self.gateway, self.dash, email))
         self.render("message.html", title="Check your email",
                     message="If this address belongs to an active account, we have sent it "
                             "a link to reset the password.")
+
+
+async def _tell_owner(gateway, dash, email: str) -> None:
+    """Someone registered an address that has an account: tell its owner."""
+    existing = await gateway.store.accounts.by_email(email)
+    if existing is not None:
+        await notify.send(gateway, dash, "exists", existing)
+
+
+async def _send_reset(gateway, dash, email: str) -> None:
+    """Mail a reset code to an active account (at most 3 per address per hour)."""
+    cfg, store = dash.cfg, gateway.store
+    account = await store.accounts.by_email(email)
+    if account is None or account.get("status") != "active" or \
+            not await take_slot(store.counters, "reset-email", email_key(email), 3, 3600):
+        return
+    token = await store.resets.create(account["_id"], cfg.reset_ttl)
+    if cfg.public_url:
+        how = f"Open this link to choose a new password:\n" \
+              f"{cfg.public_url.rstrip('/')}/dashboard/reset?token={token}"
+    else:
+        how = f"Open /dashboard/reset on the dashboard and enter this code:\n{token}"
+    await notify.send(gateway, dash, "reset", account, how=how,
+                      minutes=int(cfg.reset_ttl // 60))
 
 
 class ResetHandler(DashboardHandler):

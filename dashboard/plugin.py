@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dashboard import pages_admin, pages_auth, pages_user, playground
 from dashboard.config import DashboardConfig
+from dashboard.deferred import DeferredWork
 from dashboard.first_admin import FirstAdmin
 from dashboard.web import STATIC, Dashboard, NotFoundPage, StaticHandler
 from gateway.hookspecs import hookimpl
@@ -56,8 +57,10 @@ def register_routes(register, config):
 
 @hookimpl
 def register_services(register, config, store):
-    """Mailer (outbox sender), retention job, first-admin check."""
+    """Mailer (outbox sender), retention job, first-admin check, and the work pages
+    do after answering (stopped first, so its mail is queued before the mailer stops)."""
     cfg = DashboardConfig.from_config(config)
     register(Mailer(SmtpConfig.from_config(config)))
     register(RetentionService(RetentionConfig.from_config(config)))
     register(FirstAdmin(cfg, cfg.passwords()))
+    register(DeferredWork())

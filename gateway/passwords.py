@@ -3,8 +3,8 @@
 ``Passwords`` wraps one ``argon2.PasswordHasher``. Hashing and verifying take tens of
 milliseconds of CPU, so both run in a worker thread (``asyncio.to_thread``). When the
 configured parameters change, ``verify`` returns a fresh hash so the caller can upgrade
-the stored one at login. ``policy_error`` is the minimum password policy. Every check is counted in
-``ayct_password_checks_total`` (what the sign-in throttle bounds).
+the stored one at login. ``policy_error`` is the minimum password policy. Every check
+is counted in ``ayct_password_checks_total`` (what the sign-in throttle bounds).
 """
 from __future__ import annotations
 
