@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+EVENTS_FILE = "usage-events.jsonl"
 
 
 def free_port() -> int:
@@ -102,10 +103,19 @@ class GatewayProcess:
     config_path: Path
     db_uri: str
     db_name: str
+    data_dir: Path | None = None
     extra: dict = field(default_factory=dict)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def usage_events(self) -> list[dict]:
+        """The per-request usage log (the opt-in ``events_file`` observer, on in tests)."""
+        import json
+        path = self.data_dir / EVENTS_FILE if self.data_dir else None
+        if path is None or not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -140,7 +150,7 @@ def start_gateway(tmp: Path, db_uri: str, sections: dict | None = None,
     server = {"host": "127.0.0.1", "port": port, "data_dir": str(tmp / "var"), **sections.get("server", {})}
     sections["server"] = server
     sections["database"] = {"uri": db_uri, "name": db_name, **sections.get("database", {})}
-    sections.setdefault("usage", {"flush_interval": 0.2})
+    sections.setdefault("usage", {"flush_interval": 0.2, "events_file": EVENTS_FILE})
     tmp.mkdir(parents=True, exist_ok=True)
     cfg = write_config(tmp / f"gateway-{port}.toml", sections)
     log_path = tmp / f"gateway-{port}.log"
@@ -150,7 +160,7 @@ def start_gateway(tmp: Path, db_uri: str, sections: dict | None = None,
     scheme = "https" if server.get("tls_cert") else "http"
     url = f"{scheme}://127.0.0.1:{port}"
     wait_http(url + "/healthz", timeout, proc, log_path)
-    return GatewayProcess(url, proc, log_path, cfg, db_uri, db_name)
+    return GatewayProcess(url, proc, log_path, cfg, db_uri, db_name, Path(server["data_dir"]))
 
 
 def start_process(args: list[str], ready_url: str, log_path: Path,

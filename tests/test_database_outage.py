@@ -43,12 +43,15 @@ def test_outage_loses_no_usage_and_fails_cleanly(tmp_path):
         db = embedded_db.start("sqlite", path, port=port)                 # the database is back
         deadline = time.monotonic() + 20
         while True:
-            events = db_run(db.uri, gw.db_name, lambda s: s.usage.events.find(
-                {"status": 200}).to_list())
-            if len(events) >= 4 or time.monotonic() > deadline:
+            ok = sum(d.get("status_2xx", 0) for d in db_run(
+                db.uri, gw.db_name, lambda s: s.usage.daily.find({}).to_list()))
+            if ok >= 4 or time.monotonic() > deadline:
                 break
             time.sleep(0.3)
-        assert len(events) == 4          # the first request and the three during the outage
+        time.sleep(1.0)                  # a retried batch must not be counted twice
+        ok = sum(d.get("status_2xx", 0) for d in db_run(
+            db.uri, gw.db_name, lambda s: s.usage.daily.find({}).to_list()))
+        assert ok == 4          # the first request and the three during the outage
         assert httpx.post(gw.url + "/v1/chat/completions", json=BODY, timeout=30,
                           headers={"Authorization": f"Bearer {other}"}).status_code == 200
     finally:

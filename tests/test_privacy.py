@@ -35,8 +35,12 @@ def test_canary_never_reaches_storage_or_logs(start_gw):
     gw.stop()  # flushes the usage buffer and the logs
 
     data = db_run(gw.db_uri, gw.db_name, _everything)
-    assert data["usage_events"], "usage metadata should have been recorded"
-    haystacks = {"mongodb": repr(data), "log": gw.log()}
+    assert data["usage_hourly"] and data["usage_daily"], "usage should have been recorded"
+    assert sum(d["requests"] for d in data["usage_daily"]) == 3   # the 400 is not a generation
+    events = gw.usage_events()
+    assert len(events) == 3, "the opt-in per-request log should hold every generation"
+    haystacks = {"mongodb": repr(data), "log": gw.log(),
+                 "usage log": (gw.data_dir / "usage-events.jsonl").read_text()}
     needles = {"canary": canary, "streamed completion": streamed.strip()[:40],
                "completion": completion.strip()[:40],
                "text completion": text.choices[0].text.strip()[:30]}
@@ -46,7 +50,13 @@ def test_canary_never_reaches_storage_or_logs(start_gw):
                 assert needle not in hay, f"{what} found in {where}"
     assert "POST /v1/chat/completions" in haystacks["log"]   # the log did capture requests
 
-    fields = set().union(*(e.keys() for e in data["usage_events"]))
-    assert fields <= {"_id", "request_id", "account_id", "key_id", "model", "kind", "transport",
+    fields = set().union(*(e.keys() for e in events))
+    assert fields <= {"request_id", "account_id", "key_id", "model", "kind", "transport",
                       "status", "error_code", "prompt_tokens", "completion_tokens", "estimated",
                       "ttft_ms", "duration_ms", "ts"}
+    rollup_fields = set().union(*(d.keys() for d in data["usage_hourly"]))
+    assert rollup_fields <= {"_id", "account_id", "key_id", "model", "hour", "day", "applied",
+                             "requests", "prompt_tokens", "completion_tokens", "errors",
+                             "estimated", "status_2xx", "status_4xx", "status_5xx",
+                             "ttft_ms_sum", "ttft_count", "ttft_hist", "duration_ms_sum",
+                             "duration_hist"}

@@ -5,7 +5,7 @@ import json
 
 import httpx
 
-from tests.helpers import db_run, wait_until
+from tests.helpers import wait_until
 
 
 def wait_for(fn, timeout: float = 30.0, what: str = "condition"):
@@ -14,10 +14,10 @@ def wait_for(fn, timeout: float = 30.0, what: str = "condition"):
 
 
 def usage_event(gw, request_id: str) -> dict:
-    """The usage event the gateway recorded for one request (waits for the batch write)."""
-    async def find(store):
-        return await store.db["usage_events"].find_one({"request_id": request_id}, {"_id": 0})
-    return wait_for(lambda: db_run(gw.db_uri, gw.db_name, find), what=f"usage of {request_id}")
+    """The usage event the gateway recorded for one request (its per-request usage log)."""
+    return wait_for(lambda: next((e for e in gw.usage_events()
+                                  if e.get("request_id") == request_id), None),
+                    what=f"usage of {request_id}")
 
 
 def upstream_stats(url: str) -> dict:
@@ -45,11 +45,8 @@ def data_lines(response: httpx.Response):
 
 
 def usage_events(gw, count: int, ready=None) -> list[dict]:
-    """Wait until the gateway's database holds ``count`` usage events (or until
+    """Wait until the gateway's usage log holds ``count`` events (or until
     ``ready(events)`` is true); return them, oldest first."""
     ready = ready or (lambda evs: len(evs) >= count)
-
-    async def find(store):
-        return [d async for d in store.db["usage_events"].find({}, {"_id": 0}).sort("ts", 1)]
-    return wait_for(lambda: (lambda evs: evs if ready(evs) else None)(
-        db_run(gw.db_uri, gw.db_name, find)), what="usage events")
+    return wait_for(lambda: (lambda evs: evs if ready(evs) else None)(gw.usage_events()),
+                    what="usage events")

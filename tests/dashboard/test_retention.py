@@ -20,10 +20,8 @@ def test_retention_erases_after_the_period_and_anonymises_usage(dash_gw, admin, 
     for text in ("a b c", "d e"):
         assert chat(gw, key, text).status_code == 200
     acc_id = account_of(gw, closed)["_id"]
-    wait_until(lambda: db_run(gw.db_uri, gw.db_name,
-                              lambda s: s.usage.events_for_account(acc_id)))
-    wait_until(lambda: len(db_run(gw.db_uri, gw.db_name,
-                                  lambda s: s.usage.events_for_account(acc_id))) == 2)
+    wait_until(lambda: sum(d["requests"] for d in db_run(
+        gw.db_uri, gw.db_name, lambda s: s.usage.daily_for_account(acc_id))) == 2)
     closed_client.submit("/dashboard/account/close", {"password": PASSWORD, "confirm": "yes"},
                          form_page="/dashboard/account")
     suspended_client, suspended = active_user(gw, admin, inbox)
@@ -68,11 +66,13 @@ def test_retention_erases_after_the_period_and_anonymises_usage(dash_gw, admin, 
     assert db_run(gw.db_uri, gw.db_name, usage_totals) == before_total
 
     async def anon_usage(store):
-        return [d for d in await store.dump_collection("usage_events")
-                if d["account_id"].startswith("anon_")]
-    anon = db_run(gw.db_uri, gw.db_name, anon_usage)
-    assert len(anon) == 2 and {d["completion_tokens"] for d in anon} == {3, 2}
-    assert all(d["key_id"] is None for d in anon)
+        return {name: [d for d in await store.dump_collection(name)
+                       if d["account_id"].startswith("anon_")]
+                for name in ("usage_hourly", "usage_daily")}
+    for name, anon in db_run(gw.db_uri, gw.db_name, anon_usage).items():
+        assert sum(d["requests"] for d in anon) == 2, name
+        assert sum(d["completion_tokens"] for d in anon) == 5, name      # 3 + 2 words
+        assert all(d["key_id"] is None for d in anon), name
     # the email address can be used again
     assert Browserless(gw.url).register(closed, PASSWORD).status_code == 200
     assert account_of(gw, closed)["status"] == "pending"

@@ -44,8 +44,6 @@ def account_id(gw, email: str) -> str:
 
 
 def usage_events(gw, email: str) -> list[dict]:
+    """This account's per-request usage log entries, newest first."""
     aid = account_id(gw, email)
-
-    async def get(store):
-        return await store.usage.events_for_account(aid)
-    return db_run(gw.db_uri, gw.db_name, get)
+    return [e for e in reversed(gw.usage_events()) if e.get("account_id") == aid]
