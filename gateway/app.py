@@ -10,7 +10,7 @@ import ssl
 import tornado.httpserver
 import tornado.web
 
-from gateway import embedded_db
+from gateway import embedded_db, httpguard
 from gateway.config import Config
 from gateway.handlers import ops, openai, ws
 from gateway.handlers.base import NotFoundHandler
@@ -81,8 +81,13 @@ async def serve(config: Config, ready=None) -> None:
         await gateway.start()
         app = make_app(gateway)
         server = tornado.httpserver.HTTPServer(
-            app, ssl_options=ssl_context(config), xheaders=False, idle_connection_timeout=3600,
-            max_body_size=max(config.server.max_body_bytes * 4, 1 << 20))
+            httpguard.RequestGuard(app, config.server.max_body_bytes,
+                                   config.server.max_header_bytes),
+            ssl_options=ssl_context(config), xheaders=False,
+            idle_connection_timeout=config.server.header_timeout,
+            body_timeout=config.server.body_timeout,
+            **httpguard.server_options(config.server.max_body_bytes,
+                                       config.server.max_header_bytes))
         server.listen(config.server.port, config.server.host)
         scheme = "https" if config.server.tls_cert else "http"
         log.info("listening on %s://%s:%d (models: %s)", scheme, config.server.host,

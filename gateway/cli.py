@@ -10,6 +10,7 @@ import sys
 
 from gateway import config as config_mod
 from gateway import embedded_db
+from gateway import logredact
 
 
 def _config(ns) -> config_mod.Config:
@@ -22,6 +23,7 @@ def _config(ns) -> config_mod.Config:
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logredact.install()   # no API key, session token, password or code in any log line
 
 
 def _port_open(port: int) -> bool:

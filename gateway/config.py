@@ -36,6 +36,9 @@ class ServerConfig:
     metrics_public: bool = False
     metrics_token: str = ""         # bearer token that may scrape /metrics from anywhere
     request_timeout: float = 600.0
+    header_timeout: float = 30.0    # seconds to send a request's headers (and keep-alive idle time)
+    body_timeout: float = 60.0      # seconds to send a request body; then the connection is closed
+    max_header_bytes: int = 65_536  # larger request headers get 431
 
 
 @dataclass
@@ -97,7 +100,7 @@ class LimitsConfig:
     default_tier: str = "free"
     lease_ttl: float = 15.0           # stream slots of a crashed process free after this
     lease_idle: float = 2.0           # an idle account's unused quota goes back after this
-    lease_horizon: float = 1.0        # a quota block covers this many seconds of demand
+    lease_horizon: float = 2.0        # a quota block covers this many seconds of demand
     lease_max_share: float = 0.25     # ...and at most this share of a limit
     enabled: bool = True
 

@@ -1,20 +1,26 @@
 """Request parsing and validation for the OpenAI-compatible API and the WebSocket.
 
 Bounded for any body within ``max_body_bytes`` (hostile input is the design case):
-- :func:`loads` refuses NaN/Infinity and numbers that overflow to infinity, nesting
-  deeper than :data:`MAX_DEPTH`, and turns a ``RecursionError`` into a 400;
+- :func:`loads` refuses NaN/Infinity and numbers that overflow to infinity, more than
+  :data:`MAX_CONTAINERS` objects/arrays (counted on the raw bytes before parsing),
+  nesting deeper than :data:`MAX_DEPTH`, and turns a ``RecursionError`` into a 400;
 - :func:`validate` runs the schema compiled to Python by fastjsonschema, which stops at
   the first error (array lengths are checked before items), and explains that one
   error in a message of bounded size. Nothing ever enumerates all errors.
+- Bodies over :data:`OFFLOAD_BYTES` are parsed and checked in a worker thread with
+  Python number hooks, so the event loop gets the GIL back every few milliseconds
+  instead of waiting for a whole megabyte (the ``*_async`` functions).
 The cyclic garbage collector is paused while a body is parsed and checked: a body of
 many small containers would otherwise trigger collections that cost more than the parse.
 """
 from __future__ import annotations
 
+import asyncio
 import gc
 import heapq
 import json
 import reprlib
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -22,7 +28,9 @@ import fastjsonschema
 
 from gateway.errors import APIError
 
-MAX_DEPTH = 64   # objects/arrays nested deeper than this are refused (400)
+MAX_DEPTH = 64              # objects/arrays nested deeper than this are refused (400)
+MAX_CONTAINERS = 100_000    # more objects/arrays than this in one body are refused (400)
+OFFLOAD_BYTES = 64 * 1024   # larger bodies are parsed and validated in a worker thread
 
 _NUM = {"type": ["number", "null"]}
 _COMMON: dict[str, Any] = {
@@ -98,6 +106,8 @@ _TYPE_NAMES = {"string": "a string", "number": "a number", "integer": "an intege
 _DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
 _HUGE_EXPONENTS = (b"e000", b"E000", b"e+000", b"E+000")
 _LONG_MANTISSA = b"0" * 200
+_STRUCTURE = bytes(b for b in range(256) if b not in b'"\\[{')   # bytes to delete
+_executor: ThreadPoolExecutor | None = None
 
 
 @contextmanager
@@ -133,6 +143,20 @@ def _may_overflow(raw: bytes) -> bool:
     return any(p in zeroed for p in _HUGE_EXPONENTS) or _LONG_MANTISSA in zeroed
 
 
+def _int(text: str) -> int:
+    return int(text)
+
+
+def _containers(raw: bytes) -> int:
+    """How many objects/arrays ``raw`` holds: brackets outside strings (C-speed)."""
+    naive = raw.count(b"[") + raw.count(b"{")
+    if naive <= MAX_CONTAINERS:
+        return naive
+    marks = raw.translate(None, _STRUCTURE).replace(b"\\\\", b"").replace(b'\\"', b"")
+    outside = b"".join(marks.split(b'"')[0::2])
+    return outside.count(b"[") + outside.count(b"{")
+
+
 def _too_deep(obj: Any, limit: int) -> bool:
     """Whether containers nest deeper than ``limit`` (iterative, one level at a time)."""
     level = [obj]
@@ -146,44 +170,86 @@ def _too_deep(obj: Any, limit: int) -> bool:
     return True
 
 
-def loads(raw: bytes | str, what: str = "body of your request") -> Any:
-    """Decode JSON strictly: finite numbers only, at most MAX_DEPTH levels; else a 400."""
+def loads(raw: bytes | str, what: str = "body of your request",
+          preemptible: bool = False) -> Any:
+    """Decode JSON strictly: finite numbers only, at most MAX_CONTAINERS objects/arrays
+    and MAX_DEPTH levels; else a 400. ``preemptible`` (in a worker thread): every number
+    goes through a Python hook, where the interpreter can hand the GIL to the event loop."""
     if isinstance(raw, str):
         raw = raw.encode("utf-8", "surrogatepass")
+    containers = _containers(raw)
+    if containers > MAX_CONTAINERS:
+        raise _invalid_json(f"more than {MAX_CONTAINERS} objects and arrays", what)
     hooks: dict[str, Any] = {"parse_constant": _no_constant}
-    if _may_overflow(raw):
+    if preemptible:
+        hooks.update(parse_float=_finite_float, parse_int=_int)
+    elif _may_overflow(raw):
         hooks["parse_float"] = _finite_float
     try:
         data = json.loads(raw, **hooks)
     except RecursionError:
         raise _invalid_json(f"nested more than {MAX_DEPTH} levels deep", what) from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise _invalid_json(str(exc)[:200], what) from None
+        detail = str(exc)
+        if "integer string conversion" in detail:
+            detail = "an integer has more than 4300 digits"
+        raise _invalid_json(detail[:200], what) from None
     # At most MAX_DEPTH levels need at least MAX_DEPTH brackets: most bodies skip the walk.
-    if (isinstance(data, (dict, list)) and raw.count(b"[") + raw.count(b"{") > MAX_DEPTH
-            and _too_deep(data, MAX_DEPTH)):
+    if isinstance(data, (dict, list)) and containers > MAX_DEPTH and _too_deep(data, MAX_DEPTH):
         raise _invalid_json(f"nested more than {MAX_DEPTH} levels deep", what)
     return data
 
 
-def parse_json(body: bytes) -> dict[str, Any]:
+def parse_json(body: bytes, preemptible: bool = False) -> dict[str, Any]:
     """Decode a JSON object body or raise a 400 that says what is wrong."""
     if not body:
         raise APIError(400, "We could not parse the JSON body of your request: the body is "
                             "empty. Send a JSON object.", code="invalid_json")
     with _gc_paused():
-        data = loads(body)
+        data = loads(body, preemptible=preemptible)
     if not isinstance(data, dict):
         raise APIError(400, "The request body must be a JSON object.", code="invalid_json")
     return data
 
 
-def parse_and_validate(kind: str, body: bytes) -> dict[str, Any]:
+def parse_and_validate(kind: str, body: bytes, preemptible: bool = False) -> dict[str, Any]:
     """:func:`parse_json` then :func:`validate`, with the garbage collector paused once."""
     with _gc_paused():
-        data = parse_json(body)
+        data = parse_json(body, preemptible)
         validate(kind, data)
     return data
+
+
+async def _offload(fn, *args):
+    global _executor
+    if _executor is None:
+        _executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="validate")
+    return await asyncio.get_running_loop().run_in_executor(_executor, fn, *args)
+
+
+async def parse_and_validate_async(kind: str, body: bytes) -> dict[str, Any]:
+    """:func:`parse_and_validate`; a body over OFFLOAD_BYTES is handled in a worker thread."""
+    if len(body) <= OFFLOAD_BYTES:
+        return parse_and_validate(kind, body)
+    return await _offload(parse_and_validate, kind, body, True)
+
+
+async def loads_async(raw: str | bytes, what: str) -> Any:
+    """:func:`loads`; a message over OFFLOAD_BYTES is decoded in a worker thread."""
+    if len(raw) <= OFFLOAD_BYTES:
+        return loads(raw, what)
+
+    def work():
+        with _gc_paused():
+            return loads(raw, what, True)
+    return await _offload(work)
+
+
+async def validate_async(kind: str, data: dict[str, Any], size: int) -> None:
+    """:func:`validate`; for a body of over OFFLOAD_BYTES (``size``) in a worker thread."""
+    if size <= OFFLOAD_BYTES:
+        return validate(kind, data)
+    await _offload(validate, kind, data)
 
 
 def validate(kind: str, data: dict[str, Any]) -> None:

@@ -13,7 +13,7 @@ from gateway.handlers.base import BaseAPIHandler
 from gateway.sse import ChunkEncoder, Flusher
 from gateway.streaming import ClientGone, Generation
 from gateway.types import Chunk, GenerationRequest
-from gateway.validation import parse_json, validate
+from gateway.validation import parse_and_validate_async
 
 
 class ModelsHandler(BaseAPIHandler):
@@ -53,8 +53,7 @@ class GenerationHandler(BaseAPIHandler):
         try:
             self.check_body_size()
             principal = await self.require_principal()
-            data = parse_json(self.request.body)
-            validate(self.kind, data)
+            data = await parse_and_validate_async(self.kind, self.request.body)
             self.metric_model = data["model"]
             max_tokens = data.get("max_completion_tokens") or data.get("max_tokens")
             req = GenerationRequest(self.kind, data["model"], data, max_tokens,

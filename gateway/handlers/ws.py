@@ -23,7 +23,7 @@ import secrets
 import time
 import urllib.parse
 import weakref
-from typing import Any
+from typing import Any, Awaitable
 
 import tornado.httputil
 import tornado.web
@@ -33,7 +33,7 @@ from gateway import metrics
 from gateway.errors import APIError
 from gateway.streaming import ClientGone, Generation
 from gateway.types import Chunk, GenerationRequest, Principal
-from gateway.validation import validate
+from gateway.validation import OFFLOAD_BYTES, loads, loads_async, validate_async
 
 log = logging.getLogger("allyoucantoken.ws")
 
@@ -42,6 +42,7 @@ CLOSE_UNAUTHORIZED = 4401
 CLOSE_IDLE = 4408
 CLOSE_SLOW_READER = 4429
 CLOSE_GOING_AWAY = 1001
+CLOSE_INVALID_DATA = 1007
 
 # Open sockets of this process, so that a shutdown can say goodbye properly.
 OPEN_SOCKETS: "weakref.WeakSet[ChatSocketHandler]" = weakref.WeakSet()
@@ -84,6 +85,20 @@ def _bad_id(req_id: Any) -> bool:
     if isinstance(req_id, bool) or not isinstance(req_id, (str, int)):
         return True
     return isinstance(req_id, str) and not 0 < len(req_id) <= MAX_ID_LENGTH
+
+
+class _StrictUTF8Protocol(tornado.websocket.WebSocketProtocol13):
+    """RFC 6455 section 8.1: a text message that is not valid UTF-8 closes the socket with
+    1007. (Tornado drops the connection without a close frame, which clients see as 1006.)"""
+
+    def _handle_message(self, opcode: int, data: bytes):
+        if opcode == 0x1 and not self.client_terminated and not self._frame_compressed:
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError:
+                self.close(CLOSE_INVALID_DATA, "invalid UTF-8 in a text message")
+                return None
+        return super()._handle_message(opcode, data)
 
 
 class ChatSocketHandler(tornado.websocket.WebSocketHandler):
@@ -151,6 +166,12 @@ class ChatSocketHandler(tornado.websocket.WebSocketHandler):
             self.auth_request = self.request
             self.auth_via = principal.via
 
+    def get_websocket_protocol(self):
+        protocol = super().get_websocket_protocol()
+        if type(protocol) is tornado.websocket.WebSocketProtocol13:
+            protocol.__class__ = _StrictUTF8Protocol   # same state, stricter text frames
+        return protocol
+
     def check_origin(self, origin: str) -> bool:
         """The Origin was already checked, strictly, in prepare()."""
         return True
@@ -201,38 +222,49 @@ class ChatSocketHandler(tornado.websocket.WebSocketHandler):
             raise ClientGone() from None
 
     # -- receiving --------------------------------------------------------------
-    def on_message(self, message: str | bytes) -> None:
-        """Dispatch one client message; work runs in tasks so reading never stalls."""
+    def on_message(self, message: str | bytes) -> Awaitable[None] | None:
+        """Dispatch one client message; work runs in tasks so reading never stalls.
+        A large message is decoded in a worker thread; Tornado reads the next message
+        only after that (the returned awaitable), so messages keep their order."""
         self.last_activity = time.monotonic()
         if self.socket_closed or self.ws_connection is None or self.ws_connection.is_closing():
-            return   # we are closing: nothing new starts
+            return None   # we are closing: nothing new starts
         try:
-            self._dispatch(message)
-        except APIError as err:
-            self._send_nowait(_error_message(err, getattr(err, "req_id", None)))
+            size = self._check_size(message)
+            if size > OFFLOAD_BYTES:
+                return self._dispatch_large(message, size)
+            self._dispatch(loads(message, "message"), size)
         except Exception as exc:  # noqa: BLE001 - an error message, never a dropped socket
-            log.error("WebSocket message failed: %s", type(exc).__name__)
-            self._send_nowait(_error_message(APIError(
-                500, "The server had an error while processing your message.",
-                code="internal_error")))
+            self._message_failed(exc)
+        return None
 
-    def _dispatch(self, message: str | bytes) -> None:
+    async def _dispatch_large(self, message: str, size: int) -> None:
+        try:
+            self._dispatch(await loads_async(message, "message"), size)
+        except Exception as exc:  # noqa: BLE001
+            self._message_failed(exc)
+
+    def _message_failed(self, exc: Exception) -> None:
+        if isinstance(exc, APIError):
+            return self._send_nowait(_error_message(exc, getattr(exc, "req_id", None)))
+        log.error("WebSocket message failed: %s", type(exc).__name__)
+        self._send_nowait(_error_message(APIError(
+            500, "The server had an error while processing your message.",
+            code="internal_error")))
+
+    def _check_size(self, message: str | bytes) -> int:
+        """The message's size in bytes; 400 for binary, 413 over max_message_bytes."""
         if isinstance(message, bytes):
             raise APIError(400, "Binary messages are not supported: send JSON text messages.",
                            code="invalid_message")
         limit = self.ws_config.max_message_bytes
-        if len(message) > limit or (4 * len(message) > limit and
-                                    len(message.encode("utf-8")) > limit):
+        size = len(message)
+        if size > limit or (4 * size > limit and len(message.encode("utf-8")) > limit):
             raise APIError(413, f"Message too large: the limit is {limit} bytes.",
                            code="message_too_large")
-        try:
-            msg = json.loads(message)
-        except ValueError as exc:
-            raise APIError(400, f"We could not parse your message as JSON ({exc}).",
-                           code="invalid_json") from None
-        except RecursionError:
-            raise APIError(400, "We could not parse your message as JSON (nested too "
-                                "deeply).", code="invalid_json") from None
+        return size
+
+    def _dispatch(self, msg: Any, size: int) -> None:
         if not isinstance(msg, dict):
             raise APIError(400, "A message must be a JSON object with a `type`.",
                            code="invalid_message")
@@ -254,7 +286,7 @@ class ChatSocketHandler(tornado.websocket.WebSocketHandler):
                            code="invalid_id")
         if kind == "cancel":
             return self._cancel(req_id)
-        self._start_chat(req_id, msg)
+        self._start_chat(req_id, msg, size)
 
     def _cancel(self, req_id: Any) -> None:
         task = self.tasks.get(req_id)
@@ -266,7 +298,7 @@ class ChatSocketHandler(tornado.websocket.WebSocketHandler):
         self.cancel_requested.add(req_id)
         task.cancel()   # closes the backend stream at once (Generation.run)
 
-    def _start_chat(self, req_id: Any, msg: dict[str, Any]) -> None:
+    def _start_chat(self, req_id: Any, msg: dict[str, Any], size: int) -> None:
         def refuse(err: APIError) -> None:
             err.req_id = req_id
             raise err
@@ -287,7 +319,7 @@ class ChatSocketHandler(tornado.websocket.WebSocketHandler):
             refuse(APIError(400, "A chat message needs a `body`: an OpenAI chat completions "
                                  "request object.", param="body", code="invalid_message"))
         started = time.perf_counter()
-        task = asyncio.ensure_future(self._chat(req_id, body, started))
+        task = asyncio.ensure_future(self._chat(req_id, body, started, size))
         self.tasks[req_id] = task
         task.add_done_callback(lambda _t: self._request_done(req_id))
 
@@ -297,17 +329,19 @@ class ChatSocketHandler(tornado.websocket.WebSocketHandler):
         self.last_activity = time.monotonic()
 
     # -- one request --------------------------------------------------------------
-    async def _chat(self, req_id: Any, body: dict[str, Any], started: float) -> None:
+    async def _chat(self, req_id: Any, body: dict[str, Any], started: float,
+                    size: int) -> None:
         """One request, counted in the request metrics under the route ``/v1/chat/ws``."""
         self.models[req_id] = None
         status = 500
         try:
-            status = await self._generate(req_id, body, started)
+            status = await self._generate(req_id, body, started, size)
         finally:
             metrics.count_request(self.gateway, "/v1/chat/ws", self.models.pop(req_id, None),
                                   status)
 
-    async def _generate(self, req_id: Any, body: dict[str, Any], started: float) -> int:
+    async def _generate(self, req_id: Any, body: dict[str, Any], started: float,
+                        size: int = 0) -> int:
         """Validate, authenticate, admit and stream one request; always answer once.
 
         Returns the HTTP-like status of the outcome (499 when cancelled)."""
@@ -316,7 +350,7 @@ class ChatSocketHandler(tornado.websocket.WebSocketHandler):
             try:
                 principal = await self._principal()
                 body = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
-                validate("chat", body)
+                await validate_async("chat", body, size)
                 self.models[req_id] = body["model"]
                 max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
                 req = GenerationRequest("chat", body["model"], body, max_tokens,

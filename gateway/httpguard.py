@@ -1,0 +1,154 @@
+"""Size limits answered with JSON errors, in front of the Tornado application.
+
+Tornado drops the connection when a body exceeds ``max_body_size`` and answers its own
+parse errors with an empty ``400``. :class:`RequestGuard` sits between the HTTPServer and
+the application (it is the server's request callback) and instead answers:
+- 431 when the request headers exceed ``max_header_bytes`` (up to Tornado's hard cap of
+  ``HEADER_HARD_CAP_FACTOR`` times that; beyond it Tornado closes the connection);
+- 413 when the declared or received body exceeds ``max_body_bytes``; the response goes out
+  at once, the rest of the body is read and discarded (up to ``DRAIN_FACTOR`` times the
+  limit, so the client can read the answer without a reset), then the connection closes;
+- a JSON body for the bare ``400 Bad Request`` Tornado writes for a malformed request.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tornado import httputil
+
+from gateway.errors import APIError
+
+HEADER_HARD_CAP_FACTOR = 4
+DRAIN_FACTOR = 16
+_BARE_400 = b"HTTP/1.1 400 Bad Request\r\n\r\n"
+
+
+def _json_bytes(err: APIError) -> bytes:
+    return json.dumps(err.body(), separators=(",", ":")).encode()
+
+
+def _malformed_response() -> bytes:
+    body = _json_bytes(APIError(400, "Malformed HTTP request: the request line or a header "
+                                     "could not be parsed.", code="malformed_request"))
+    return (b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)) + body
+
+
+_JSON_400 = _malformed_response()
+
+
+def server_options(max_body_bytes: int, max_header_bytes: int) -> dict[str, Any]:
+    """HTTPServer size arguments that leave the limits to :class:`RequestGuard`."""
+    return {"max_body_size": max(max_body_bytes, 1) * DRAIN_FACTOR,
+            "max_header_size": max_header_bytes * HEADER_HARD_CAP_FACTOR}
+
+
+class RequestGuard(httputil.HTTPServerConnectionDelegate):
+    """The HTTPServer's request callback: enforces the limits, then hands over to ``app``."""
+
+    def __init__(self, app: httputil.HTTPServerConnectionDelegate, max_body_bytes: int,
+                 max_header_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.max_header_bytes = max_header_bytes
+
+    def start_request(self, server_conn: object,
+                      request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
+        _json_parse_errors(request_conn)
+        return _GuardedRequest(self, self.app.start_request(server_conn, request_conn),
+                               request_conn)
+
+    def on_close(self, server_conn: object) -> None:
+        self.app.on_close(server_conn)
+
+
+def _json_parse_errors(request_conn: Any) -> None:
+    """Give Tornado's bare 400 (malformed request line/headers) a JSON error body."""
+    stream = getattr(request_conn, "stream", None)
+    if stream is None or getattr(stream, "_ayct_json_errors", False):
+        return
+    write = stream.write
+
+    def json_write(data, *args, **kwargs):
+        if data == _BARE_400:
+            data = _JSON_400
+        return write(data, *args, **kwargs)
+    stream.write = json_write
+    stream._ayct_json_errors = True
+
+
+class _GuardedRequest(httputil.HTTPMessageDelegate):
+    def __init__(self, guard: RequestGuard, inner: httputil.HTTPMessageDelegate,
+                 conn: Any) -> None:
+        self.guard = guard
+        self.inner = inner
+        self.conn = conn
+        self.rejected = False
+        self.finished = False
+        self.received = 0
+        self.chunked = False
+
+    def headers_received(self, start_line, headers: httputil.HTTPHeaders):
+        self.chunked = "chunked" in headers.get("Transfer-Encoding", "").lower()
+        size = len(start_line.path) + sum(len(k) + len(v) + 4 for k, v in headers.get_all())
+        if size > self.guard.max_header_bytes:
+            return self._reject(431, headers, APIError(
+                431, f"Request headers too large: the limit is {self.guard.max_header_bytes} "
+                     "bytes.", code="headers_too_large", type="invalid_request_error"))
+        declared = headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > self.guard.max_body_bytes:
+            return self._reject(413, headers, self._too_large())
+        return self.inner.headers_received(start_line, headers)
+
+    def _too_large(self) -> APIError:
+        return APIError(413, f"Request body too large: the limit is "
+                             f"{self.guard.max_body_bytes} bytes.", code="request_too_large")
+
+    def _reject(self, status: int, headers: httputil.HTTPHeaders, err: APIError) -> None:
+        """Answer now; read and discard what the client still sends, then close."""
+        self.rejected = True
+        body = _json_bytes(err)
+        reason = httputil.responses.get(status, "Request Rejected")
+        self.conn.write_headers(
+            httputil.ResponseStartLine("HTTP/1.1", status, reason),
+            httputil.HTTPHeaders({"Content-Type": "application/json",
+                                  "Content-Length": str(len(body)), "Connection": "close",
+                                  "X-Content-Type-Options": "nosniff"}), body)
+        declared = headers.get("Content-Length", "")
+        drain = self.guard.max_body_bytes * DRAIN_FACTOR
+        length = int(declared) if declared.isdigit() else 0
+        # Let Tornado read (and us discard) the body instead of failing on it; we stop
+        # reading ourselves past the drain limit.
+        self.conn.set_max_body_size(1 << 62 if self.chunked else max(length, drain))
+        if headers.get("Expect", "").lower() == "100-continue" or length > drain:
+            self._finish()   # no body will be read: close as soon as the answer is out
+
+    def _finish(self) -> None:
+        if not self.finished:
+            self.finished = True
+            self.conn.finish()
+
+    def data_received(self, chunk: bytes):
+        if self.rejected:
+            self.received += len(chunk)
+            if self.received > self.guard.max_body_bytes * DRAIN_FACTOR:
+                self._finish()
+            return None
+        if self.chunked:
+            self.received += len(chunk)
+            if self.received > self.guard.max_body_bytes:
+                self.inner.on_connection_close()   # drop what it buffered
+                self.received = 0
+                self._reject(413, httputil.HTTPHeaders(), self._too_large())
+                return None
+        return self.inner.data_received(chunk)
+
+    def finish(self) -> None:
+        if self.rejected:
+            return self._finish()
+        self.inner.finish()
+
+    def on_connection_close(self) -> None:
+        if not self.rejected:
+            self.inner.on_connection_close()
