@@ -33,6 +33,7 @@ from gateway.store.usage import add_counts, counts_of
 log = logging.getLogger("allyoucantoken.usage")
 
 PRUNE_EVERY = 3600.0
+TOUCH_EVERY = 30.0     # keys' last-use times are written at most this often
 
 
 @dataclass
@@ -77,6 +78,7 @@ class UsageRecorder:
         self._task: asyncio.Task | None = None
         self._lock = asyncio.Lock()
         self._pruned = -PRUNE_EVERY
+        self._touched = time.monotonic()
 
     def record(self, event: dict[str, Any]) -> None:
         """Count one request (non-blocking; metadata only)."""
@@ -105,11 +107,16 @@ class UsageRecorder:
         self.unwritten = self._read_spool() + self.unwritten
         self._task = asyncio.ensure_future(self._run())
 
-    def _seal(self) -> None:
-        if self.pending:
-            self.unwritten.append(Batch("b_" + secrets.token_hex(10), self.pending,
-                                        self.pending_last_used))
-            self.pending, self.pending_last_used = {}, {}
+    def _seal(self, final: bool = False) -> None:
+        """Turn the pending rollups into a batch; keys' last-use times join one at most
+        every TOUCH_EVERY seconds (one write fewer per flush)."""
+        touch = final or time.monotonic() - self._touched >= TOUCH_EVERY
+        if self.pending or (touch and self.pending_last_used):
+            last_used = self.pending_last_used if touch else {}
+            self.unwritten.append(Batch("b_" + secrets.token_hex(10), self.pending, last_used))
+            self.pending = {}
+            if touch:
+                self.pending_last_used, self._touched = {}, time.monotonic()
 
     async def _run(self) -> None:
         while True:
@@ -131,7 +138,8 @@ class UsageRecorder:
             while self.unwritten:
                 batch = self.unwritten[0]
                 await self.store.usage.apply(batch.id, batch.rollups)
-                await self.store.keys.touch(batch.last_used)
+                if batch.last_used:
+                    await self.store.keys.touch(batch.last_used)
                 self.unwritten.pop(0)
                 if batch.spooled:
                     self._spool_written()
@@ -142,10 +150,11 @@ class UsageRecorder:
         try:
             async with asyncio.timeout(self.shutdown_timeout):
                 await self.flush()
+                self._seal(final=True)
                 await self.flush()
         except Exception as exc:  # noqa: BLE001 - slow or unreachable database
             log.warning("usage not written at exit (%s); spooling it", type(exc).__name__)
-        self._seal()
+        self._seal(final=True)
         self._write_spool()
 
     # -- spool file ---------------------------------------------------------------------

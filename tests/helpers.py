@@ -195,6 +195,17 @@ def db_run(uri: str, db_name: str, fn):
     return asyncio.run(go())
 
 
+def db_commands(gateway_url: str) -> dict[str, float]:
+    """MongoDB commands this gateway process has sent (``ayct_db_commands_total``), by
+    command name."""
+    out = {}
+    for line in httpx.get(gateway_url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith("ayct_db_commands_total{"):
+            name = line.split('command="', 1)[1].split('"', 1)[0]
+            out[name] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
 def sse_events(response: httpx.Response) -> list:
     """Parse an SSE response body into a list of JSON payloads (and '[DONE]')."""
     import json

@@ -4,8 +4,8 @@ Each gateway process holds, per account and window (this minute, today), a *leas
 block of quota it has taken from the shared counter (``Counters.lease_quota``), and how
 much of it its own requests have used. A request that fits in the lease is admitted
 without any database round trip. When the lease runs low a new block is taken in the
-background, sized from recent demand (``horizon`` seconds of it, at most ``max_share``
-of the limit); requests that arrive while a lease is empty wait for one coalesced take.
+background, sized from recent demand (``horizon`` seconds of it for a minute window,
+``DAY_HORIZON_SCALE`` times that for a day; at most ``max_share`` of the limit); requests that arrive while a lease is empty wait for one coalesced take.
 Unused quota goes back to the shared counter once the account has been idle for
 ``idle`` seconds, and with a new window the old lease simply lapses.
 
@@ -28,13 +28,14 @@ from dataclasses import dataclass, field
 Amounts = dict[str, int]
 
 RECHECK = 0.5          # after a refusal, refuse from memory for this long (seconds)
+DAY_HORIZON_SCALE = 30  # a day's window leases 30x the demand horizon of a minute's
 
 
 @dataclass
 class LeaseSettings:
     """How leases are sized and returned (from ``[limits]``)."""
 
-    horizon: float = 1.0       # a new block covers this many seconds of recent demand
+    horizon: float = 2.0       # a new block covers this many seconds of recent demand
     max_share: float = 0.25    # ...but at most this share of the limit (beyond what waits)
     idle: float = 2.0          # an idle account's unused quota goes back after this long
     lease_ttl: float = 15.0    # stream slots of a dead process free themselves after this
@@ -46,6 +47,7 @@ class QuotaPool:
 
     pool_id: str
     limits: Amounts
+    horizon_scale: float = 1.0                        # longer windows take longer blocks
     window: str = ""
     granted: Amounts = field(default_factory=dict)    # leased from the shared counter
     used: Amounts = field(default_factory=dict)       # admitted here (reconciled)
@@ -88,7 +90,7 @@ class QuotaPool:
                 inst = max(0.0, amount) / (now - since)
                 self.rate[f] = inst if f not in self.rate else 0.5 * self.rate[f] + 0.5 * inst
             self.rate_mark = (now, {})
-        return {f: int(min(self.rate.get(f, 0.0) * settings.horizon,
+        return {f: int(min(self.rate.get(f, 0.0) * settings.horizon * self.horizon_scale,
                            self.limits[f] * settings.max_share)) for f in self.limits}
 
 
@@ -120,10 +122,10 @@ class QuotaLeases:
         self._renewed = time.monotonic()
 
     # -- quota -------------------------------------------------------------------------
-    def pool(self, pool_id: str, limits: Amounts) -> QuotaPool:
+    def pool(self, pool_id: str, limits: Amounts, horizon_scale: float = 1.0) -> QuotaPool:
         pool = self.pools.get(pool_id)
         if pool is None:
-            pool = self.pools[pool_id] = QuotaPool(pool_id, dict(limits))
+            pool = self.pools[pool_id] = QuotaPool(pool_id, dict(limits), horizon_scale)
         pool.limits = dict(limits)
         self._ensure_upkeep()
         return pool

@@ -23,7 +23,7 @@ from gateway.hookspecs import hookimpl
 from gateway.store import StoreError
 from gateway.streaming import estimate_prompt_tokens
 from gateway.types import Admission, GenerationRequest, Principal, Usage
-from plugins.limits.quota import LeaseSettings, QuotaLeases
+from plugins.limits.quota import DAY_HORIZON_SCALE, LeaseSettings, QuotaLeases
 
 log = logging.getLogger("allyoucantoken.limits")
 DEFAULT_COMPLETION_ESTIMATE = 1024
@@ -119,7 +119,8 @@ class TierLimiter:
         slot = None
         try:
             for pool_id, window, costs, reset, names in windows:
-                pool = self.leases.pool(pool_id, {f: lim for f, (_, lim) in costs.items()})
+                pool = self.leases.pool(pool_id, {f: lim for f, (_, lim) in costs.items()},
+                                        DAY_HORIZON_SCALE if pool_id.startswith("q:d:") else 1)
                 want = {f: c for f, (c, _) in costs.items()}
                 if not await self.leases.acquire(pool, want, window):
                     self._undo(taken, slot)
