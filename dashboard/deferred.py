@@ -1,16 +1,22 @@
-"""Work a page does after its answer has been sent.
+"""Answers whose timing must not tell a secret fact (does this email belong to an
+account?).
 
-A page whose answer must not depend on a secret fact (does this email belong to an
-account?) answers first and then does the work that depends on it (database writes,
+A page answers first and then does the work that depends on the fact (database writes,
 code generation, mail) in a background task: the response time is the same either
 way. The ``DeferredWork`` service keeps those tasks, logs their failures (type only:
-they handle form contents) and lets them finish when the gateway stops.
+they handle form contents) and lets them finish when the gateway stops. Where a step
+must happen before the answer (registration creates the account at once), ``TimeFloor``
+pads it to the same duration whichever way it went.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Coroutine
+import statistics
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 log = logging.getLogger("allyoucantoken.dashboard")
@@ -60,3 +66,29 @@ def defer(gateway, what: str, work: Coroutine[Any, Any, Any]) -> asyncio.Task:
         if isinstance(service, DeferredWork):
             return service.spawn(what, work)
     return _FALLBACK.spawn(what, work)
+
+
+class TimeFloor:
+    """Pads a step (by sleeping) to a floor chosen before its outcome is known: twice
+    the median of its recent durations, at least ``minimum`` seconds. Both outcomes of
+    the step then take the floor, unless the machine is slow enough to exceed it."""
+
+    def __init__(self, minimum: float = 0.02, window: int = 64) -> None:
+        self.minimum = minimum
+        self.recent: deque[float] = deque(maxlen=window)
+
+    @property
+    def floor(self) -> float:
+        return max(self.minimum, 2 * statistics.median(self.recent)) if self.recent \
+            else self.minimum
+
+    @contextlib.asynccontextmanager
+    async def pad(self) -> AsyncIterator[None]:
+        floor, start = self.floor, time.monotonic()
+        try:
+            yield
+        finally:
+            took = time.monotonic() - start
+            self.recent.append(took)
+            if took < floor:
+                await asyncio.sleep(floor - took)

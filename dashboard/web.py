@@ -6,12 +6,13 @@ import hmac
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import tornado.web
 
 from dashboard.config import DashboardConfig
+from dashboard.deferred import TimeFloor
 from dashboard.throttle import LoginThrottle
 from gateway.errors import APIError
 from gateway.handlers.base import client_ip
@@ -43,6 +44,7 @@ class Dashboard:
     cfg: DashboardConfig
     passwords: Any
     sessions: SessionAuthenticator | None = None
+    register_floor: TimeFloor = field(default_factory=TimeFloor)
 
     def throttle(self, store) -> LoginThrottle:
         return LoginThrottle(store.counters, self.cfg.login_max_failures,

@@ -110,7 +110,7 @@ def load_or_create_key(path: str) -> bytes:
         return _read_key(path)
     except FileNotFoundError:
         pass
-    private_dir(os.path.dirname(os.path.abspath(path)))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
     tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
@@ -130,7 +130,7 @@ def load_or_create_key(path: str) -> bytes:
 class MailSeal:
     """Encrypts queued mail bodies at rest (Fernet: AES-CBC + HMAC-SHA256)."""
 
-    _by_path: dict[str, "MailSeal"] = {}
+    _by_path: dict[tuple[str, str], "MailSeal"] = {}
 
     def __init__(self, key: bytes) -> None:
         self._fernet = Fernet(key)
@@ -140,11 +140,12 @@ class MailSeal:
     def for_config(cls, config) -> "MailSeal":
         """The seal of this gateway (one per key file and process)."""
         smtp = config.extra.get("smtp", {}) if hasattr(config, "extra") else {}
-        path = os.path.abspath(smtp.get("key_file") or
-                               os.path.join(config.server.data_dir, "mail.key"))
-        if path not in cls._by_path:
-            cls._by_path[path] = cls(load_or_create_key(path))
-        return cls._by_path[path]
+        where = (config.server.data_dir, smtp.get("key_file", ""))
+        if where not in cls._by_path:
+            data_dir = private_dir(config.server.data_dir)
+            path = where[1] or os.path.join(data_dir, "mail.key")
+            cls._by_path[where] = cls(load_or_create_key(os.path.abspath(path)))
+        return cls._by_path[where]
 
     def seal(self, text: str) -> str:
         return self._fernet.encrypt(text.encode()).decode()
