@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.dashboard.conftest import dashboard_sections
-from tests.dashboard.support import CSRF, HTML, assert_api_error
+from tests.dashboard.support import CSRF, HTML, Browserless, assert_api_error
 from tests.dashboard.test_accounts import PASSWORD, new_email
 from tests.helpers import db_run, start_gateway
 
@@ -107,3 +107,20 @@ def test_burst_over_many_accounts_checks_at_most_the_ip_limit(gw):
     print(f"IP burst: {checked:g} passwords checked")
     assert checked <= PER_IP and statuses.count(401) == checked
     assert statuses.count(429) == len(attempts) - checked
+
+
+def test_current_password_on_the_account_page_is_throttled_too(gw):
+    email = active_account(gw)
+    client = Browserless(gw.url, headers={"X-Forwarded-For": "192.0.2.44"})
+    assert client.login(email, PASSWORD).status_code == 303
+
+    def change(current):
+        return client.submit("/dashboard/account/password", {
+            "current_password": current, "new_password": "another long passphrase"},
+            form_page="/dashboard/account")
+    for i in range(PER_ACCOUNT):
+        assert_api_error(change(f"wrong password {i}"), 400, "invalid_password")
+    before = password_checks(gw)
+    assert_api_error(change(PASSWORD), 429, "too_many_attempts")
+    assert password_checks(gw) == before
+    assert client.get("/dashboard").status_code == 200     # still signed in
