@@ -1,0 +1,46 @@
+"""Fixtures of the hardening tests: one gateway with the echo backend and the in-process
+event-loop lag probe (tests.hardening.looplag)."""
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.helpers import start_gateway
+
+PLUGINS = ["tests.plugins.echo_backend", "tests.hardening.looplag"]
+OK = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def sections(**server) -> dict:
+    return {"plugins": {"modules": PLUGINS},
+            "models": [{"name": "echo", "backend": "echo"}],
+            "server": server}
+
+
+@pytest.fixture(scope="module")
+def hard_gw(mongo, tmp_path_factory):
+    """Default limits (1 MiB bodies and WebSocket messages)."""
+    gw = start_gateway(tmp_path_factory.mktemp("hard"), mongo.uri, sections())
+    gw.key = gw.create_key("hardening@example.com")
+    yield gw
+    gw.stop()
+
+
+def loop_lag_ms(gw) -> float:
+    """The worst event-loop lag of ``gw`` since the previous call (resets it)."""
+    return httpx.get(gw.url + "/_test/looplag", timeout=30).json()["worst_ms"]
+
+
+def assert_json_error(resp: httpx.Response, status: int, code: str | None = None,
+                      param: str | None = None, max_bytes: int = 2048) -> dict:
+    """An OpenAI-style JSON error of bounded size, without a stack trace."""
+    assert resp.status_code == status, resp.text[:500]
+    assert len(resp.content) <= max_bytes, len(resp.content)
+    assert "Traceback" not in resp.text
+    err = resp.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    if code is not None:
+        assert err["code"] == code, err
+    if param is not None:
+        assert err["param"] == param, err
+    return err
