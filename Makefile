@@ -31,3 +31,4 @@ test: install browser
 
 bench: install
 	$(PY) -m bench.gateway_vs_direct
+	$(PY) -m bench.soak

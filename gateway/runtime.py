@@ -75,23 +75,30 @@ class Gateway:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def stop(self, step_timeout: float = 2.0) -> None:
+    async def stop(self, budget: float = 3.0) -> None:
         """Stop services, give back limiter leases, write usage, close backends (in that
-        order). Each step is bounded, so a slow or unreachable database cannot hold the
-        process: usage that cannot be written goes to the spool file."""
+        order). Services and limiters share ``budget`` seconds and usage has its own
+        ``shutdown_timeout``, so a slow or unreachable database cannot hold the process:
+        usage that cannot be written goes to the spool file."""
+        deadline = asyncio.get_running_loop().time() + budget
         for part in [*reversed(self.services), *self.limiters]:
             stop = getattr(part, "stop", None) or getattr(part, "close", None)
             if stop is None:
                 continue
             try:
-                async with asyncio.timeout(step_timeout):
+                async with asyncio.timeout_at(max(deadline, asyncio.get_running_loop().time()
+                                                  + 0.2)):
                     await stop()
             except Exception as exc:  # noqa: BLE001 - shutdown goes on
                 log.warning("%s did not stop cleanly (%s)", getattr(part, "name", part),
                             type(exc).__name__)
         await self.usage.stop()
-        await asyncio.gather(*(b.close() for b in self.backends.values()),
-                             return_exceptions=True)
+        try:
+            async with asyncio.timeout(2.0):
+                await asyncio.gather(*(b.close() for b in self.backends.values()),
+                                     return_exceptions=True)
+        except TimeoutError:
+            log.warning("backends did not close within 2 s")
 
     async def authenticate(self, request) -> Principal | None:
         """Ask each authenticator in turn; the first principal wins."""
