@@ -28,7 +28,7 @@ _INACTIVE = {"pending": "Your account is awaiting approval.",
 
 
 log = logging.getLogger("allyoucantoken.auth")
-DOWN_RETRY = 5.0    # after a failed lookup, serve cached keys without waiting this long
+DOWN_RETRY = 5.0    # after a failed lookup, answer from the cache (or 503) without waiting
 
 
 class KeyCache:
@@ -86,13 +86,16 @@ class ApiKeyAuthenticator:
             result, age = cached
             if age > self.cache.ttl / 2:
                 self._refresh_soon(key, sha)
+        elif time.monotonic() < self._db_down_until:
+            raise APIError(503, "The service is temporarily unavailable; please retry shortly.",
+                           code="service_unavailable", headers={"Retry-After": "5"})
         else:
             try:
                 result = await self._lookup(key, sha)
             except StoreError:
+                self._db_down_until = time.monotonic() + DOWN_RETRY
                 if cached is None:
                     raise
-                self._db_down_until = time.monotonic() + DOWN_RETRY
                 log.warning("database unreachable: serving a cached key")
                 result = cached[0]
             else:

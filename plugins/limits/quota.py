@@ -25,9 +25,12 @@ import math
 import time
 from dataclasses import dataclass, field
 
+from gateway.store import StoreError
+
 Amounts = dict[str, int]
 
 RECHECK = 0.5          # after a refusal, refuse from memory for this long (seconds)
+DOWN_RETRY = 2.0       # after a database error, fail new takes at once for this long
 DAY_HORIZON_SCALE = 30  # a day's window leases 30x the demand horizon of a minute's
 
 
@@ -120,6 +123,7 @@ class QuotaLeases:
         self._upkeep: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()
         self._renewed = time.monotonic()
+        self._down_until = 0.0
 
     # -- quota -------------------------------------------------------------------------
     def pool(self, pool_id: str, limits: Amounts, horizon_scale: float = 1.0) -> QuotaPool:
@@ -155,7 +159,14 @@ class QuotaLeases:
             pool.use({f: actual.get(f, 0) - c for f, c in reserved.items()})
         pool.last_active = time.monotonic()
 
+    def _check_database(self) -> None:
+        """Fail at once (503) while the database is known to be unreachable, instead of
+        making every request that needs a new block wait for the driver's timeout."""
+        if time.monotonic() < self._down_until:
+            raise StoreError("database unavailable (a recent quota take failed)")
+
     async def _take(self, pool: QuotaPool, cost: Amounts) -> bool:
+        self._check_database()
         for f, c in cost.items():
             pool.demand[f] = pool.demand.get(f, 0) + c
         if pool.fetch is None:
@@ -198,6 +209,9 @@ class QuotaLeases:
                 pool.refused_at = time.monotonic()
                 return False
             return True
+        except StoreError:
+            self._down_until = time.monotonic() + DOWN_RETRY
+            raise
         finally:
             pool.fetch = None
 
@@ -218,6 +232,7 @@ class QuotaLeases:
                 return True
             if time.monotonic() - pool.refused_at < RECHECK:
                 return False
+            self._check_database()
             pool.demand += 1
             if pool.fetch is None:
                 pool.fetch = asyncio.ensure_future(self._fetch_slots(pool, cap))
@@ -239,6 +254,9 @@ class QuotaLeases:
             if not got:
                 pool.refused_at = time.monotonic()
             return bool(got)
+        except StoreError:
+            self._down_until = time.monotonic() + DOWN_RETRY
+            raise
         finally:
             pool.fetch = None
 
