@@ -6,8 +6,9 @@ the application (it is the server's request callback) and instead answers:
 - 431 when the request headers exceed ``max_header_bytes`` (up to Tornado's hard cap of
   ``HEADER_HARD_CAP_FACTOR`` times that; beyond it Tornado closes the connection);
 - 413 when the declared or received body exceeds ``max_body_bytes``; the response goes out
-  at once, the rest of the body is read and discarded (up to ``DRAIN_FACTOR`` times the
-  limit, so the client can read the answer without a reset), then the connection closes;
+  at once, the rest of the body is read and discarded (up to 16 times the
+  limit and at least 64 MiB, so the client can read the answer without a connection reset),
+  then the connection closes;
 - a JSON body for the bare ``400 Bad Request`` Tornado writes for a malformed request.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ from tornado import httputil
 from gateway.errors import APIError
 
 HEADER_HARD_CAP_FACTOR = 4
-DRAIN_FACTOR = 16
+DRAIN_MIN = 64 << 20   # read (and discard) up to max(16 x the limit, 64 MiB) of a refused body
 _BARE_400 = b"HTTP/1.1 400 Bad Request\r\n\r\n"
 
 
@@ -38,9 +39,14 @@ def _malformed_response() -> bytes:
 _JSON_400 = _malformed_response()
 
 
+def drain_bytes(max_body_bytes: int) -> int:
+    """How much of a refused body is read and discarded before closing."""
+    return max(16 * max_body_bytes, DRAIN_MIN)
+
+
 def server_options(max_body_bytes: int, max_header_bytes: int) -> dict[str, Any]:
     """HTTPServer size arguments that leave the limits to :class:`RequestGuard`."""
-    return {"max_body_size": max(max_body_bytes, 1) * DRAIN_FACTOR,
+    return {"max_body_size": drain_bytes(max_body_bytes),
             "max_header_size": max_header_bytes * HEADER_HARD_CAP_FACTOR}
 
 
@@ -116,7 +122,7 @@ class _GuardedRequest(httputil.HTTPMessageDelegate):
                                   "Content-Length": str(len(body)), "Connection": "close",
                                   "X-Content-Type-Options": "nosniff"}), body)
         declared = headers.get("Content-Length", "")
-        drain = self.guard.max_body_bytes * DRAIN_FACTOR
+        drain = drain_bytes(self.guard.max_body_bytes)
         length = int(declared) if declared.isdigit() else 0
         # Let Tornado read (and us discard) the body instead of failing on it; we stop
         # reading ourselves past the drain limit.
@@ -132,7 +138,7 @@ class _GuardedRequest(httputil.HTTPMessageDelegate):
     def data_received(self, chunk: bytes):
         if self.rejected:
             self.received += len(chunk)
-            if self.received > self.guard.max_body_bytes * DRAIN_FACTOR:
+            if self.received > drain_bytes(self.guard.max_body_bytes):
                 self._finish()
             return None
         if self.chunked:
