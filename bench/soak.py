@@ -29,6 +29,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from gateway import embedded_db  # noqa: E402
 from tests.helpers import (db_commands, db_run, free_port, start_gateway,  # noqa: E402
                            start_process, stop_process)
 
@@ -165,8 +166,8 @@ def main() -> None:
         gw.proc.wait(120)
         print(f"SIGTERM to exit: {time.monotonic() - start:.2f} s (target < 10 s)")
         gw = start_gateway(tmp / "gw", "", sections, db_name=gw.db_name)
-        port_file = gw.data_dir / "embedded-db.port"
-        uri = f"mongodb://127.0.0.1:{port_file.read_text().strip()}/?directConnection=true"
+        port = int((gw.data_dir / "embedded-db.port").read_text())
+        uri = embedded_db.local_uri(port, str(gw.data_dir / embedded_db.AUTH_FILE))
         stored = db_run(uri, gw.db_name, lambda s: s.usage.total_requests())
         counts = db_run(uri, gw.db_name, lambda s: _counts(s))
         print(f"requests sent {sent:,}; requests in the rollups after restart {stored:,}"

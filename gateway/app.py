@@ -50,8 +50,11 @@ def database_uri(config: Config) -> tuple[str, embedded_db.EmbeddedDB | None]:
     """The configured MongoDB URI, or a newly started embedded server's."""
     if config.database.uri:
         return config.database.uri, None
+    os.makedirs(config.server.data_dir, mode=0o700, exist_ok=True)
+    os.chmod(config.server.data_dir, 0o700)
     path = os.path.join(config.server.data_dir, "db.sqlite")
-    db = embedded_db.start(config.database.embedded_engine, path)
+    db = embedded_db.start(config.database.embedded_engine, path,
+                           auth_file=os.path.join(config.server.data_dir, embedded_db.AUTH_FILE))
     return db.uri, db
 
 

@@ -50,11 +50,13 @@ class _StoreSession:
             port = None
             if os.path.exists(port_file):
                 port = int(open(port_file).read().strip() or 0)
+            auth_file = os.path.join(self.cfg.server.data_dir, embedded_db.AUTH_FILE)
             if port and _port_open(port):
-                uri = f"mongodb://127.0.0.1:{port}/?directConnection=true"
+                uri = embedded_db.local_uri(port, auth_file)
             else:
                 path = os.path.join(self.cfg.server.data_dir, "db.sqlite")
-                self.embedded = embedded_db.start(self.cfg.database.embedded_engine, path)
+                self.embedded = embedded_db.start(self.cfg.database.embedded_engine, path,
+                                                  auth_file=auth_file)
                 uri = self.embedded.uri
         self.store = Store(uri, self.cfg.database.name)
         await self.store.init()
@@ -139,8 +141,13 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.run(_keys(ns, cfg))
     elif ns.cmd == "db":
         path = ns.path or os.path.join(cfg.server.data_dir, "db.sqlite")
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        sys.argv = ["embedded_db", "--engine", "sqlite", "--path", path, "--port", str(ns.port)]
+        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+        auth_file = os.path.join(os.path.dirname(os.path.abspath(path)), embedded_db.AUTH_FILE)
+        user, _ = embedded_db.credentials(auth_file)
+        print(f"# connect with mongodb://{user}:<password in {auth_file}>@127.0.0.1:{ns.port}"
+              "/?directConnection=true&authSource=admin&authMechanism=SCRAM-SHA-256", file=sys.stderr)
+        sys.argv = ["embedded_db", "--engine", "sqlite", "--path", path, "--port", str(ns.port),
+                    "--auth-file", auth_file]
         embedded_db.main()
     elif ns.cmd == "admin":
         from gateway.admin_cli import run_admin

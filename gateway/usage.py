@@ -33,7 +33,7 @@ from gateway.store.usage import add_counts, counts_of
 log = logging.getLogger("allyoucantoken.usage")
 
 PRUNE_EVERY = 3600.0
-TOUCH_EVERY = 30.0     # keys' last-use times are written at most this often
+TOUCH_EVERY = 30.0     # a key's last-use time is written at most this often
 
 
 @dataclass
@@ -78,7 +78,7 @@ class UsageRecorder:
         self._task: asyncio.Task | None = None
         self._lock = asyncio.Lock()
         self._pruned = -PRUNE_EVERY
-        self._touched = time.monotonic()
+        self._key_written: dict[str, float] = {}   # key id -> when its last use was written
 
     def record(self, event: dict[str, Any]) -> None:
         """Count one request (non-blocking; metadata only)."""
@@ -108,15 +108,21 @@ class UsageRecorder:
         self._task = asyncio.ensure_future(self._run())
 
     def _seal(self, final: bool = False) -> None:
-        """Turn the pending rollups into a batch; keys' last-use times join one at most
-        every TOUCH_EVERY seconds (one write fewer per flush)."""
-        touch = final or time.monotonic() - self._touched >= TOUCH_EVERY
-        if self.pending or (touch and self.pending_last_used):
-            last_used = self.pending_last_used if touch else {}
-            self.unwritten.append(Batch("b_" + secrets.token_hex(10), self.pending, last_used))
+        """Turn the pending rollups into a batch. A key's last-use time joins it when the
+        key is new or was last written TOUCH_EVERY seconds ago (so steady traffic adds
+        no write per flush, and a key's first use shows at once)."""
+        now = time.monotonic()
+        due = {k: t for k, t in self.pending_last_used.items()
+               if final or now - self._key_written.get(k, -TOUCH_EVERY) >= TOUCH_EVERY}
+        if self.pending or due:
+            self.unwritten.append(Batch("b_" + secrets.token_hex(10), self.pending, due))
             self.pending = {}
-            if touch:
-                self.pending_last_used, self._touched = {}, time.monotonic()
+            for k in due:
+                del self.pending_last_used[k]
+                self._key_written[k] = now
+            if len(self._key_written) > 10 * len(self.pending_last_used) + 10_000:
+                self._key_written = {k: t for k, t in self._key_written.items()
+                                     if now - t < TOUCH_EVERY}
 
     async def _run(self) -> None:
         while True:

@@ -181,36 +181,6 @@ def test_outage_then_sigterm_exits_fast_and_counts_every_request_exactly_once(tm
         db.stop()
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as fh:
-                    if int(fh.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        out.append(int(entry))
-            except (OSError, ValueError, IndexError):
-                pass
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def test_sigkill_of_the_gateway_leaves_no_embedded_database_running(tmp_path):
-    gw = start_gateway(tmp_path, "", ECHO)
-    children = _children(gw.proc.pid)
-    assert children, "the embedded database runs as a child process"
-    gw.kill()
-    wait_until(lambda: not any(_alive(c) for c in children), 10,
-               what="the embedded database to exit")
-
-
 def test_usage_stored_as_events_by_an_older_version_is_folded_into_rollups(tmp_path, mongo):
     db_name = "legacy_" + os.urandom(4).hex()
     hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)

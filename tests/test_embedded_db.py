@@ -62,3 +62,45 @@ def test_embedded_database_lifecycle_and_persistence(tmp_path):
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "still here "
     finally:
         again.stop()
+
+
+def test_sigkill_of_the_gateway_leaves_no_embedded_database_running(tmp_path):
+    gw = start_gateway(tmp_path, "", ECHO)
+    children = _children(gw.proc.pid)
+    assert children, "the embedded database runs as a child process"
+    gw.kill()                                     # no handler runs: the kernel tells the child
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in children):
+        assert time.monotonic() < deadline, "embedded database outlived a killed gateway"
+        time.sleep(0.1)
+
+
+def test_embedded_database_is_private_to_the_service_user(tmp_path):
+    """Loopback only, files 0600 in a 0700 data_dir, and no access without the
+    credentials generated at first start."""
+    import stat
+
+    from gateway.store import Store
+    from tests.helpers import db_run
+
+    gw = start_gateway(tmp_path, "", ECHO)
+    try:
+        data_dir = tmp_path / "var"
+        assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+        for f in ("db.sqlite", "embedded-db.auth"):
+            assert stat.S_IMODE((data_dir / f).stat().st_mode) == 0o600, f
+        port = int((data_dir / "embedded-db.port").read_text())
+        anonymous = f"mongodb://127.0.0.1:{port}/?directConnection=true"
+
+        async def read_accounts(store):
+            return await store.db["accounts"].find_one({})
+        try:
+            db_run(anonymous, gw.db_name, read_accounts)
+            raise AssertionError("the embedded database answered without credentials")
+        except Exception as exc:  # noqa: BLE001 - pymongo's OperationFailure
+            assert "auth" in str(exc).lower() or "unauthorized" in str(exc).lower(), exc
+        key = gw.create_key("private@example.com")       # the CLI has the credentials
+        assert key.startswith("ayct_")
+        assert Store  # imported for the type of db_run's argument
+    finally:
+        gw.stop()

@@ -52,7 +52,7 @@ def test_concurrent_stream_cap_holds_at_every_instant(limits_gw):
     async def stream(client):
         start = time.monotonic()
         async with client.stream("POST", "/v1/chat/completions", headers=acct.headers,
-                                 json=body("echo-slow", "a b c d e", stream=True)) as r:
+                                 json=body("echo-slow", "a b c d e f g h", stream=True)) as r:
             if r.status_code != 200:
                 await r.aread()
                 return r.status_code, r
