@@ -1,14 +1,24 @@
 """One typed configuration: a TOML file plus environment overrides, validated at start.
 
 Every section is a dataclass. Unknown keys and wrong types fail at start with a
-message naming the key. Environment variables override single values:
-``ALLYOUCANTOKEN_<SECTION>__<KEY>`` (e.g. ``ALLYOUCANTOKEN_SERVER__PORT=9000``,
-``ALLYOUCANTOKEN_DATABASE__URI=mongodb://...``).
+message naming the key; the value of a secret field (password, token, key, secret) is
+never printed, and credentials in a URI are masked.
+
+Environment variables override single values: ``ALLYOUCANTOKEN_<SECTION>__<KEY>``, with
+more ``__`` for nested tables (``ALLYOUCANTOKEN_TIERS__FREE__REQUESTS_PER_MINUTE=30``) and
+an index for ``[[models]]`` (``ALLYOUCANTOKEN_MODELS__0__OPTIONS__API_KEY``). An override
+is converted to the type the schema expects (see :func:`env_override`): a ``str`` field
+takes the text verbatim (``ALLYOUCANTOKEN_SMTP__PASSWORD=20240611`` stays a string).
+Plugin sections are untyped at load time: their overrides stay :class:`EnvValue`
+strings, converted when the plugin validates its section with :func:`_build`, or to the
+type of the value the file gives for the same key.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -39,6 +49,8 @@ class ServerConfig:
     header_timeout: float = 30.0    # seconds to send a request's headers (and keep-alive idle time)
     body_timeout: float = 60.0      # seconds to send a request body; then the connection is closed
     max_header_bytes: int = 65_536  # larger request headers get 431
+    drain_timeout: float = 30.0     # SIGTERM: running streams may finish for this long
+    log_format: str = "text"        # text | json (one JSON object per line)
 
 
 @dataclass
@@ -171,18 +183,113 @@ DEFAULT_MODELS = [ModelConfig(name="smollm2-135m", backend="llamacpp", options={
 DEFAULT_TIERS = {"free": TierConfig()}
 
 
+class EnvValue(str):
+    """An override's text, as it came from the environment (``source`` names the
+    variable). :func:`_coerce` converts it to the type a schema expects; code that reads
+    an untyped plugin section directly sees a plain string."""
+
+    source: str = ""
+
+    def __new__(cls, raw: str, source: str = "") -> "EnvValue":
+        obj = super().__new__(cls, raw)
+        obj.source = source
+        return obj
+
+
+_SECRET_PARTS = {"password", "passwd", "secret", "token", "key", "apikey", "credentials",
+                 "credential"}
+_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^/@\s:'\"]*:)[^/@\s'\"]+@")
+_INT = re.compile(r"[+-]?[0-9](?:_?[0-9])*")
+_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
+
+
+def is_secret(where: str) -> bool:
+    """A key whose value must never be printed: its last word is password, token, key,
+    secret... (``smtp.password``, ``server.metrics_token``, ``options.api_key``)."""
+    name = where.rsplit(".", 1)[-1].split("[", 1)[0].lower()
+    return name in _SECRET_PARTS or name.rsplit("_", 1)[-1] in _SECRET_PARTS
+
+
+def shown(value: Any, where: str) -> str:
+    """How a value appears in an error message: hidden for a secret field, credentials
+    in URIs masked, long values cut short."""
+    if is_secret(where):
+        return "a value that is not shown (secret)"
+    text = _URL_CREDENTIALS.sub(r"\1****@", repr(str(value) if isinstance(value, EnvValue)
+                                                 else value))
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _where(where: str, value: Any) -> str:
+    source = getattr(value, "source", "")
+    return f"{where} (from {source})" if source else where
+
+
+def _from_env(value: EnvValue, typ: Any, where: str) -> Any:
+    """Convert an environment override to ``typ`` (see the module docstring)."""
+    raw = str(value)
+    text = raw.strip()
+    origin = typing.get_origin(typ)
+
+    def fail(expected: str) -> typing.NoReturn:
+        raise ConfigError(f"{_where(where, value)}: expected {expected}, got "
+                          f"{shown(value, where)}")
+    if typ is str or typ is Any:
+        return raw
+    if typ is bool:
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        fail("a boolean (true/false, 1/0, yes/no, on/off)")
+    if typ is int:
+        if not _INT.fullmatch(text):
+            fail("an integer")
+        return int(text)
+    if typ is float:
+        try:
+            number = float(text)
+        except ValueError:
+            fail("a number")
+        if math.isnan(number):
+            fail("a number")
+        return number
+    if origin is list:
+        if text.startswith("["):
+            parsed = _toml_value(text, value, where, "a list")
+        else:
+            parsed = [EnvValue(part.strip(), value.source) for part in raw.split(",")
+                      if part.strip()]
+        return _coerce(parsed, typ, where)
+    if origin is dict or dataclasses.is_dataclass(typ):
+        if not text.startswith("{"):
+            fail("a table (a TOML inline table such as {a = 1})")
+        return _coerce(_toml_value(text, value, where, "a table"), typ, where)
+    return raw
+
+
+def _toml_value(text: str, value: EnvValue, where: str, expected: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        raise ConfigError(f"{_where(where, value)}: expected {expected} in TOML syntax, got "
+                          f"{shown(value, where)}") from None
+
+
 def _coerce(value: Any, typ: Any, where: str) -> Any:
+    if isinstance(value, EnvValue):
+        return _from_env(value, typ, where)
     origin = typing.get_origin(typ)
     if typ is Any:
         return value
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {shown(value, where)}")
         (inner,) = typing.get_args(typ)
         return [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a table, got {value!r}")
+            raise ConfigError(f"{where}: expected a table, got {shown(value, where)}")
         _, inner = typing.get_args(typ)
         return {k: _coerce(v, inner, f"{where}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(typ):
@@ -191,13 +298,13 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
         return float(value)
     if typ in (int, float, str, bool) and (not isinstance(value, typ) or
                                            (typ is int and isinstance(value, bool))):
-        raise ConfigError(f"{where}: expected {typ.__name__}, got {value!r}")
+        raise ConfigError(f"{where}: expected {typ.__name__}, got {shown(value, where)}")
     return value
 
 
 def _build(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a table, got {data!r}")
+        raise ConfigError(f"{where}: expected a table, got {shown(data, where)}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
@@ -210,11 +317,75 @@ def _build(cls: type, data: Any, where: str) -> Any:
         raise ConfigError(f"{where}: {exc}") from None
 
 
-def _env_value(raw: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw
+def _schema_step(typ: Any, part: str) -> Any:
+    """The type expected one level down (``None``: not known at load time)."""
+    if typ is None or typ is Any:
+        return None
+    origin = typing.get_origin(typ)
+    if dataclasses.is_dataclass(typ):
+        hints = typing.get_type_hints(typ)
+        if typ is Config and part == "extra":
+            return None
+        return hints.get(part)
+    if origin is dict:
+        inner = typing.get_args(typ)[1]
+    elif origin is list and part.isdigit():
+        inner = typing.get_args(typ)[0]
+    else:
+        return None
+    return None if inner is Any else inner
+
+
+def env_override(data: dict[str, Any], var: str, raw: str) -> None:
+    """Apply ``ALLYOUCANTOKEN_A__B__C=raw`` to the parsed file ``data`` in place.
+
+    The path is matched case-insensitively against keys the file already has (else it
+    is lower-cased); a number selects an entry of ``[[models]]``. The value becomes:
+    - the schema's type for core sections (``int``, ``float``, ``bool``: true/false,
+      1/0, yes/no, on/off; lists: ``a,b`` or a TOML array; tables: a TOML inline table;
+      ``str``: the text verbatim, never parsed);
+    - for untyped places (plugin sections, model ``options``): the type of the value the
+      file has for that key when it is a number, boolean or list, else an
+      :class:`EnvValue` string that a plugin's typed section converts on validation."""
+    parts = [p for p in var[len(ENV_PREFIX):].split("__")]
+    if any(not p for p in parts):
+        raise ConfigError(f"{var}: empty name between '__' separators")
+    node: Any = data
+    typ: Any = Config
+    where = ""
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"{var}: {where} has no entry {part} (it has {len(node)})")
+            key: Any = int(part)
+            label = f"{where}[{part}]"
+        elif isinstance(node, dict):
+            key = next((k for k in node if isinstance(k, str) and k.lower() == part.lower()),
+                       part.lower())
+            label = f"{where}.{key}" if where else key
+        else:
+            raise ConfigError(f"{var}: {where} is not a table")
+        typ = _schema_step(typ, part.lower())
+        if last:
+            value = EnvValue(raw, var)
+            if typ is not None:
+                node[key] = _from_env(value, typ, label)
+            else:
+                current = node[key] if (isinstance(node, list) or key in node) else None
+                example = type(current) if isinstance(current, (bool, int, float, list)) \
+                    else None
+                if example is list:
+                    example = list[Any]
+                node[key] = _from_env(value, example, label) if example else value
+            return
+        if typ is not None and not (dataclasses.is_dataclass(typ) or
+                                    typing.get_origin(typ) in (dict, list)):
+            raise ConfigError(f"{var}: {label} is a single value, not a table")
+        if isinstance(node, dict) and key not in node:
+            node[key] = {}
+        node = node[key]
+        where = label
 
 
 def load(path: str | None = None, env: dict[str, str] | None = None) -> Config:
@@ -229,11 +400,9 @@ def load(path: str | None = None, env: dict[str, str] | None = None) -> Config:
             raise ConfigError(f"config file not found: {path}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: {exc}") from None
-    for key, raw in env.items():
-        if not key.startswith(ENV_PREFIX) or "__" not in key:
-            continue
-        section, _, name = key[len(ENV_PREFIX):].lower().partition("__")
-        data.setdefault(section, {})[name] = _env_value(raw)
+    for var in sorted(env):
+        if var.upper().startswith(ENV_PREFIX) and "__" in var:
+            env_override(data, var.upper(), env[var])
     return from_dict(data)
 
 
@@ -244,7 +413,7 @@ def from_dict(data: dict[str, Any]) -> Config:
     extra = {k: data.pop(k) for k in list(data) if k not in core}
     for k, v in extra.items():
         if not isinstance(v, dict):
-            raise ConfigError(f"{k}: expected a table, got {v!r}")
+            raise ConfigError(f"{k}: expected a table, got {shown(v, k)}")
     cfg = _build(Config, data, "")
     cfg.extra = extra
     if not cfg.models:
@@ -263,6 +432,10 @@ def from_dict(data: dict[str, Any]) -> Config:
             raise ConfigError(f"tiers.{name}.max_tokens_policy: must be 'reject' or 'clamp'")
     if bool(cfg.server.tls_cert) != bool(cfg.server.tls_key):
         raise ConfigError("server: tls_cert and tls_key must be set together")
+    if cfg.server.log_format not in ("text", "json"):
+        raise ConfigError("server.log_format: must be 'text' or 'json'")
+    if cfg.server.drain_timeout < 0:
+        raise ConfigError("server.drain_timeout: must be 0 or more seconds")
     if cfg.database.embedded_engine not in ("sqlite", "memory"):
         raise ConfigError("database.embedded_engine: must be 'sqlite' or 'memory'")
     return cfg
