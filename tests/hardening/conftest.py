@@ -7,13 +7,15 @@ import pytest
 
 from tests.helpers import start_gateway
 
-PLUGINS = ["tests.plugins.echo_backend", "tests.hardening.looplag"]
+PLUGINS = ["tests.plugins.echo_backend", "tests.hardening.sink_backend",
+           "tests.hardening.looplag"]
 OK = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
 
 
 def sections(**server) -> dict:
     return {"plugins": {"modules": PLUGINS},
-            "models": [{"name": "echo", "backend": "echo"}],
+            "models": [{"name": "echo", "backend": "echo"},
+                       {"name": "sink", "backend": "sink"}],
             "server": server}
 
 

@@ -29,7 +29,7 @@ MAX_LAG_MS = 100
 def fuzz_gw(mongo, tmp_path_factory):
     gw = start_gateway(tmp_path_factory.mktemp("fuzz"), mongo.uri, {
         "plugins": {"modules": PLUGINS},
-        "models": [{"name": "echo", "backend": "echo"}],
+        "models": [{"name": "sink", "backend": "sink"}],
         "websocket": {"max_message_bytes": 65536},
         "dashboard": {"admin_email": ADMIN[0], "admin_password": ADMIN[1],
                       "argon2_time_cost": 1, "argon2_memory_cost": 8192,
@@ -61,7 +61,7 @@ MESSAGE = st.fixed_dictionaries(
                               optional={"text": st.text(max_size=20) | JSON}), max_size=3),
         "name": st.text(max_size=10) | JSON})
 FIELDS = {
-    "model": st.sampled_from(["echo", "nope", ""]) | JSON,
+    "model": st.sampled_from(["sink", "nope", ""]) | JSON,
     "messages": st.lists(MESSAGE, max_size=3) | JSON,
     "prompt": st.text(max_size=40) | st.lists(st.text(max_size=10), max_size=3) | JSON,
     "stream": st.booleans() | JSON,
@@ -90,7 +90,19 @@ def _mutate(raw: str, where: int, what: str) -> str:
     return raw[:where] + what + raw[where:]
 
 
+VALID = st.fixed_dictionaries({"model": st.just("sink"), "messages": st.lists(
+    st.fixed_dictionaries({"role": st.just("user"), "content": st.text(max_size=20)}),
+    min_size=1, max_size=2)})
+GOOD_FIELDS = {
+    "stream": st.booleans(), "temperature": st.floats(0, 2), "top_p": st.floats(0, 1),
+    "max_tokens": st.integers(1, 50), "stop": st.lists(st.text(max_size=4), max_size=4),
+    "stream_options": st.fixed_dictionaries({"include_usage": st.booleans()}),
+    "metadata": st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=3),
+    "seed": st.integers(-2**63, 2**63), "user": st.text(max_size=8)}
+GOOD = st.builds(lambda body, extra: {**body, **extra}, VALID,
+                 st.fixed_dictionaries({}, optional=GOOD_FIELDS))
 RAW = st.one_of(
+    GOOD.map(lambda b: json.dumps(b).encode()),
     BODY.map(lambda b: json.dumps(b).encode()),
     st.binary(max_size=200),
     st.tuples(BODY, st.integers(0, 10_000), st.sampled_from(
@@ -98,9 +110,6 @@ RAW = st.one_of(
          ",", "{" * 70 + "}" * 70, "\\u0000", "9" * 5000])).map(
         lambda t: _mutate(json.dumps(t[0]), t[1], t[2]).encode("utf-8", "surrogatepass")),
 )
-VALID = st.fixed_dictionaries({"model": st.just("echo"), "messages": st.lists(
-    st.fixed_dictionaries({"role": st.just("user"), "content": st.text(max_size=20)}),
-    min_size=1, max_size=2)})
 POISON = st.one_of(
     st.sampled_from(["NaN", "Infinity", "-Infinity", "1e999", "-2E+308", "1" * 320 + ".0"]),
     st.tuples(st.integers(65, 6000), st.sampled_from("[{")).map(
@@ -120,10 +129,10 @@ POISONED = st.builds(poisoned, VALID, st.sampled_from(
      "logit_bias", "tools", "response_format", "user"]), POISON, st.booleans())
 # A corpus of large hostile bodies, replayed on top of the random ones.
 HUGE = [
-    b'{"model":"echo","messages":[{"role":"user"}],"stop":[' + b",".join([b"1"] * 300_000) + b"]}",
-    b'{"model":"echo","messages":[{"role":"user"}],"metadata":{"a":' + b"[" * 20_000 +
+    b'{"model":"sink","messages":[{"role":"user"}],"stop":[' + b",".join([b"1"] * 300_000) + b"]}",
+    b'{"model":"sink","messages":[{"role":"user"}],"metadata":{"a":' + b"[" * 20_000 +
     b"]" * 20_000 + b"}}",
-    b'{"model":"echo","messages":[' + b",".join([b'{"role":"user","content":"hi"}'] * 25_000)
+    b'{"model":"sink","messages":[' + b",".join([b'{"role":"user","content":"hi"}'] * 25_000)
     + b',{"role":7}]}',
 ]
 
@@ -231,10 +240,11 @@ def ws(fuzz_gw):
 
 
 IDS = st.text(max_size=5) | st.integers(-3, 3) | JSON
+TYPES = st.sampled_from(["chat", "chat", "cancel", "ping", "auth"]) | JSON
 FRAME = st.one_of(
-    st.fixed_dictionaries({"type": st.sampled_from(["chat", "chat", "cancel", "ping", "auth"])
-                           | JSON}, optional={"id": IDS, "body": BODY | JSON,
-                                              "api_key": st.text(max_size=10) | JSON}).map(json.dumps),
+    st.fixed_dictionaries({"type": TYPES}, optional={
+        "id": IDS, "body": GOOD | BODY | JSON, "api_key": st.text(max_size=10) | JSON,
+    }).map(json.dumps),
     JSON.map(json.dumps),
     st.text(max_size=60),
     st.binary(max_size=60),
@@ -257,7 +267,7 @@ def test_fuzz_websocket_poisoned_chats_are_400(ws, raw):
 
 def test_websocket_fuzzing_left_no_trace_and_no_stall(fuzz_gw, ws):
     ws.exchange(json.dumps({"type": "chat", "id": "big", "body": {
-        "model": "echo", "messages": [{"role": "user"}], "stop": [1] * 30_000}}))
+        "model": "sink", "messages": [{"role": "user"}], "stop": [1] * 30_000}}))
     ws.exchange(b"[" * 30_000)
     assert loop_lag_ms(fuzz_gw) < MAX_LAG_MS
     assert_clean_log(fuzz_gw)
