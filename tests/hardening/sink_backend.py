@@ -2,21 +2,10 @@
 shape) and answers "ok": the fuzz tests probe the gateway, not a test backend's parsing."""
 from gateway.hookspecs import hookimpl
 from gateway.types import Chunk, Usage
+from tests.plugins.echo_backend import EchoBackend
 
 
-class SinkBackend:
-    def __init__(self, model_cfg, config):
-        self.name = model_cfg.name
-
-    async def start(self):
-        pass
-
-    async def close(self):
-        pass
-
-    async def health(self):
-        return {"ok": True}
-
+class SinkBackend(EchoBackend):
     async def chat(self, req):
         yield Chunk("ok")
         yield Chunk(finish_reason="stop")
