@@ -11,6 +11,7 @@ _SUBJECTS = {
     "closed": "Your {site} account is closed",
     "password_changed": "Your {site} password was changed",
     "reset": "Reset your {site} password",
+    "email_changed": "The email address of your {site} account was changed",
 }
 
 _BODIES = {
@@ -28,6 +29,9 @@ _BODIES = {
               "will be deleted or anonymised after the retention period ({days:g} days).",
     "password_changed": "The password of your account was changed. If this was not you, "
                         "contact the operator at once.",
+    "email_changed": "An administrator changed the email address of your account from "
+                     "{old} to {new}. Sign in with {new} from now on. If this is not "
+                     "what you asked for, contact the operator.",
     "reset": "Someone (hopefully you) asked to reset the password of your account.\n\n"
              "{how}\n\nThe code works once, for {minutes} minutes. If you did not ask for "
              "this, ignore this message: your password stays as it is.",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-from dashboard import notify
+from dashboard import key_controls, notify
 from dashboard.usage_view import usage_summary
 from dashboard.web import DashboardHandler, PageError
 from gateway.passwords import policy_error
@@ -17,35 +17,86 @@ class OverviewHandler(DashboardHandler):
     async def get(self) -> None:
         usage = await usage_summary(self.store, self.account["_id"])
         keys = await self.store.keys.for_account(self.account["_id"], include_revoked=False)
-        self.render("overview.html", usage=usage, active_keys=len(keys))
+        quota = await key_controls.remaining(self.gateway, self.account["_id"],
+                                             self.account.get("tier", ""))
+        self.render("overview.html", usage=usage, active_keys=len(keys), quota=quota)
 
 
 class KeysHandler(DashboardHandler):
-    """GET: list keys. POST: create one; the key is shown in this response only."""
+    """GET: list keys with their controls and the quota left today. POST: create one
+    (optionally with controls; admins may give it admin API scopes); the key is shown in
+    this response only."""
 
     async def get(self) -> None:
         await self._page()
 
-    async def _page(self, new_key: str | None = None, status: int = 200, **extra) -> None:
+    async def context(self) -> dict:
         keys = await self.store.keys.for_account(self.account["_id"])
+        tier = key_controls.tier_of(self.gateway.config, self.account.get("tier", ""))
+        quota = await key_controls.remaining(self.gateway, self.account["_id"],
+                                             self.account.get("tier", ""))
+        return {"keys": keys, "tier": tier, "quota": quota, "new_key": None,
+                "tier_models": key_controls.tier_models(self.gateway.config, tier),
+                "scopes": key_controls.SCOPES, "back": "/dashboard/keys"}
+
+    async def _page(self, new_key: str | None = None, status: int = 200) -> None:
         self.set_status(status)
-        self.render("keys.html", keys=keys, new_key=new_key, **extra)
+        self.render("keys.html", **{**await self.context(), "new_key": new_key})
+
+    async def _refuse(self, status: int, message: str, **kw) -> None:
+        raise PageError(status, message, template="keys.html", **kw, **await self.context())
 
     async def post(self) -> None:
         name = self.arg("name", 200).strip()
         if not name or len(name) > 64:
-            keys = await self.store.keys.for_account(self.account["_id"])
-            raise PageError(400, "Give the key a name of 1 to 64 characters.", param="name",
-                            code="invalid_name", template="keys.html", keys=keys,
-                            new_key=None)
+            await self._refuse(400, "Give the key a name of 1 to 64 characters.",
+                               param="name", code="invalid_name")
         active = await self.store.keys.for_account(self.account["_id"], include_revoked=False)
         if len(active) >= self.dash.cfg.max_keys:
-            raise PageError(400, f"You can have at most {self.dash.cfg.max_keys} active keys; "
-                                 "revoke one first.", param="name", code="too_many_keys",
-                            template="keys.html", keys=await self.store.keys.for_account(
-                                self.account["_id"]), new_key=None)
-        key, _doc = await self.store.keys.create(self.account["_id"], name)
+            await self._refuse(400, f"You can have at most {self.dash.cfg.max_keys} active "
+                                    "keys; revoke one first.", param="name",
+                               code="too_many_keys")
+        scope = self.arg("scope", 40)
+        scopes = {"": [], "admin:read": ["admin:read"],
+                  "admin:write": ["admin:read", "admin:write"]}.get(scope)
+        if scopes is None or (scopes and not self.is_admin):
+            await self._refuse(400 if scopes is None else 403, "Unknown or forbidden scope.",
+                               param="scope", code="invalid_scope")
+        try:
+            controls = key_controls.parse_controls(key_controls.form_controls(self),
+                                                   self.gateway.config,
+                                                   self.account.get("tier", ""))
+        except key_controls.ControlError as exc:
+            await self._refuse(400, str(exc), param=exc.param, code="invalid_key_controls")
+        key, doc = await self.store.keys.create(self.account["_id"], name, scopes=scopes,
+                                                **controls)
+        if scopes:
+            await self.store.audit.record(self.account["_id"], self.account["email"],
+                                          "create_admin_key", self.account["_id"],
+                                          key=doc["prefix"], scopes=scopes)
         await self._page(new_key=key, status=201)
+
+
+class KeyControlsHandler(KeysHandler):
+    """POST key_id + controls: change one of the account's own keys (within the tier;
+    applied everywhere within auth.key_cache_ttl)."""
+
+    async def get(self) -> None:
+        raise PageError(405, "GET is not allowed here.", code="method_not_allowed")
+
+    async def post(self) -> None:
+        key = await self.store.keys.get(self.arg("key_id", 100), self.account["_id"])
+        if key is None or key.get("revoked_at"):
+            await self._refuse(404, "No such active key.", param="key_id",
+                               code="key_not_found")
+        try:
+            await key_controls.apply(self.gateway, None, key,
+                                     key_controls.form_controls(self))
+        except PageError as exc:
+            await self._refuse(exc.api.status, exc.api.message, param=exc.api.param,
+                               code=exc.api.code)
+        await self.set_flash(f"Key {key['prefix']}…: limits saved.")
+        self.redirect("/dashboard/keys", status=303)
 
 
 class KeyRevokeHandler(DashboardHandler):
@@ -158,3 +209,4 @@ async def close_account(gateway, dash, account: dict) -> None:
     await store.keys.revoke_all(account["_id"])
     await store.sessions.delete_for_account(account["_id"])
     await notify.send(gateway, dash, "closed", account, days=_retention_days(gateway.config))
+

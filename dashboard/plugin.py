@@ -2,7 +2,7 @@
 (the outbox mailer, the retention job, the first-admin check)."""
 from __future__ import annotations
 
-from dashboard import pages_admin, pages_auth, pages_user, playground
+from dashboard import admin_api, pages_admin, pages_auth, pages_user, playground
 from dashboard.config import DashboardConfig
 from dashboard.deferred import DeferredWork
 from dashboard.first_admin import FirstAdmin
@@ -24,6 +24,7 @@ PAGES = [
     (r"/dashboard/keys", pages_user.KeysHandler),
     (r"/dashboard/playground", playground.PlaygroundHandler),
     (r"/dashboard/keys/revoke", pages_user.KeyRevokeHandler),
+    (r"/dashboard/keys/controls", pages_user.KeyControlsHandler),
     (r"/dashboard/account", pages_user.AccountHandler),
     (r"/dashboard/account/password", pages_user.PasswordHandler),
     (r"/dashboard/account/export", pages_user.ExportHandler),
@@ -32,6 +33,9 @@ PAGES = [
     (r"/dashboard/admin/audit", pages_admin.AdminAuditHandler),
     (rf"/dashboard/admin/accounts/{ACCOUNT_ID}/status", pages_admin.AdminStatusHandler),
     (rf"/dashboard/admin/accounts/{ACCOUNT_ID}/tier", pages_admin.AdminTierHandler),
+    (rf"/dashboard/admin/accounts/{ACCOUNT_ID}", pages_admin.AdminAccountHandler),
+    (rf"/dashboard/admin/accounts/{ACCOUNT_ID}/email", pages_admin.AdminEmailHandler),
+    (r"/dashboard/admin/keys/controls", pages_admin.AdminKeyControlsHandler),
 ]
 
 
@@ -43,13 +47,16 @@ def config_sections():
 
 @hookimpl
 def register_routes(register, config):
-    """The dashboard pages under /dashboard (and / redirecting there)."""
+    """The dashboard pages under /dashboard (and / redirecting there), GET /v1/me and
+    the admin API under /admin/api."""
     cfg = DashboardConfig.from_config(config)
     dash = Dashboard(cfg=cfg, passwords=cfg.passwords())
     SmtpConfig.from_config(config)          # fail at start on a bad [smtp] section
     RetentionConfig.from_config(config)
 
     for pattern, handler in PAGES:
+        register(pattern, handler, {"dashboard": dash})
+    for pattern, handler in admin_api.ROUTES:       # GET /v1/me and /admin/api/...
         register(pattern, handler, {"dashboard": dash})
     register(r"/dashboard/static/(.*)", StaticHandler, {"path": STATIC})
     register(r"/dashboard/.*", NotFoundPage, {"dashboard": dash})

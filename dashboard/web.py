@@ -7,6 +7,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import tornado.web
@@ -97,7 +98,7 @@ class DashboardHandler(tornado.web.RequestHandler):
         ns = super().get_template_namespace()
         ns.update(csrf=self.session["csrf"] if self.session else "", account=self.account,
                   is_admin=self.is_admin, site=self.dash.cfg.site_name, flash=self.flash,
-                  error=None, message=None)
+                  error=None, message=None, now=datetime.now(UTC))
         return ns
 
     @property

@@ -16,10 +16,20 @@ class Principal:
     session_id: str | None = None
     roles: tuple[str, ...] = ()
     via: str = "api_key"   # api_key | session
+    # Per-key controls (from the key's record, cached with it; empty means none):
+    key_limits: tuple[tuple[str, int], ...] = ()   # (requests_per_minute, 10), ...
+    allowed_models: tuple[str, ...] = ()
+    allowed_cidrs: tuple[str, ...] = ()
+    expires_at: float | None = None                 # UNIX time
+    scopes: tuple[str, ...] = ()                    # admin API scopes, e.g. admin:read
 
     @property
     def is_admin(self) -> bool:
         return "admin" in self.roles
+
+    def key_limit(self, name: str) -> int:
+        """A per-key limit (0: none)."""
+        return dict(self.key_limits).get(name, 0)
 
 
 @dataclass

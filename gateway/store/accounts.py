@@ -1,6 +1,8 @@
 """Accounts collection: identity, tier, status and roles."""
 from __future__ import annotations
 
+import base64
+import re
 import secrets
 from datetime import UTC, datetime
 from typing import Any
@@ -24,6 +26,7 @@ class Accounts:
     async def init(self) -> None:
         await self.col.create_index("email", unique=True)
         await self.col.create_index("status")
+        await self.col.create_index([("created_at", -1), ("_id", -1)])
 
     async def get(self, account_id: str) -> dict[str, Any] | None:
         return await self.col.find_one({"_id": account_id})
@@ -67,6 +70,42 @@ class Accounts:
     async def list(self, status: str | None = None, limit: int = 500) -> list[dict[str, Any]]:
         query = {"status": status} if status else {}
         return [d async for d in self.col.find(query).sort("created_at", 1).limit(limit)]
+
+    async def search(self, *, q: str = "", status: str | None = None, tier: str | None = None,
+                     limit: int = 50, cursor: str | None = None) -> tuple[list[dict], str | None]:
+        """A page of accounts, newest first (created_at, then _id, both descending: a
+        stable order), filtered by email substring, status and tier. Returns (accounts,
+        cursor of the next page or None). Raises ValueError for a malformed cursor."""
+        query = self._filter(q, status, tier)
+        if cursor:
+            created, last_id = decode_cursor(cursor)
+            query = {"$and": [query, {"$or": [{"created_at": {"$lt": created}},
+                                              {"created_at": created,
+                                               "_id": {"$lt": last_id}}]}]}
+        docs = [d async for d in self.col.find(query, {"password_hash": 0})
+                .sort([("created_at", -1), ("_id", -1)]).limit(limit + 1)]
+        more = len(docs) > limit
+        docs = docs[:limit]
+        return docs, (encode_cursor(docs[-1]) if more and docs else None)
+
+    async def count_matching(self, *, q: str = "", status: str | None = None,
+                             tier: str | None = None) -> int:
+        return await self.col.count_documents(self._filter(q, status, tier))
+
+    @staticmethod
+    def _filter(q: str, status: str | None, tier: str | None) -> dict[str, Any]:
+        query: dict[str, Any] = {}
+        if q.strip():
+            query["email"] = {"$regex": re.escape(q.strip().lower())}
+        if status:
+            query["status"] = status
+        if tier:
+            query["tier"] = tier
+        return query
+
+    async def change_email(self, account_id: str, email: str) -> dict[str, Any] | None:
+        """Correct the address; raises DuplicateKeyError when another account has it."""
+        return await self.update(account_id, email=email.strip().lower())
 
     # --- dashboard: passwords, status changes, retention -------------------------------
 
@@ -114,3 +153,21 @@ class Accounts:
 
     async def count(self, status: str | None = None) -> int:
         return await self.col.count_documents({"status": status} if status else {})
+
+
+def encode_cursor(doc: dict[str, Any]) -> str:
+    """An opaque page cursor: the last account's creation time and id."""
+    raw = f"{doc['created_at'].astimezone(UTC).isoformat()}|{doc['_id']}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, account_id = raw.split("|", 1)
+        when = datetime.fromisoformat(created)
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError("malformed cursor") from None
+    if not account_id.startswith("acc_") or when.tzinfo is None:
+        raise ValueError("malformed cursor")
+    return when, account_id

@@ -7,18 +7,28 @@ answer is ever based on data older than the TTL: that is the bound within which 
 revoked key or a suspended account is refused on every process. While the database
 cannot be reached, cached entries keep working for ``auth.key_cache_max_stale`` seconds
 (requests do not wait for it meanwhile; a lookup in the background retries).
+
+Per-key controls come with the cached principal, so they cost no database round trip:
+an expired key is refused (401) and a caller outside the key's IP allowlist too (403;
+the address is the client's, through the ``server.trusted_proxies`` rules). Allowed
+models and per-key limits are enforced by the tier limiter.
 """
 from __future__ import annotations
 
 import asyncio
+import functools
+import ipaddress
 import logging
 import time
 from collections import OrderedDict
+from datetime import UTC
 
+from gateway.background import WarnOnce
 from gateway.errors import APIError
 from gateway.hookspecs import hookimpl
+from gateway.handlers.base import client_ip
 from gateway.store import StoreError
-from gateway.store.keys import KEY_PREFIX, hash_key
+from gateway.store.keys import KEY_LIMITS, KEY_PREFIX, hash_key
 from gateway.types import Principal
 
 _INACTIVE = {"pending": "Your account is awaiting approval.",
@@ -27,7 +37,7 @@ _INACTIVE = {"pending": "Your account is awaiting approval.",
              "closed": "Your account is closed."}
 
 
-log = logging.getLogger("allyoucantoken.auth")
+log = WarnOnce(logging.getLogger("allyoucantoken.auth"))
 DOWN_RETRY = 5.0    # after a failed lookup, answer from the cache (or 503) without waiting
 
 
@@ -64,8 +74,10 @@ class ApiKeyAuthenticator:
 
     name = "api_key"
 
-    def __init__(self, store, ttl: float, size: int, max_stale: float = 0.0) -> None:
+    def __init__(self, store, ttl: float, size: int, max_stale: float = 0.0,
+                 trusted_proxies: list[str] | None = None) -> None:
         self.store = store
+        self.trusted_proxies = list(trusted_proxies or [])
         self.cache = KeyCache(ttl, size, max_stale)
         self._refreshing: dict[str, asyncio.Task] = {}
         self._db_down_until = 0.0
@@ -102,7 +114,19 @@ class ApiKeyAuthenticator:
                 self.cache.put(sha, result)
         if isinstance(result, APIError):
             raise result
+        self._check_controls(result, request)
         return result
+
+    def _check_controls(self, principal: Principal, request) -> None:
+        """Expiry and IP allowlist of the key, from the cached principal."""
+        if principal.expires_at is not None and time.time() >= principal.expires_at:
+            raise APIError(401, "This API key has expired. Create a new one or extend it in "
+                                "the dashboard.", code="expired_api_key")
+        if principal.allowed_cidrs:
+            ip = client_ip(request, self.trusted_proxies)
+            if not ip_allowed(ip, principal.allowed_cidrs):
+                raise APIError(403, f"This API key cannot be used from {ip or 'this address'}"
+                                    " (not in its IP allowlist).", code="ip_not_allowed")
 
     def _refresh_soon(self, key: str, sha: str) -> None:
         if sha not in self._refreshing:
@@ -132,13 +156,49 @@ class ApiKeyAuthenticator:
         if status != "active":
             return APIError(403, _INACTIVE.get(status, "Your account is not active."),
                             code="account_inactive")
-        return Principal(account_id=account["_id"], tier=account.get("tier", ""),
-                         status=status, key_id=doc["_id"],
-                         roles=tuple(account.get("roles", ())), via="api_key")
+        return principal_for(account, doc)
+
+
+def principal_for(account: dict, key: dict) -> Principal:
+    """The principal of an active account calling with one of its keys."""
+    expires = key.get("expires_at")
+    limits = key.get("limits") or {}
+    return Principal(account_id=account["_id"], tier=account.get("tier", ""),
+                     status=account.get("status", "active"), key_id=key["_id"],
+                     roles=tuple(account.get("roles", ())), via="api_key",
+                     key_limits=tuple((n, int(limits[n])) for n in KEY_LIMITS
+                                      if limits.get(n)),
+                     allowed_models=tuple(key.get("allowed_models") or ()),
+                     allowed_cidrs=tuple(key.get("allowed_cidrs") or ()),
+                     expires_at=_timestamp(expires) if expires else None,
+                     scopes=tuple(key.get("scopes") or ()))
+
+
+def _timestamp(value) -> float:
+    if value.tzinfo is None:                 # a naive BSON date is UTC
+        value = value.replace(tzinfo=UTC)
+    return value.timestamp()
+
+
+@functools.lru_cache(maxsize=4096)
+def _networks(cidrs: tuple[str, ...]) -> tuple:
+    return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+
+
+def ip_allowed(ip: str, cidrs: tuple[str, ...]) -> bool:
+    """True when ``ip`` is inside one of ``cidrs`` (IPv4-mapped IPv6 counts as IPv4)."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    if getattr(addr, "ipv4_mapped", None):
+        addr = addr.ipv4_mapped
+    return any(addr.version == n.version and addr in n for n in _networks(cidrs))
 
 
 @hookimpl
 def register_authenticators(register, config, store):
     """Register the bearer API key authenticator."""
     register(ApiKeyAuthenticator(store, config.auth.key_cache_ttl, config.auth.key_cache_size,
-                                 config.auth.key_cache_max_stale))
+                                 config.auth.key_cache_max_stale,
+                                 config.server.trusted_proxies))

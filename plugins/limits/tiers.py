@@ -11,6 +11,12 @@ counters in MongoDB are touched once per block of quota, not per request. Settle
 replaces the token estimate by the real usage and frees the stream slot, in memory too.
 The limits hold exactly across processes: the leases of all processes never add up to
 more than a limit.
+
+Per-key limits (requests/tokens per minute, tokens per day, set on the key and carried by
+the cached principal) are pools of their own (``q:m:key:<key id>``, ``q:d:key:<key id>``)
+reserved in the same all-or-nothing step as the account's; the account's tier limits
+still apply, so a key never gets more than its tier. A key's model list narrows the
+tier's.
 """
 from __future__ import annotations
 
@@ -18,14 +24,17 @@ import logging
 import secrets
 from datetime import UTC, datetime, timedelta
 
+from gateway.background import WarnOnce
 from gateway.errors import APIError
 from gateway.hookspecs import hookimpl
 from gateway.store import StoreError
+from gateway.store.keys import KEY_LIMITS
 from gateway.streaming import estimate_prompt_tokens
 from gateway.types import Admission, GenerationRequest, Principal, Usage
 from plugins.limits.quota import DAY_HORIZON_SCALE, LeaseSettings, QuotaLeases
 
 log = logging.getLogger("allyoucantoken.limits")
+warn = WarnOnce(log)
 DEFAULT_COMPLETION_ESTIMATE = 1024
 
 
@@ -66,6 +75,10 @@ class TierLimiter:
         if "*" not in tier.models and req.model not in tier.models:
             return _deny("model_not_allowed", f"Your tier ({principal.tier}) does not include "
                          f"the model `{req.model}`.", status=403, param="model")
+        if principal.allowed_models and req.model not in principal.allowed_models:
+            return _deny("model_not_allowed", f"This API key is not allowed to use the model "
+                         f"`{req.model}` (allowed: {', '.join(principal.allowed_models)}).",
+                         status=403, param="model")
         max_tokens = req.max_tokens
         if tier.max_tokens:
             if max_tokens is None:
@@ -83,7 +96,7 @@ class TierLimiter:
                          f"({tier.max_prompt_chars} characters).", status=400,
                          param="messages" if req.kind == "chat" else "prompt")
         if not (tier.requests_per_minute or tier.tokens_per_minute or tier.tokens_per_day
-                or tier.concurrent_streams):
+                or tier.concurrent_streams or principal.key_limits):
             return Admission(limiter=self.name, max_tokens=max_tokens)  # nothing to count
         cost = prompt_estimate + (max_tokens or DEFAULT_COMPLETION_ESTIMATE)
         return await self._reserve(principal, tier, cost, max_tokens)
@@ -109,12 +122,27 @@ class TierLimiter:
         if tier.tokens_per_day:
             windows.append((f"q:d:{acct}", f"{day:%Y%m%d}", {"tokens": (cost, tier.tokens_per_day)},
                             day_reset, {"tokens": "tokens_per_day"}))
+        if principal.key_limits and principal.key_id:
+            key = principal.key_id
+            rpm, tpm, tpd = (principal.key_limit(n) for n in KEY_LIMITS)
+            key_minute = {**({"requests": (1, rpm)} if rpm else {}),
+                          **({"tokens": (cost, tpm)} if tpm else {})}
+            if key_minute:
+                windows.append((f"q:m:key:{key}", f"{minute:%Y%m%d%H%M}", key_minute,
+                                minute_reset, {"requests": "key_requests_per_minute",
+                                               "tokens": "key_tokens_per_minute"}))
+            if tpd:
+                windows.append((f"q:d:key:{key}", f"{day:%Y%m%d}", {"tokens": (cost, tpd)},
+                                day_reset, {"tokens": "key_tokens_per_day"}))
         for _, _, costs, _, names in windows:
             for field, (c, lim) in costs.items():
                 if c > lim:
+                    whose = ("this key's " + names[field][4:].replace('_', ' ')
+                             if names[field].startswith("key_")
+                             else "your tier's " + names[field].replace('_', ' '))
                     return _deny(names[field], f"This request needs about {c} tokens, more "
-                                 f"than your tier's {names[field].replace('_', ' ')} limit of "
-                                 f"{lim}. Lower max_tokens.", retry_after=0.0)
+                                 f"than {whose} limit of {lim}. Lower max_tokens.",
+                                 retry_after=0.0)
         taken = []     # (pool, window, cost) reserved so far
         slot = None
         try:
@@ -137,7 +165,7 @@ class TierLimiter:
                 slot = pool
         except StoreError as exc:
             self._undo(taken, slot)
-            log.warning("quota lease failed: database unavailable (%s)", type(exc).__name__)
+            warn.warning("quota lease failed: database unavailable (%s)", type(exc).__name__)
             raise APIError(503, "The service is temporarily unavailable; please retry shortly.",
                            code="service_unavailable", headers={"Retry-After": "5"}) from None
         return Admission(limiter=self.name, max_tokens=max_tokens,
@@ -150,7 +178,8 @@ class TierLimiter:
         c, lim = costs[field]
         name = names[field]
         what = "requests" if field == "requests" else "tokens"
-        return _deny(name, f"Rate limit reached for {name.replace('_', ' ')}: limit {lim}; "
+        label = ("this API key's " + name[4:] if name.startswith("key_") else name)
+        return _deny(name, f"Rate limit reached for {label.replace('_', ' ')}: limit {lim}; "
                      f"this request needs {c} {what}. Try again in {_fmt(reset)}.",
                      retry_after=reset, headers=self._headers(windows, []))
 
@@ -188,6 +217,49 @@ class TierLimiter:
             self.leases.settle(pool, window, cost, actual)
         if res.get("slot") is not None:
             self.leases.release_slot(res["slot"])
+
+    async def remaining(self, account_id: str, tier_name: str, key_id: str | None = None,
+                        key_limits: dict | None = None) -> dict:
+        """What the account (and one key) may still use in this minute and today: the
+        shared counters (one read per window; not for the request path) less what this
+        process holds unused. Blocks other processes hold unused count as used until they
+        give them back (``lease_idle``). ``None`` for a window without a limit."""
+        tier = self.config.tiers.get(tier_name) or \
+            self.config.tiers[self.config.limits.default_tier]
+        now = datetime.now(UTC)
+        minute, day = f"{now:%Y%m%d%H%M}", f"{now:%Y%m%d}"
+        key_limits = key_limits or {}
+        plan = [("account", f"q:m:{account_id}", minute, {
+                    "requests_per_minute": ("requests", tier.requests_per_minute),
+                    "tokens_per_minute": ("tokens", tier.tokens_per_minute)}),
+                ("account", f"q:d:{account_id}", day, {
+                    "tokens_per_day": ("tokens", tier.tokens_per_day)})]
+        if key_id:
+            plan += [("key", f"q:m:key:{key_id}", minute, {
+                         "requests_per_minute": ("requests",
+                                                 key_limits.get("requests_per_minute", 0)),
+                         "tokens_per_minute": ("tokens",
+                                               key_limits.get("tokens_per_minute", 0))}),
+                     ("key", f"q:d:key:{key_id}", day, {
+                         "tokens_per_day": ("tokens", key_limits.get("tokens_per_day", 0))})]
+        out: dict = {"account": {}, "key": {}} if key_id else {"account": {}}
+        for who, pool_id, window, names in plan:
+            if not any(lim for _, lim in names.values()):
+                for name in names:
+                    out[who][name] = None
+                continue
+            shared = await self.leases.counters.quota_values(pool_id, window)
+            pool = self.leases.pools.get(pool_id)
+            for name, (f, lim) in names.items():
+                if not lim:
+                    out[who][name] = None
+                    continue
+                used = shared.get(f, 0)
+                if pool is not None and pool.window == window:
+                    used -= max(0, pool.granted.get(f, 0) - pool.used.get(f, 0))
+                out[who][name] = {"limit": lim, "used": max(0, used),
+                                  "remaining": max(0, lim - max(0, used))}
+        return out
 
     async def close(self) -> None:
         """Give back this process's unused quota and stream slots (at shutdown)."""

@@ -110,7 +110,10 @@ def admin_routes(gw):
     return [("GET", "/dashboard/admin"), ("GET", "/dashboard/admin?status=all"),
             ("GET", "/dashboard/admin/audit"),
             ("POST", f"/dashboard/admin/accounts/{acc['_id']}/status"),
-            ("POST", f"/dashboard/admin/accounts/{acc['_id']}/tier")]
+            ("POST", f"/dashboard/admin/accounts/{acc['_id']}/tier"),
+            ("GET", f"/dashboard/admin/accounts/{acc['_id']}"),
+            ("POST", f"/dashboard/admin/accounts/{acc['_id']}/email"),
+            ("POST", "/dashboard/admin/keys/controls")]
 
 
 def test_admin_routes_refuse_users_and_visitors(dash_gw, admin, inbox):
@@ -120,7 +123,7 @@ def test_admin_routes_refuse_users_and_visitors(dash_gw, admin, inbox):
     visitor_token = visitor.csrf("/dashboard/login")
     routes = admin_routes(dash_gw)
     from dashboard.plugin import PAGES
-    assert len([p for p, _ in PAGES if p.startswith("/dashboard/admin")]) == 4
+    assert len([p for p, _ in PAGES if p.startswith("/dashboard/admin")]) == len(routes) - 1
     for method, path in routes:
         data = {"action": "suspend", "tier": "pro"}
         resp = user.request(method, path, data={"_csrf": token, **data}
