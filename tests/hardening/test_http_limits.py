@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.hardening.conftest import OK, assert_json_error, sections
-from tests.hardening.rawhttp import connect, exchange, json_error, read_response
+from tests.hardening.rawhttp import connect, exchange, json_error
 from tests.helpers import start_gateway
 from tests.ws.rawsocket import RawSocket
 
