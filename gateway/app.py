@@ -10,7 +10,7 @@ import ssl
 import tornado.httpserver
 import tornado.web
 
-from gateway import embedded_db, httpguard
+from gateway import drain, embedded_db, httpguard, logredact, requestid
 from gateway.config import Config
 from gateway.handlers import ops, openai, ws
 from gateway.handlers.base import NotFoundHandler
@@ -23,23 +23,55 @@ log = logging.getLogger("allyoucantoken")
 CORE_ROUTES = [*openai.ROUTES, *ws.ROUTES, *ops.ROUTES]
 
 
+class _PerRequest(requestid.RequestIdTransform):
+    """Every response gets its ``x-request-id``; a request counts as in flight (for the
+    drain) from its start until its access log line."""
+
+    def __init__(self, request) -> None:
+        super().__init__(request)
+        drain.IN_FLIGHT.add(request)
+
+
+class GatewayApplication(tornado.web.Application):
+    """While the gateway drains, new API requests get 503 ``server_shutdown``."""
+
+    def __init__(self, gateway: Gateway, routes, **settings) -> None:
+        self.gateway = gateway
+        super().__init__(routes, **settings)
+
+    def find_handler(self, request, **kwargs):
+        if self.gateway.draining and request.path.startswith("/v1/"):
+            return self.get_handler_delegate(request, ops.DrainingHandler,
+                                             {"gateway": self.gateway})
+        return super().find_handler(request, **kwargs)
+
+
 def make_app(gateway: Gateway) -> tornado.web.Application:
     """The Tornado application: core API routes plus routes registered by plugins."""
     kwargs = {"gateway": gateway}
     routes = [(pattern, handler, kwargs) for pattern, handler in CORE_ROUTES]
     routes += [(pattern, handler, {**kwargs, **extra}) for pattern, handler, extra in gateway.routes]
     routes.append((r"/v1/.*", NotFoundHandler, kwargs))
-    return tornado.web.Application(routes, compress_response=False, autoreload=False,
-                                   log_function=_log_request)
+    return GatewayApplication(gateway, routes, compress_response=False, autoreload=False,
+                              log_function=_log_request, transforms=[_PerRequest])
 
 
 def _log_request(handler) -> None:
-    """Access log: method, path (no query string), status, duration. Never bodies."""
+    """Access log: status, method, path (no query string), duration, request id (and the
+    completion id of a generation). Never bodies. JSON logs get the same as fields."""
+    request = handler.request
+    drain.IN_FLIGHT.discard(request)
     status = handler.get_status()
-    level = logging.INFO if status < 500 else logging.ERROR
+    rid, completion = requestid.of(request), requestid.completion_id(request)
+    fields = {"request_id": logredact.redact(rid), "method": request.method,
+              "path": logredact.redact(request.path), "status": status,
+              "duration_ms": round(1000.0 * request.request_time(), 1)}
+    message = "%(status)d %(method)s %(path)s %(duration_ms).1fms request_id=%(request_id)s"
+    if completion and completion != rid:
+        fields["completion_id"] = completion
+        message += " completion_id=%(completion_id)s"
     logging.getLogger("allyoucantoken.access").log(
-        level, "%d %s %s %.1fms", status, handler.request.method, handler.request.path,
-        1000.0 * handler.request.request_time())
+        logging.INFO if status < 500 else logging.ERROR, message % fields, extra=fields)
 
 
 def embedded_port_file(config: Config) -> str:
@@ -95,20 +127,17 @@ async def serve(config: Config, ready=None) -> None:
         scheme = "https" if config.server.tls_cert else "http"
         log.info("listening on %s://%s:%d (models: %s)", scheme, config.server.host,
                  config.server.port, ", ".join(gateway.backends))
-        stop = asyncio.Event()
+        stop, hurry = asyncio.Event(), asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         if ready:
             ready(gateway, server)
         await stop.wait()
-        log.info("shutting down")
-        server.stop()
-        ws.close_all_sockets()
-        try:  # let running streams finish, for a while
-            await asyncio.wait_for(server.close_all_connections(), 10)
-        except TimeoutError:
-            log.warning("closing with streams still open")
+        for sig in (signal.SIGTERM, signal.SIGINT):   # a second signal: stop draining
+            loop.add_signal_handler(sig, hurry.set)
+        log.info("shutting down: draining for up to %gs", config.server.drain_timeout)
+        await drain.drain(server, gateway, config.server.drain_timeout, hurry)
         await gateway.cancel_running()
         await gateway.stop()
     finally:

@@ -20,9 +20,12 @@ def _config(ns) -> config_mod.Config:
         sys.exit(f"configuration error: {exc}")
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: str, log_format: str = "text") -> None:
+    from gateway import logformat
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format=logformat.TEXT_FORMAT)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(logformat.formatter(log_format))
     logredact.install()   # no API key, session token, password or code in any log line
 
 
@@ -126,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     add_admin_commands(sub)
     ns = parser.parse_args(argv)
     cfg = _config(ns)
-    _setup_logging(cfg.server.log_level)
+    _setup_logging(cfg.server.log_level, cfg.server.log_format)
     if ns.cmd == "serve":
         from gateway.app import serve
         if ns.port is not None:

@@ -29,6 +29,7 @@ class Gateway:
         self.services: list[Any] = []
         self.routes: list[tuple] = []
         self.running: set[asyncio.Task] = set()   # generations in progress (for shutdown)
+        self.draining = False                     # SIGTERM: finishing, taking no new work
         self.usage = UsageRecorder(store, config.usage.flush_interval,
                                    os.path.join(config.server.data_dir, "usage-spool.jsonl"),
                                    config.usage.hourly_days, config.usage.shutdown_timeout,

@@ -7,7 +7,7 @@ import time
 
 from tornado.iostream import StreamClosedError
 
-from gateway import metrics
+from gateway import drain, metrics
 from gateway.errors import APIError
 from gateway.handlers.base import BaseAPIHandler
 from gateway.sse import ChunkEncoder, Flusher
@@ -66,7 +66,7 @@ class GenerationHandler(BaseAPIHandler):
             if gen is not None:
                 gen.record(err.status, err.code)
             return self.send_api_error(err)
-        self.set_header("x-request-id", req.request_id)
+        self.request.completion_id = req.request_id   # x-request-id, unless the client sent one
         for name, value in gen.headers.items():
             self.set_header(name, value)
         if data.get("stream"):
@@ -117,7 +117,7 @@ class GenerationHandler(BaseAPIHandler):
 
         try:
             if not await self._run(gen, emit):
-                return
+                return await drain.end_cut_off(self, encoder, sent)
         except APIError as err:
             if sent == 0:
                 return self.send_api_error(err)
@@ -140,7 +140,7 @@ class GenerationHandler(BaseAPIHandler):
 
         try:
             if not await self._run(gen, emit):
-                return
+                return await drain.end_cut_off(self)
         except APIError as err:
             return self.send_api_error(err)
         text = "".join(parts)

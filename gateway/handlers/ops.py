@@ -1,4 +1,14 @@
-"""Operational endpoints: /healthz (liveness + database) and /metrics (Prometheus)."""
+"""Operational endpoints: /livez, /readyz (and /healthz, its alias), /metrics.
+
+- ``/livez``: the process is up and its event loop answers. Never touches the database
+  or a backend, so an orchestrator does not restart gateways during a database outage.
+- ``/readyz``: this gateway should get traffic: the database answers, at least one
+  model backend is healthy and it is not draining. 200, else 503 with the same JSON.
+- ``/healthz``: kept for compatibility as an alias of ``/readyz``: it always answered
+  503 when the database was down (readiness behaviour), and load balancers use it to
+  take a gateway out of rotation; its JSON (``ok``, ``database``, ``models``,
+  ``backends``) is a subset of ``/readyz``'s.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -6,21 +16,56 @@ import hmac
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from gateway import drain
 from gateway.errors import APIError
 from gateway.handlers.base import BaseAPIHandler
 
+CHECK_TIMEOUT = 2.0   # seconds a readiness check waits for the database or a backend
 
-class HealthHandler(BaseAPIHandler):
-    """GET /healthz: 200 when the database answers, 503 otherwise; backends listed."""
+
+class LiveHandler(BaseAPIHandler):
+    """GET /livez: 200 while the process runs (also while draining)."""
+
+    def get(self) -> None:
+        self.write_json({"status": "ok", "draining": self.gateway.draining})
+
+
+class ReadyHandler(BaseAPIHandler):
+    """GET /readyz (and /healthz): 200 when the database answers, a backend is healthy
+    and the gateway is not draining; 503 otherwise, naming what is wrong."""
 
     async def get(self) -> None:
-        db_ok = await self.gateway.store.ping()
         names = list(self.gateway.backends)
-        healths = await asyncio.gather(*(self.gateway.backends[n].health() for n in names))
-        self.write_json({"ok": db_ok, "database": db_ok,
-                         "models": {n: bool(h.get("ok")) for n, h in zip(names, healths)},
-                         "backends": dict(zip(names, healths))},
-                        200 if db_ok else 503)
+        db_ok, *healths = await asyncio.gather(
+            self._check(self.gateway.store.ping()),
+            *(self._check(self.gateway.backends[n].health()) for n in names))
+        healths = [h if isinstance(h, dict) else {"ok": False} for h in healths]
+        models = {n: bool(h.get("ok")) for n, h in zip(names, healths)}
+        draining = self.gateway.draining
+        problems = [text for bad, text in (
+            (db_ok is not True, "the database does not answer"),
+            (not any(models.values()), "no model backend is healthy"),
+            (draining, "the gateway is shutting down")) if bad]
+        body = {"ok": not problems, "ready": not problems, "database": db_ok is True,
+                "draining": draining, "models": models, "backends": dict(zip(names, healths))}
+        if problems:
+            body.update(APIError(503, "Not ready: " + "; ".join(problems) + ".",
+                                 code="not_ready").body())
+        self.write_json(body, 503 if problems else 200)
+
+    @staticmethod
+    async def _check(coro):
+        try:
+            return await asyncio.wait_for(coro, CHECK_TIMEOUT)
+        except Exception:  # noqa: BLE001 - a failing check reports, never raises
+            return False
+
+
+class DrainingHandler(BaseAPIHandler):
+    """Every API request that arrives while the gateway drains: 503, retry elsewhere."""
+
+    def prepare(self) -> None:
+        raise drain.shutdown_error()
 
 
 class MetricsHandler(BaseAPIHandler):
@@ -50,4 +95,5 @@ class MetricsHandler(BaseAPIHandler):
         self.finish(generate_latest())
 
 
-ROUTES = [(r"/healthz", HealthHandler), (r"/metrics", MetricsHandler)]
+ROUTES = [(r"/livez", LiveHandler), (r"/readyz", ReadyHandler), (r"/healthz", ReadyHandler),
+          (r"/metrics", MetricsHandler)]

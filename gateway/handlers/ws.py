@@ -48,14 +48,36 @@ CLOSE_INVALID_DATA = 1007
 OPEN_SOCKETS: "weakref.WeakSet[ChatSocketHandler]" = weakref.WeakSet()
 
 
-def close_all_sockets() -> None:
-    """On shutdown: tell every client why (an error message), then close with 1001.
-    Requests still running are cancelled and recorded as cut off."""
+def _goodbye(handler: "ChatSocketHandler") -> None:
+    """Tell the client why (an error message with no id), then close with 1001."""
+    handler._send_nowait({"type": "error", "id": None, "status": 503, "error": {
+        "message": "The server is shutting down; reconnect and retry.",
+        "type": "server_error", "param": None, "code": "server_shutdown"}})
+    handler.close(CLOSE_GOING_AWAY, "server shutting down")
+
+
+def begin_drain() -> None:
+    """SIGTERM: sockets with nothing running close now; the others take no new request
+    and close as soon as their last one ends (``_request_done``)."""
     for handler in list(OPEN_SOCKETS):
-        handler._send_nowait({"type": "error", "id": None, "status": 503, "error": {
-            "message": "The server is shutting down; reconnect and retry.",
-            "type": "server_error", "param": None, "code": "server_shutdown"}})
-        handler.close(CLOSE_GOING_AWAY, "server shutting down")
+        if not handler.tasks:
+            _goodbye(handler)
+
+
+def close_all_sockets() -> None:
+    """End of the drain: each request still running gets an ``error`` message
+    (``server_shutdown``) and is cancelled (recorded as cut off, 499); then each socket
+    gets the goodbye and close code 1001."""
+    from gateway.drain import shutdown_error
+    for handler in list(OPEN_SOCKETS):
+        running = [(rid, t) for rid, t in handler.tasks.items() if not t.done()]
+        for req_id, _task in running:
+            handler._send_nowait(_error_message(shutdown_error(), req_id))
+        _goodbye(handler)
+        for _req_id, task in running:
+            task.cancel()
+
+
 MAX_ID_LENGTH = 128
 HARD_CAP_FACTOR = 4   # frames above HARD_CAP_FACTOR * max_message_bytes close the socket (1009)
 
@@ -306,6 +328,9 @@ class ChatSocketHandler(tornado.websocket.WebSocketHandler):
             refuse(APIError(401, "Not authenticated: send an `auth` message with your API key "
                                  "first, or connect with 'Authorization: Bearer YOUR_KEY'.",
                             code="missing_api_key"))
+        if self.gateway.draining:
+            from gateway.drain import shutdown_error
+            refuse(shutdown_error())
         if req_id in self.tasks:
             # Tagged with no id: that id's messages belong to the request already running.
             raise APIError(400, f"A request with id {req_id!r} is already in flight; this "
@@ -327,6 +352,8 @@ class ChatSocketHandler(tornado.websocket.WebSocketHandler):
         self.tasks.pop(req_id, None)
         self.cancel_requested.discard(req_id)
         self.last_activity = time.monotonic()
+        if self.gateway.draining and not self.tasks:
+            _goodbye(self)   # drained: this socket's last request has ended
 
     # -- one request --------------------------------------------------------------
     async def _chat(self, req_id: Any, body: dict[str, Any], started: float,

@@ -232,14 +232,15 @@ def test_usage_is_recorded_without_content(ws_gw):
 
 
 def test_shutdown_says_goodbye_and_records_the_cut_off_request(mongo, tmp_path):
-    """SIGTERM: open sockets get an error message and close code 1001; a running
-    request is recorded as cut off (499)."""
+    """SIGTERM: a request still running when the drain ends (drain_timeout) is cut off
+    (recorded as 499); the socket gets an error message and close code 1001."""
     from tests.helpers import start_gateway
     from tests.ws.conftest import ws_sections
 
     state = tmp_path / "state"
     state.mkdir()
-    gw = start_gateway(tmp_path, mongo.uri, ws_sections(state))
+    gw = start_gateway(tmp_path, mongo.uri, {**ws_sections(state),
+                                             "server": {"drain_timeout": 0.5}})
     key = gw.create_key("bye@example.com")
 
     async def main():
