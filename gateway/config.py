@@ -47,7 +47,7 @@ class ServerConfig:
     metrics_token: str = ""         # bearer token that may scrape /metrics from anywhere
     request_timeout: float = 600.0
     header_timeout: float = 30.0    # seconds to send a request's headers (and keep-alive idle time)
-    body_timeout: float = 60.0      # seconds to send a request body; then the connection is closed
+    body_timeout: float = 60.0      # seconds to send a request body; then 408 and close
     max_header_bytes: int = 65_536  # larger request headers get 431
     drain_timeout: float = 30.0     # SIGTERM: running streams may finish for this long
     log_format: str = "text"        # text | json (one JSON object per line)

@@ -9,6 +9,8 @@ the application (it is the server's request callback) and instead answers:
   at once, the rest of the body is read and discarded (up to 16 times the
   limit and at least 64 MiB, so the client can read the answer without a connection reset),
   then the connection closes;
+- 408 when a body has not arrived within ``server.body_timeout`` (Tornado would close the
+  connection without a word; its own body timeout is moved one second later as a backstop);
 - a JSON body for the bare ``400 Bad Request`` Tornado writes for a malformed request.
 """
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 from typing import Any
 
 from tornado import httputil
+from tornado.ioloop import IOLoop
 
 from gateway.errors import APIError
 
@@ -94,33 +97,60 @@ class _GuardedRequest(httputil.HTTPMessageDelegate):
         self.finished = False
         self.received = 0
         self.chunked = False
+        self.read_done = False
+        self.timer: object | None = None
 
     def headers_received(self, start_line, headers: httputil.HTTPHeaders):
         self.chunked = "chunked" in headers.get("Transfer-Encoding", "").lower()
         size = len(start_line.path) + sum(len(k) + len(v) + 4 for k, v in headers.get_all())
         if size > self.guard.max_header_bytes:
-            return self._reject(431, headers, APIError(
+            return self._reject(headers, APIError(
                 431, f"Request headers too large: the limit is {self.guard.max_header_bytes} "
                      "bytes.", code="headers_too_large", type="invalid_request_error"))
         declared = headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > self.guard.max_body_bytes:
-            return self._reject(413, headers, self._too_large())
+            return self._reject(headers, self._too_large())
+        timeout = getattr(getattr(self.conn, "params", None), "body_timeout", None)
+        if timeout and (self.chunked or (declared.isdigit() and int(declared) > 0)):
+            self.conn.set_body_timeout(timeout + 1.0)   # our 408 comes first
+            self.timer = IOLoop.current().call_later(timeout, self._too_slow, timeout)
         return self.inner.headers_received(start_line, headers)
+
+    def _too_slow(self, timeout: float) -> None:
+        """The body did not arrive in time: 408, then close."""
+        self.timer = None
+        if self.read_done or self.rejected:
+            return
+        self.inner.on_connection_close()   # drop what it buffered
+        self.rejected = True
+        self._respond(APIError(408, f"Request body not received within {timeout:g} seconds.",
+                               code="body_timeout", type="timeout_error"))
+        self._finish()
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            IOLoop.current().remove_timeout(self.timer)
+            self.timer = None
 
     def _too_large(self) -> APIError:
         return APIError(413, f"Request body too large: the limit is "
                              f"{self.guard.max_body_bytes} bytes.", code="request_too_large")
 
-    def _reject(self, status: int, headers: httputil.HTTPHeaders, err: APIError) -> None:
-        """Answer now; read and discard what the client still sends, then close."""
-        self.rejected = True
+    def _respond(self, err: APIError) -> None:
+        """Write the whole JSON error response (Connection: close); finishing is separate."""
         body = _json_bytes(err)
-        reason = httputil.responses.get(status, "Request Rejected")
+        reason = httputil.responses.get(err.status, "Request Rejected")
         self.conn.write_headers(
-            httputil.ResponseStartLine("HTTP/1.1", status, reason),
+            httputil.ResponseStartLine("HTTP/1.1", err.status, reason),
             httputil.HTTPHeaders({"Content-Type": "application/json",
                                   "Content-Length": str(len(body)), "Connection": "close",
                                   "X-Content-Type-Options": "nosniff"}), body)
+
+    def _reject(self, headers: httputil.HTTPHeaders, err: APIError) -> None:
+        """Answer now; read and discard what the client still sends, then close."""
+        self.rejected = True
+        self._cancel_timer()
+        self._respond(err)
         declared = headers.get("Content-Length", "")
         drain = drain_bytes(self.guard.max_body_bytes)
         length = int(declared) if declared.isdigit() else 0
@@ -146,15 +176,18 @@ class _GuardedRequest(httputil.HTTPMessageDelegate):
             if self.received > self.guard.max_body_bytes:
                 self.inner.on_connection_close()   # drop what it buffered
                 self.received = 0
-                self._reject(413, httputil.HTTPHeaders(), self._too_large())
+                self._reject(httputil.HTTPHeaders(), self._too_large())
                 return None
         return self.inner.data_received(chunk)
 
     def finish(self) -> None:
+        self.read_done = True
+        self._cancel_timer()
         if self.rejected:
             return self._finish()
         self.inner.finish()
 
     def on_connection_close(self) -> None:
+        self._cancel_timer()
         if not self.rejected:
             self.inner.on_connection_close()
