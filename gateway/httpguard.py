@@ -12,9 +12,11 @@ the application (it is the server's request callback) and instead answers:
 - 408 when a body has not arrived within ``server.body_timeout`` (Tornado would close the
   connection without a word; its own body timeout is moved one second later as a backstop);
 - a JSON body for the bare ``400 Bad Request`` Tornado writes for a malformed request.
+Errors are OpenAI-style JSON, or a small HTML page for browsers (``Accept: text/html``).
 """
 from __future__ import annotations
 
+import html
 import json
 from typing import Any
 
@@ -98,9 +100,11 @@ class _GuardedRequest(httputil.HTTPMessageDelegate):
         self.received = 0
         self.chunked = False
         self.read_done = False
+        self.accept = ""
         self.timer: object | None = None
 
     def headers_received(self, start_line, headers: httputil.HTTPHeaders):
+        self.accept = headers.get("Accept", "")
         self.chunked = "chunked" in headers.get("Transfer-Encoding", "").lower()
         size = len(start_line.path) + sum(len(k) + len(v) + 4 for k, v in headers.get_all())
         if size > self.guard.max_header_bytes:
@@ -137,14 +141,20 @@ class _GuardedRequest(httputil.HTTPMessageDelegate):
                              f"{self.guard.max_body_bytes} bytes.", code="request_too_large")
 
     def _respond(self, err: APIError) -> None:
-        """Write the whole JSON error response (Connection: close); finishing is separate."""
-        body = _json_bytes(err)
+        """Write the whole error response (Connection: close): JSON, or a small HTML page
+        for a browser (``Accept: text/html``). Finishing is separate."""
         reason = httputil.responses.get(err.status, "Request Rejected")
+        if "text/html" in self.accept:
+            body = (f"<!doctype html><meta charset=utf-8><title>{err.status} {reason}</title>"
+                    f"<h1>{reason}</h1><p>{html.escape(err.message)}</p>").encode()
+            kind = "text/html; charset=UTF-8"
+        else:
+            body, kind = _json_bytes(err), "application/json"
         self.conn.write_headers(
             httputil.ResponseStartLine("HTTP/1.1", err.status, reason),
-            httputil.HTTPHeaders({"Content-Type": "application/json",
-                                  "Content-Length": str(len(body)), "Connection": "close",
-                                  "X-Content-Type-Options": "nosniff"}), body)
+            httputil.HTTPHeaders({"Content-Type": kind, "Content-Length": str(len(body)),
+                                  "Connection": "close", "X-Content-Type-Options": "nosniff"}),
+            body)
 
     def _reject(self, headers: httputil.HTTPHeaders, err: APIError) -> None:
         """Answer now; read and discard what the client still sends, then close."""

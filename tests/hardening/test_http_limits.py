@@ -40,9 +40,13 @@ def test_a_body_far_over_the_limit_gets_a_413_json_error(small_gw):
     resp = httpx.post(small_gw.url + "/v1/chat/completions", content=b"x" * 5_000_000,
                       headers=auth(small_gw), timeout=30)
     assert_json_error(resp, 413, "request_too_large")
-    # ...also on routes that are not the API, and just over the limit.
+    # ...also on routes that are not the API, and just over the limit; a browser gets HTML.
     resp = httpx.post(small_gw.url + "/dashboard/login", content=b"a" * (LIMIT + 1), timeout=30)
     assert_json_error(resp, 413, "request_too_large")
+    resp = httpx.post(small_gw.url + "/dashboard/login", content=b"a" * (LIMIT + 1), timeout=30,
+                      headers={"Accept": "text/html,*/*"})
+    assert resp.status_code == 413 and resp.headers["content-type"].startswith("text/html")
+    assert "Request body too large" in resp.text
     ok = httpx.post(small_gw.url + "/v1/chat/completions", json=OK, headers=auth(small_gw))
     assert ok.status_code == 200, ok.text
 
