@@ -90,6 +90,8 @@ def _json_parse_errors(request_conn: Any) -> None:
 
 
 class _GuardedRequest(httputil.HTTPMessageDelegate):
+    """One request: passed through to the application unless a limit answers it first."""
+
     def __init__(self, guard: RequestGuard, inner: httputil.HTTPMessageDelegate,
                  conn: Any) -> None:
         self.guard = guard
