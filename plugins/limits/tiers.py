@@ -221,9 +221,10 @@ class TierLimiter:
     async def remaining(self, account_id: str, tier_name: str, key_id: str | None = None,
                         key_limits: dict | None = None) -> dict:
         """What the account (and one key) may still use in this minute and today: the
-        shared counters (one read per window; not for the request path) less what this
-        process holds unused. Blocks other processes hold unused count as used until they
-        give them back (``lease_idle``). ``None`` for a window without a limit."""
+        shared counters (one read per window; not for the request path), corrected by
+        this process's own lease (unused quota it holds, use not yet charged). Blocks
+        other processes hold unused count as used until they give them back
+        (``lease_idle``). ``None`` for a window without a limit."""
         tier = self.config.tiers.get(tier_name) or \
             self.config.tiers[self.config.limits.default_tier]
         now = datetime.now(UTC)
@@ -255,8 +256,8 @@ class TierLimiter:
                     out[who][name] = None
                     continue
                 used = shared.get(f, 0)
-                if pool is not None and pool.window == window:
-                    used -= max(0, pool.granted.get(f, 0) - pool.used.get(f, 0))
+                if pool is not None and pool.window == window:   # own lease: exact
+                    used += pool.used.get(f, 0) - pool.granted.get(f, 0)
                 out[who][name] = {"limit": lim, "used": max(0, used),
                                   "remaining": max(0, lim - max(0, used))}
         return out
