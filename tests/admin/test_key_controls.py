@@ -130,3 +130,48 @@ def test_v1_me_reports_key_tier_and_quota_left_today(admin_gw):
                                                         "remaining": 100000 - used}
     assert me["remaining"]["key"]["requests_per_minute"]["used"] in (3, 0)  # minute may roll
     assert_api_error(httpx.get(admin_gw.url + "/v1/me"), 401, "missing_api_key")
+
+
+def test_per_key_tokens_per_day_refuses_what_would_pass_it(admin_gw):
+    _, (key,) = make_account(admin_gw, limits={"tokens_per_day": 300})
+    err = assert_api_error(chat(admin_gw, key, max_tokens=400), 429, "key_tokens_per_day")
+    assert "this key's tokens per day limit of 300" in err["message"]
+    assert chat(admin_gw, key, max_tokens=20).status_code == 200
+
+
+def test_per_key_limit_is_exact_across_two_gateway_processes(admin_gw, admin_inbox, start_gw):
+    from tests.admin.conftest import admin_sections
+    second = start_gw(admin_sections(admin_inbox.port), db_name=admin_gw.db_name)
+    _, (key,) = make_account(admin_gw, limits={"requests_per_minute": 6})
+    wait_for_fresh_minute()
+
+    async def together():
+        return await asyncio.gather(_burst(admin_gw.url, bearer(key), 15),
+                                    _burst(second.url, bearer(key), 15))
+    first, other = asyncio.run(together())
+    assert Counter(r.status_code for r in first + other) == {200: 6, 429: 24}
+
+
+def test_per_key_pools_cost_no_database_round_trip_per_request(admin_gw):
+    from tests.helpers import db_commands
+    _, (key,) = make_account(admin_gw, limits={"requests_per_minute": 1000,
+                                               "tokens_per_minute": 200000,
+                                               "tokens_per_day": 1000000})
+
+    async def load(n, concurrency=20):
+        sem = asyncio.Semaphore(concurrency)
+        async with httpx.AsyncClient(timeout=60) as c:
+            async def one():
+                async with sem:
+                    return (await c.post(admin_gw.url + "/v1/chat/completions",
+                                         headers=bearer(key), json=body(max_tokens=5)))
+            return await asyncio.gather(*(one() for _ in range(n)))
+    wait_for_fresh_minute(margin=20)
+    asyncio.run(load(40))                                   # warm: key cached, leases held
+    before = db_commands(admin_gw.url)
+    responses = asyncio.run(load(600))
+    after = db_commands(admin_gw.url)
+    assert all(r.status_code == 200 for r in responses)
+    takes = after.get("findAndModify", 0) - before.get("findAndModify", 0)
+    print(f"quota takes for 600 requests with 4 pools: {takes}")   # 29 measured
+    assert takes / 600 <= 0.1
