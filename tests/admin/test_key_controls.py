@@ -175,3 +175,22 @@ def test_per_key_pools_cost_no_database_round_trip_per_request(admin_gw):
     takes = after.get("findAndModify", 0) - before.get("findAndModify", 0)
     print(f"quota takes for 600 requests with 4 pools: {takes}")   # 29 measured
     assert takes / 600 <= 0.1
+
+
+def test_websocket_applies_the_same_key_controls(admin_gw):
+    import pytest
+    import tornado.httpclient
+
+    from tests.ws.client import HELLO, Client, assert_error
+    _, (key,) = make_account(admin_gw, allowed_cidrs=["10.0.0.0/8"], allowed_models=["echo-b"])
+
+    async def go():
+        with pytest.raises(tornado.httpclient.HTTPClientError) as refused:
+            await Client.connect(admin_gw, key, {"X-Forwarded-For": "192.0.2.1"})
+        assert refused.value.code == 403
+        ws = await Client.connect(admin_gw, key, {"X-Forwarded-For": "10.2.3.4"})
+        (denied,) = await ws.chat("a", HELLO)
+        assert_error(denied, 403, "model_not_allowed", "a", "model")
+        assert (await ws.chat("b", {**HELLO, "model": "echo-b"}))[-1]["type"] == "done"
+        ws.close()
+    asyncio.run(go())
