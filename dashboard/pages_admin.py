@@ -64,7 +64,7 @@ def action_for_status(current: str, wanted: str) -> str:
         if new_status == wanted and current in allowed:
             return name
     if wanted not in STATUSES or wanted == "pending":
-        raise PageError(400, f"status must be one of active, suspended, rejected, closed.",
+        raise PageError(400, "status must be one of active, suspended, rejected, closed.",
                         param="status", code="invalid_status")
     raise PageError(409, f"Cannot change an account that is {current} to {wanted}.",
                     param="status", code="invalid_transition")

@@ -56,6 +56,10 @@ def test_user_sets_controls_at_creation_and_later_within_the_tier(admin_gw, admi
                                400, "invalid_key_controls")
         assert err["param"] == param and text in err["message"], err
     assert keys_of(admin_gw, email_addr)[0]["limits"] == {"requests_per_minute": 10}
+    page = user.submit("/dashboard/keys/controls", {"key_id": key["_id"], **controls(
+        requests_per_minute="1001")}, form_page="/dashboard/keys", html=True)
+    assert page.status_code == 400 and "at most 1000" in page.text   # the page, re-shown
+    assert 'id="keys"' in page.text and 'id="quota"' in page.text
     resp = user.submit("/dashboard/keys/controls", {"key_id": key["_id"], **controls(
         tokens_per_minute="5000")}, form_page="/dashboard/keys")
     assert resp.status_code == 303
