@@ -27,10 +27,11 @@ from datetime import UTC, datetime
 from typing import Any, Callable
 
 from gateway import metrics
-from gateway.background import stop_task
+from gateway.background import WarnOnce, stop_task
 from gateway.store.usage import add_counts, counts_of
 
 log = logging.getLogger("allyoucantoken.usage")
+warn = WarnOnce(log)
 
 PRUNE_EVERY = 3600.0
 TOUCH_EVERY = 30.0     # a key's last-use time is written at most this often
@@ -133,7 +134,7 @@ class UsageRecorder:
                     await self.store.usage.prune_hourly(self.hourly_days)
                     self._pruned = time.monotonic()
             except Exception as exc:  # noqa: BLE001 - keep the batch, try again next round
-                log.warning("usage write failed (%s); will retry", type(exc).__name__)
+                warn.warning("usage write failed (%s); will retry", type(exc).__name__)
 
     async def flush(self) -> None:
         """Write every unwritten batch, oldest first; a failed batch stays first in line

@@ -8,11 +8,13 @@ from typing import Any
 
 import tornado.web
 
+from gateway.background import WarnOnce
 from gateway.errors import APIError
 from gateway.store import StoreError
 from gateway.types import Principal
 
 log = logging.getLogger("allyoucantoken.http")
+_db_warning = WarnOnce(log)
 
 
 def client_ip(request, trusted_proxies: list[str]) -> str:
@@ -84,6 +86,9 @@ class BaseAPIHandler(tornado.web.RequestHandler):
             return
         if isinstance(value, tornado.web.HTTPError):
             return super().log_exception(typ, value, tb)
+        if isinstance(value, StoreError):     # answered 503 + Retry-After (write_error)
+            return _db_warning.warning("database unavailable (%s): answering 503",
+                                       typ.__name__)
         # Exception type and route only: a traceback's locals could hold request content.
         log.error("unhandled %s on %s %s", typ.__name__ if typ else "error",
                   self.request.method, self.request.path)

@@ -48,7 +48,10 @@ class Counters:
         """Take ``want`` of each field from the shared window, or as much as is left if
         that still covers ``need``; all fields or none. Returns (what was taken or None,
         the shared counters afterwards). At most a few round trips, usually one."""
-        take = {f: a for f, a in want.items() if a > 0}
+        if any(need.get(f, 0) > limits[f] for f in want):
+            return None, {}
+        # Never more than a limit in one take: a missing document is created by it.
+        take = {f: min(a, limits[f]) for f, a in want.items() if a > 0}
         for _ in range(4):
             if not take:
                 return {}, {}
@@ -98,6 +101,9 @@ class Counters:
         """Lease up to ``want`` (at least ``need``) of ``cap`` slots for ``holder``;
         returns how many were leased (0: none free). Expired holdings of crashed
         processes are reclaimed when the slots are full."""
+        want = min(want, cap)       # the upsert below creates a missing document as is
+        if need > cap:
+            return 0
         for attempt in range(3):
             if want <= 0:
                 return 0

@@ -81,6 +81,7 @@ class ApiKeyAuthenticator:
         self.cache = KeyCache(ttl, size, max_stale)
         self._refreshing: dict[str, asyncio.Task] = {}
         self._db_down_until = 0.0
+        self._probing = False               # a lookup is in flight (while the database is down)
 
     async def authenticate(self, request) -> Principal | None:
         header = request.headers.get("Authorization", "")
@@ -98,10 +99,13 @@ class ApiKeyAuthenticator:
             result, age = cached
             if age > self.cache.ttl / 2:
                 self._refresh_soon(key, sha)
-        elif time.monotonic() < self._db_down_until:
+        elif time.monotonic() < self._db_down_until and self._probing:
+            # The database is down and one request is already finding out whether it is
+            # back: answer at once instead of making every request wait for the timeout.
             raise APIError(503, "The service is temporarily unavailable; please retry shortly.",
                            code="service_unavailable", headers={"Retry-After": "5"})
         else:
+            self._probing = True
             try:
                 result = await self._lookup(key, sha)
             except StoreError:
@@ -111,7 +115,10 @@ class ApiKeyAuthenticator:
                 log.warning("database unreachable: serving a cached key")
                 result = cached[0]
             else:
+                self._db_down_until = 0.0
                 self.cache.put(sha, result)
+            finally:
+                self._probing = False
         if isinstance(result, APIError):
             raise result
         self._check_controls(result, request)

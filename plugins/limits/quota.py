@@ -25,6 +25,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
+from gateway.background import WarnOnce
 from gateway.store import StoreError
 
 Amounts = dict[str, int]
@@ -117,7 +118,7 @@ class QuotaLeases:
         self.counters = counters
         self.settings = settings
         self.holder = holder
-        self.log = log
+        self.log = WarnOnce(log)
         self.pools: dict[str, QuotaPool] = {}
         self.slots: dict[str, SlotPool] = {}
         self._upkeep: asyncio.Task | None = None

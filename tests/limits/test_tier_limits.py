@@ -215,3 +215,19 @@ def test_custom_limiter_composes_with_the_tier_limiter(limits_gw):
     assert httpx.post(limits_gw.url + "/v1/chat/completions", headers=acct.headers,
                       json=body("echo")).status_code == 200
     assert acct.counter("requests") == 1
+
+
+def test_an_idle_process_gives_its_unused_quota_back_to_the_others(limits_gw, start_gw):
+    """Quota leases: what one process leased but did not use goes back to the shared
+    counter once the account is idle there, so another process can admit it."""
+    from tests.limits.conftest import LEASE_IDLE
+
+    other = start_gw(limits_config(), db_name=limits_gw.db_name)
+    acct = Account(limits_gw, "rpm6")
+    wait_for_fresh_minute(margin=15)
+    first = asyncio.run(burst([(limits_gw.url, acct.headers)], 2, body()))
+    assert [r.status_code for r in first] == [200, 200]
+    time.sleep(LEASE_IDLE * 3)                   # the first process is idle: it gives back
+    second = asyncio.run(burst([(other.url, acct.headers)], 10, body()))
+    assert Counter(r.status_code for r in second) == {200: 4, 429: 6}
+    assert acct.counter("requests") == 6

@@ -1,0 +1,42 @@
+"""The shared counters behind quota leases, against the real MongoDB-wire server: a take
+never passes a limit, also when it creates the window's document or its window has
+passed, and slot leases never pass the cap."""
+import uuid
+
+from tests.helpers import db_run
+
+
+def _db(mongo):
+    return mongo.uri, "counters_" + uuid.uuid4().hex[:8]
+
+
+def test_a_first_take_larger_than_the_limit_is_cut_to_the_limit(mongo):
+    async def go(store):
+        c = store.counters
+        taken, shared = await c.lease_quota("q:m:a", "202611272100", {"requests": 25},
+                                            {"requests": 1}, {"requests": 5})
+        assert taken == {"requests": 5} and shared["requests"] == 5
+        again, _ = await c.lease_quota("q:m:a", "202611272100", {"requests": 3},
+                                       {"requests": 1}, {"requests": 5})
+        assert again is None                                  # full: refused
+        fresh, shared = await c.lease_quota("q:m:a", "202611272101", {"requests": 3},
+                                            {"requests": 1}, {"requests": 5})
+        assert fresh == {"requests": 3} and shared == {"requests": 3}   # reset in place
+        part, _ = await c.lease_quota("q:m:a", "202611272101", {"requests": 9},
+                                      {"requests": 2}, {"requests": 5})
+        assert part == {"requests": 2}                        # what is left, if it covers need
+        assert await store.counters.counters.count_documents({}) == 1
+    db_run(*_db(mongo), go)
+
+
+def test_slot_leases_never_pass_the_cap_and_expired_holders_are_reclaimed(mongo):
+    async def go(store):
+        c = store.counters
+        assert await c.lease_slots("slots:a", "p1", 20, 1, 2, 30.0) == 2
+        assert await c.lease_slots("slots:a", "p2", 1, 1, 2, 30.0) == 0
+        assert await c.live_leases("slots:a") == 2
+        await c.return_slots("slots:a", "p1", 1, 2)
+        assert await c.lease_slots("slots:a", "p2", 5, 1, 2, 0.0) == 1   # expires at once
+        assert await c.lease_slots("slots:a", "p3", 1, 1, 2, 30.0) == 1  # p2's reclaimed
+        assert await c.live_leases("slots:a") == 2
+    db_run(*_db(mongo), go)
