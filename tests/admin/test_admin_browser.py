@@ -62,6 +62,7 @@ def test_admin_finds_an_account_among_many(admin_gw, browser, screenshot_path):
     page.wait_for_selector("#account-email")
     assert page.inner_text("#account-email") == f"person073@{domain}"
     assert page.inner_text("#tier") == "pro" and page.locator("figure svg.chart").count() == 1
+    page.screenshot(path=str(screenshot_path("admin-account.png")), full_page=True)
     # a search over the whole crowd is paged: 50, 50, then 20, no account twice
     page.goto(admin_gw.url + f"/dashboard/admin?q={domain}&status=all")
     seen = []
@@ -76,9 +77,10 @@ def test_admin_finds_an_account_among_many(admin_gw, browser, screenshot_path):
 
 
 def test_user_sets_per_key_limits_and_they_hold(admin_gw, admin_client, admin_inbox,
-                                                browser):
+                                                browser, screenshot_path):
     email_addr = f"keys-{uuid.uuid4().hex[:8]}@example.com"
-    ctx = browser.new_context(java_script_enabled=False)
+    ctx = browser.new_context(viewport={"width": 1100, "height": 900},
+                              java_script_enabled=False)
     page = ctx.new_page()
     page.goto(admin_gw.url + "/dashboard/register")
     page.fill("input[name=email]", email_addr)
@@ -122,6 +124,7 @@ def test_user_sets_per_key_limits_and_they_hold(admin_gw, admin_client, admin_in
     page.reload()
     left = page.inner_text("#quota tr[data-limit=requests_per_minute] td.remaining")
     assert left == "997"
+    page.screenshot(path=str(screenshot_path("keys.png")), full_page=True)
     me = httpx.get(admin_gw.url + "/v1/me", headers=bearer(key)).json()
     assert me["key"]["limits"]["requests_per_minute"] == 3
     assert me["remaining"]["key"]["requests_per_minute"]["remaining"] == 0
