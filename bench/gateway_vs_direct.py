@@ -23,8 +23,8 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.helpers import (free_port, start_gateway, start_process,  # noqa: E402
-                           stop_process)
+from tests.helpers import (db_commands, free_port, start_gateway,  # noqa: E402
+                           start_process, stop_process)
 from gateway import embedded_db  # noqa: E402
 
 BODY = {"model": "fake", "stream": True,
@@ -66,17 +66,6 @@ async def run_load(url: str, headers: dict, concurrency: int, rounds: int,
         wall = time.perf_counter() - start
     return {"p50": pct(ttfts, 50) * 1000, "p99": pct(ttfts, 99) * 1000,
             "chunks_per_s": chunks / wall, "n": len(ttfts)}
-
-
-def db_commands(gateway_url: str) -> dict[str, float]:
-    """The gateway's MongoDB command counters (ayct_db_commands_total) by command."""
-    import httpx
-    out = {}
-    for line in httpx.get(gateway_url + "/metrics", timeout=10).text.splitlines():
-        if line.startswith("ayct_db_commands_total{"):
-            name = line.split('command="', 1)[1].split('"', 1)[0]
-            out[name] = float(line.rsplit(" ", 1)[1])
-    return out
 
 
 def round_trips(gw, via_on, n: int) -> dict[str, float]:
