@@ -201,3 +201,21 @@ def test_usage_stored_as_events_by_an_older_version_is_folded_into_rollups(tmp_p
             [(7, 2, 14)]
     finally:
         gw.stop()
+
+
+def test_a_batch_applied_twice_is_counted_once(mongo):
+    """What a retry after a lost acknowledgement, or a spool replay, does: the same batch
+    id again (also mixed with rollups it has not reached yet)."""
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    a = ("acct_a", "key_a", "echo", hour)
+    b = ("acct_b", "key_b", "echo", hour)
+
+    async def go(store):
+        await store.usage.apply("b_1", {a: {"requests": 2, "prompt_tokens": 10}})
+        await store.usage.apply("b_1", {a: {"requests": 2, "prompt_tokens": 10},
+                                        b: {"requests": 1}})        # partly applied before
+        await store.usage.apply("b_2", {a: {"requests": 1}})
+        return ({d["account_id"]: d["requests"] for d in await store.usage.daily.find().to_list()},
+                {d["account_id"]: d["requests"] for d in await store.usage.hourly.find().to_list()})
+    daily, hourly = db_run(mongo.uri, "once_" + os.urandom(4).hex(), go)
+    assert daily == hourly == {"acct_a": 3, "acct_b": 1}

@@ -122,7 +122,6 @@ class QuotaLeases:
         self.pools: dict[str, QuotaPool] = {}
         self.slots: dict[str, SlotPool] = {}
         self._upkeep: asyncio.Task | None = None
-        self._background: set[asyncio.Task] = set()
         self._renewed = time.monotonic()
         self._down_until = 0.0
 
