@@ -166,7 +166,6 @@ def test_per_key_pools_cost_no_database_round_trip_per_request(admin_gw):
                     return (await c.post(admin_gw.url + "/v1/chat/completions",
                                          headers=bearer(key), json=body(max_tokens=5)))
             return await asyncio.gather(*(one() for _ in range(n)))
-    wait_for_fresh_minute(margin=20)
     asyncio.run(load(40))                                   # warm: key cached, leases held
     before = db_commands(admin_gw.url)
     responses = asyncio.run(load(600))
