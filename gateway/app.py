@@ -67,9 +67,10 @@ def _log_request(handler) -> None:
               "path": logredact.redact(request.path), "status": status,
               "duration_ms": round(1000.0 * request.request_time(), 1)}
     message = "%(status)d %(method)s %(path)s %(duration_ms).1fms request_id=%(request_id)s"
-    if completion and completion != rid:
+    if completion:
         fields["completion_id"] = completion
-        message += " completion_id=%(completion_id)s"
+        if completion != rid:
+            message += " completion_id=%(completion_id)s"
     logging.getLogger("allyoucantoken.access").log(
         logging.INFO if status < 500 else logging.ERROR, message % fields, extra=fields)
 

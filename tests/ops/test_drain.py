@@ -59,8 +59,9 @@ def test_rolling_restart_finishes_running_streams_and_sends_new_ones_elsewhere(s
 
     async def main():
         async with httpx.AsyncClient(timeout=30) as client, \
-                httpx.AsyncClient(timeout=30) as kept:
-            assert (await kept.get(a.url + "/readyz")).status_code == 200   # kept alive
+                httpx.AsyncClient(timeout=30) as kept, httpx.AsyncClient(timeout=30) as kept2:
+            for c in (kept, kept2):                                    # kept-alive connections
+                assert (await c.get(a.url + "/readyz")).status_code == 200
             started = [asyncio.Event() for _ in range(2)]
             streams = [asyncio.create_task(sse(client, a.url, key, n, ev)) for ev in started]
             plain = asyncio.create_task(client.post(
@@ -74,6 +75,12 @@ def test_rolling_restart_finishes_running_streams_and_sends_new_ones_elsewhere(s
             t0 = time.monotonic()
             a.proc.send_signal(signal.SIGTERM)
             await asyncio.sleep(0.3)
+            # A new API request on a kept-alive connection: 503, retry elsewhere.
+            refused = await kept2.post(a.url + "/v1/chat/completions", json=body(3, False),
+                                       headers={"Authorization": f"Bearer {key}"})
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+            assert refused.json()["error"]["code"] == "server_shutdown"
+            assert refused.headers["connection"] == "close"
             # Not ready on a kept-alive connection, and told to close it.
             r = await kept.get(a.url + "/readyz")
             assert r.status_code == 503 and r.json()["draining"] is True
