@@ -44,43 +44,45 @@ class Counters:
 
     # -- quota windows -----------------------------------------------------------------
     async def lease_quota(self, pool_id: str, window: str, want: Amounts, need: Amounts,
-                          limits: Amounts) -> tuple[Amounts | None, Amounts]:
+                          limits: Amounts) -> tuple[Amounts | None, Amounts, str]:
         """Take ``want`` of each field from the shared window, or as much as is left if
         that still covers ``need``; all fields or none. Returns (what was taken or None,
-        the shared counters afterwards). At most a few round trips, usually one."""
+        the shared counters afterwards, the window taken from: a newer one than asked
+        when another process already started it). Usually one round trip."""
         if any(need.get(f, 0) > limits[f] for f in want):
-            return None, {}
+            return None, {}, window
         # Never more than a limit in one take: a missing document is created by it.
         take = {f: min(a, limits[f]) for f, a in want.items() if a > 0}
         for _ in range(4):
             if not take:
-                return {}, {}
+                return {}, {}, window
             query: dict = {"_id": pool_id, "window": window}
             for field, amount in take.items():
                 query[field] = {"$not": {"$gt": limits[field] - amount}}
             doc = await self.counters.find_one_and_update(
                 query, {"$inc": take}, return_document=ReturnDocument.AFTER)
             if doc is not None:
-                return take, _values(doc)
+                return take, _values(doc), window
             doc = await self.counters.find_one({"_id": pool_id})
             if doc is None:
                 try:
                     await self.counters.insert_one({"_id": pool_id, "window": window, **take})
-                    return take, dict(take)
+                    return take, dict(take), window
                 except DuplicateKeyError:
                     continue
             if doc.get("window", "") < window:        # a new window: reset in place
                 await self.counters.replace_one({"_id": pool_id, "window": doc.get("window")},
                                                 {"window": window})
                 continue
+            if doc["window"] > window:                # our clock is a little behind
+                window = doc["window"]
+                continue
             values = _values(doc)
-            if doc["window"] > window:                # our clock is behind: refuse
-                return None, values
             left = {f: limits[f] - values.get(f, 0) for f in take}
             if any(left[f] < need.get(f, 0) for f in take):
-                return None, values
+                return None, values, window
             take = {f: min(a, left[f]) for f, a in take.items() if min(a, left[f]) > 0}
-        return None, {}
+        return None, {}, window
 
     async def adjust_quota(self, pool_id: str, window: str, amounts: Amounts) -> None:
         """Add (positive: usage beyond what was leased) or give back (negative: unused

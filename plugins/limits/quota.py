@@ -67,8 +67,9 @@ class QuotaPool:
     rate_mark: tuple[float, dict] = field(default_factory=lambda: (time.monotonic(), {}))
 
     def roll(self, window: str) -> None:
-        """Start afresh in a new window (the old lease lapses with its window)."""
-        if window != self.window:
+        """Start afresh in a newer window (the old lease lapses with its window). Never
+        backwards: a request stamped just before the boundary joins the current one."""
+        if window > self.window:
             self.window = window
             self.granted, self.used, self.others, self.demand = {}, {}, {}, {}
             self.refused_at = -math.inf
@@ -134,9 +135,10 @@ class QuotaLeases:
         self._ensure_upkeep()
         return pool
 
-    async def acquire(self, pool: QuotaPool, cost: Amounts, window: str) -> bool:
-        """Reserve ``cost`` in ``window``: from the lease if it fits (no round trip),
-        else after taking a new block. False when the limit is reached."""
+    async def acquire(self, pool: QuotaPool, cost: Amounts, window: str) -> str | None:
+        """Reserve ``cost`` in ``window`` (or the pool's newer one): from the lease if it
+        fits (no round trip), else after taking a new block. Returns the window it was
+        reserved in (hand it back to ``settle``), or None when the limit is reached."""
         for _ in range(3):
             pool.roll(window)
             pool.last_active = time.monotonic()
@@ -144,12 +146,12 @@ class QuotaLeases:
                 pool.use(cost)
                 pool.inflight += 1
                 self._refill_early(pool)
-                return True
+                return pool.window
             if time.monotonic() - pool.refused_at < RECHECK:
-                return False
+                return None
             if not await self._take(pool, cost):
-                return False
-        return False
+                return None
+        return None
 
     def settle(self, pool: QuotaPool, window: str, reserved: Amounts, actual: Amounts) -> None:
         """Replace a reservation by what was really used (no round trip; a difference
@@ -196,9 +198,11 @@ class QuotaLeases:
                            - pool.granted.get(f, 0)) for f in pool.limits}
             need = {f: max(0, pool.used.get(f, 0) + c - pool.granted.get(f, 0))
                     for f, c in pool.need.items()}
-            taken, shared = await self.counters.lease_quota(pool.pool_id, window, want, need,
-                                                            pool.limits)
-            if pool.window != window:
+            taken, shared, current = await self.counters.lease_quota(
+                pool.pool_id, window, want, need, pool.limits)
+            if current > pool.window:        # another process's clock is ahead: join it
+                pool.roll(current)
+            elif pool.window != window:
                 return False
             for f, amount in (taken or {}).items():
                 pool.granted[f] = pool.granted.get(f, 0) + amount

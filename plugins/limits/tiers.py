@@ -150,10 +150,11 @@ class TierLimiter:
                 pool = self.leases.pool(pool_id, {f: lim for f, (_, lim) in costs.items()},
                                         DAY_HORIZON_SCALE if pool_id.startswith("q:d:") else 1)
                 want = {f: c for f, (c, _) in costs.items()}
-                if not await self.leases.acquire(pool, want, window):
+                reserved_in = await self.leases.acquire(pool, want, window)
+                if reserved_in is None:
                     self._undo(taken, slot)
                     return self._refused(pool, costs, reset, names, windows)
-                taken.append((pool, window, want))
+                taken.append((pool, reserved_in, want))
             if tier.concurrent_streams:
                 pool = self.leases.slot_pool(f"slots:{acct}")
                 if not await self.leases.acquire_slot(pool, tier.concurrent_streams):
