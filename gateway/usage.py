@@ -121,7 +121,7 @@ class UsageRecorder:
             for k in due:
                 del self.pending_last_used[k]
                 self._key_written[k] = now
-            if len(self._key_written) > 10 * len(self.pending_last_used) + 10_000:
+            if len(self._key_written) > 10_000:       # forget keys not seen lately
                 self._key_written = {k: t for k, t in self._key_written.items()
                                      if now - t < TOUCH_EVERY}
 
