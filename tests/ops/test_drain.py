@@ -186,7 +186,7 @@ def test_streams_still_running_at_drain_timeout_end_cleanly(start_gw):
     assert [m["error"]["code"] for m in rest] == ["server_shutdown"] and rest[0]["id"] is None
     assert sock.conn.close_code == 1001
     for end in (sse_end, plain_end, ws_end):           # at the bound, not before, not long after
-        assert drain_timeout - 0.1 < end - t0 < drain_timeout + 1.0
+        assert drain_timeout - 0.1 < end - t0 < drain_timeout + 1.5
     assert code == 0 and exited - t0 < drain_timeout + 6
     events = gw.usage_events()
     assert len(events) == 3 and {e["status"] for e in events} == {499}
