@@ -347,7 +347,7 @@ def env_override(data: dict[str, Any], var: str, raw: str) -> None:
     - for untyped places (plugin sections, model ``options``): the type of the value the
       file has for that key when it is a number, boolean or list, else an
       :class:`EnvValue` string that a plugin's typed section converts on validation."""
-    parts = [p for p in var[len(ENV_PREFIX):].split("__")]
+    parts = var[len(ENV_PREFIX):].split("__")
     if any(not p for p in parts):
         raise ConfigError(f"{var}: empty name between '__' separators")
     node: Any = data
@@ -383,6 +383,9 @@ def env_override(data: dict[str, Any], var: str, raw: str) -> None:
                                     typing.get_origin(typ) in (dict, list)):
             raise ConfigError(f"{var}: {label} is a single value, not a table")
         if isinstance(node, dict) and key not in node:
+            if typing.get_origin(typ) is list:
+                raise ConfigError(f"{var}: {label} has no entry {parts[i + 1]} (it has 0); "
+                                  "list the entries in the file")
             node[key] = {}
         node = node[key]
         where = label

@@ -57,6 +57,8 @@ def test_a_model_entry_is_addressed_by_index(tmp_path):
     assert options["max_retries"] == 3            # the file says it is an integer
     with pytest.raises(ConfigError, match="models has no entry 5"):
         load(str(path), env={"ALLYOUCANTOKEN_MODELS__5__NAME": "x"})
+    with pytest.raises(ConfigError, match="models has no entry 0"):
+        load(None, env={"ALLYOUCANTOKEN_MODELS__0__NAME": "x"})
 
 
 def test_plugin_sections_stay_strings_until_their_schema_types_them():
