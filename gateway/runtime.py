@@ -117,10 +117,13 @@ class Gateway:
         return backend
 
     def models_for(self, principal: Principal | None) -> list[str]:
-        """The model names this caller may use (all, unless a tier restricts them)."""
+        """The model names this caller may use (all, unless its tier or its key's model
+        list restricts them)."""
         names = [m.name for m in self.config.models]
         if principal is None:
             return names
+        if principal.allowed_models:
+            names = [n for n in names if n in principal.allowed_models]
         tier = self.config.tiers.get(principal.tier) or \
             self.config.tiers.get(self.config.limits.default_tier)  # as the tier limiter does
         if tier is None or "*" in tier.models:

@@ -46,6 +46,10 @@ class Privacy:
         await db["sessions"].delete_many({"account_id": account_id})
         await db["password_resets"].delete_many({"account_id": account_id})
         await db["mail_outbox"].delete_many({"account_id": account_id})
+        key_ids = [k["_id"] async for k in db["api_keys"].find({"account_id": account_id},
+                                                                 {"_id": 1})]
+        await db["limit_counters"].delete_many(     # per-key quota windows
+            {"_id": {"$in": [f"q:{kind}:key:{k}" for k in key_ids for kind in ("m", "d")]}})
         await db["api_keys"].delete_many({"account_id": account_id})
         # Quota windows are keyed "q:<kind>:<account>", stream slots "slots:<account>",
         # sign-in throttles by hashes and IPs (all short-lived).

@@ -89,6 +89,9 @@ def test_model_outside_the_keys_list_is_403(admin_gw):
     err = assert_api_error(chat(admin_gw, key, "echo"), 403, "model_not_allowed")
     assert err["param"] == "model" and "echo-b" in err["message"]
     assert chat(admin_gw, key, "echo-b").status_code == 200
+    models = httpx.get(admin_gw.url + "/v1/models",
+                       headers={"Authorization": f"Bearer {key}"}).json()
+    assert [m["id"] for m in models["data"]] == ["echo-b"]      # the key's list, not the tier's
 
 
 def test_ip_outside_the_allowlist_is_403(admin_gw):
