@@ -28,9 +28,29 @@ def hard_gw(mongo, tmp_path_factory):
     gw.stop()
 
 
-def loop_lag_ms(gw) -> float:
+class LoopLag(float):
+    """The worst event-loop lag in ms; its repr says where the loop was (for failures)."""
+
+    def __new__(cls, report: dict):
+        lag = super().__new__(cls, report["worst_ms"])
+        lag.report = report
+        return lag
+
+    def __repr__(self) -> str:
+        r = self.report
+        return (f"{r['worst_ms']:.1f} ms (process CPU meanwhile {r['cpu_ms']:.1f} ms; "
+                f"loop thread during a stall:\n{r['stack'] or '(not sampled)'})")
+
+
+def loop_lag_ms(gw) -> LoopLag:
     """The worst event-loop lag of ``gw`` since the previous call (resets it)."""
-    return httpx.get(gw.url + "/_test/looplag", timeout=30).json()["worst_ms"]
+    return LoopLag(httpx.get(gw.url + "/_test/looplag", timeout=30).json())
+
+
+def assert_no_stall(gw, max_ms: float = 100) -> None:
+    """The event loop of ``gw`` never stalled for ``max_ms`` since the previous check."""
+    lag = loop_lag_ms(gw)
+    assert lag < max_ms, f"event loop stalled for {lag!r}"
 
 
 def assert_json_error(resp: httpx.Response, status: int, code: str | None = None,

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from tests.hardening.conftest import OK, assert_json_error, loop_lag_ms
+from tests.hardening.conftest import OK, assert_json_error, assert_no_stall, loop_lag_ms
 from tests.ws.client import Client, run
 
 HEAD = b'{"model":"echo","messages":[{"role":"user","content":"hi"}]'
@@ -68,7 +68,7 @@ def test_a_megabyte_stop_array_is_refused_at_once_and_healthz_does_not_wait(hard
     assert "520000" in err["message"]
     assert took < 3.0, took
     assert probe.count >= 1 and probe.worst < 1.0, (probe.count, probe.worst)
-    assert loop_lag_ms(hard_gw) < 100
+    assert_no_stall(hard_gw)
 
 
 HOSTILE = {
@@ -99,7 +99,7 @@ def test_hostile_bodies_get_a_small_400_quickly(hard_gw, name):
     resp, took = post(hard_gw, raw)
     assert_json_error(resp, 400, code, param, max_bytes=600)
     assert took < 3.0, took
-    assert loop_lag_ms(hard_gw) < 100
+    assert_no_stall(hard_gw)
 
 
 @pytest.mark.parametrize("raw", [
@@ -165,7 +165,7 @@ def test_websocket_hostile_messages_are_bounded_and_the_socket_stays_usable(hard
         assert msg["type"] == "error" and msg["status"] == 400, msg
         assert msg["error"]["param"] == "stop" and len(json.dumps(msg)) < 400
         assert took < 3.0, took
-        assert loop_lag_ms(hard_gw) < 100
+        assert_no_stall(hard_gw)
 
         deep = '{"type":"chat","id":"deep","body":{"model":"echo","messages":[],"metadata":' \
                + "[" * 5000 + "]" * 5000 + "}}"
