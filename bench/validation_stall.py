@@ -200,6 +200,9 @@ def part_two(n_http: int, n_ws: int) -> None:
         print(f"HTTP statuses: {dict(sorted(statuses.items()))}")
         print(f"worst event-loop stall: HTTP {http_lag:.1f} ms, WebSocket {ws_lag:.1f} ms; "
               f"slowest /healthz meanwhile: {1000 * health[0]:.1f} ms")
+        for lag in (http_lag, ws_lag):
+            if lag > 50:   # say where the loop was
+                print(f"  stall: {lag!r}")
         bad = [line for line in gw.log().splitlines() if any(s in line for s in (
             "Traceback", "unhandled", "internal_error", "ERROR"))]
         print(f"error lines in the gateway log: {len(bad)}", *bad[:5], sep="\n  ")
