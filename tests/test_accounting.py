@@ -8,6 +8,7 @@ import os
 import signal
 import statistics
 import time
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -136,6 +137,26 @@ def test_requests_inside_leased_quota_do_not_wait_for_a_slow_database(tmp_path):
         assert max(slow) < 0.4             # not one request waited for a round trip
     finally:
         proxy.delay = 0.0
+        gw.stop()
+        proxy.close()
+        db.stop()
+
+
+def test_a_burst_far_below_the_limits_is_admitted_whole_with_a_slow_database(tmp_path):
+    """Requests waiting for a new block (or slots) are served first come, first served:
+    latecomers arriving while a take is on its way to a slow database do not take what
+    it brought for the waiting ones, so no request is refused far below every limit."""
+    db = embedded_db.start("memory")
+    proxy = DelayProxy(db.port)
+    gw = start_gateway(tmp_path, proxy.uri, metered(**{**ECHO, "models": [
+        {"name": "echo", "backend": "echo", "options": {"delay": 0.05}}]}))
+    try:
+        key = gw.create_key("burst@example.com")
+        proxy.delay = 0.03
+        body = {**BODY, "stream": True}
+        statuses = asyncio.run(_load(gw.url, [key], 400, 200, lambda i: body))
+        assert Counter(statuses) == {200: 400}
+    finally:
         gw.stop()
         proxy.close()
         db.stop()

@@ -31,6 +31,7 @@ from gateway.store import StoreError
 Amounts = dict[str, int]
 
 RECHECK = 0.5          # after a refusal, refuse from memory for this long (seconds)
+MAX_ROUNDS = 10        # takes one request may wait for while others' demand is served
 DOWN_RETRY = 2.0       # after a database error, fail new takes at once for this long
 DAY_HORIZON_SCALE = 30  # a day's window leases 30x the demand horizon of a minute's
 
@@ -62,6 +63,7 @@ class QuotaPool:
     refused_at: float = -math.inf
     last_active: float = field(default_factory=time.monotonic)
     inflight: int = 0                                 # admitted requests not yet settled
+    waiting: int = 0                                  # requests waiting for a take
     consumed: float = 0.0                             # for the demand rate
     rate: dict[str, float] = field(default_factory=dict)
     rate_mark: tuple[float, dict] = field(default_factory=lambda: (time.monotonic(), {}))
@@ -107,6 +109,7 @@ class SlotPool:
     held: int = 0
     in_use: int = 0
     demand: int = 0
+    waiting: int = 0
     fetch: asyncio.Future | None = None
     refused_at: float = -math.inf
     last_active: float = field(default_factory=time.monotonic)
@@ -139,18 +142,26 @@ class QuotaLeases:
         """Reserve ``cost`` in ``window`` (or the pool's newer one): from the lease if it
         fits (no round trip), else after taking a new block. Returns the window it was
         reserved in (hand it back to ``settle``), or None when the limit is reached."""
-        for _ in range(3):
+        waited = False
+        for _ in range(MAX_ROUNDS):
             pool.roll(window)
             pool.last_active = time.monotonic()
-            if pool.fits(cost):
+            # First come, first served: a newcomer does not take what a block just taken
+            # for the requests waiting on it was meant for.
+            if (waited or not pool.waiting) and pool.fits(cost):
                 pool.use(cost)
                 pool.inflight += 1
                 self._refill_early(pool)
                 return pool.window
             if time.monotonic() - pool.refused_at < RECHECK:
                 return None
-            if not await self._take(pool, cost):
-                return None
+            waited = True
+            pool.waiting += 1
+            try:
+                if not await self._take(pool, cost):
+                    return None
+            finally:
+                pool.waiting -= 1
         return None
 
     def settle(self, pool: QuotaPool, window: str, reserved: Amounts, actual: Amounts) -> None:
@@ -229,19 +240,25 @@ class QuotaLeases:
 
     async def acquire_slot(self, pool: SlotPool, cap: int) -> bool:
         """One stream slot of ``cap``: reuse one this process holds, or lease more."""
-        for _ in range(3):
+        waited = False
+        for _ in range(MAX_ROUNDS):
             pool.last_active = time.monotonic()
-            if pool.in_use < pool.held:
+            if (waited or not pool.waiting) and pool.in_use < pool.held:
                 pool.in_use += 1
                 return True
             if time.monotonic() - pool.refused_at < RECHECK:
                 return False
             self._check_database()
+            waited = True
             pool.demand += 1
+            pool.waiting += 1
             if pool.fetch is None:
                 pool.fetch = asyncio.ensure_future(self._fetch_slots(pool, cap))
-            if not await asyncio.shield(pool.fetch):
-                return False
+            try:
+                if not await asyncio.shield(pool.fetch):
+                    return False
+            finally:
+                pool.waiting -= 1
         return False
 
     def release_slot(self, pool: SlotPool) -> None:

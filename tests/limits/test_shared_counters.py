@@ -65,3 +65,4 @@ def test_a_request_stamped_just_before_the_minute_joins_the_new_window(mongo):
         await leases.close()
         return await store.counters.quota_values("q:m:acct", "202611272101")
     assert db_run(*_db(mongo), go) == {"requests": 2}
+

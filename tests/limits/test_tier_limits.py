@@ -231,3 +231,4 @@ def test_an_idle_process_gives_its_unused_quota_back_to_the_others(limits_gw, st
     second = asyncio.run(burst([(other.url, acct.headers)], 10, body()))
     assert Counter(r.status_code for r in second) == {200: 4, 429: 6}
     assert acct.counter("requests") == 6
+
