@@ -21,6 +21,15 @@ def register_backends(register, config):
     ``start()``, ``chat(request)`` and ``completions(request)`` (async iterators of
     ``gateway.types.Chunk``), ``health()`` (dict with ``ok``) and ``close()``.
     Closing the iterator early must cancel the generation at once.
+
+    A Chunk is about one choice. Plain-text backends yield ``Chunk(text)``, then
+    ``Chunk(finish_reason=...)`` and ``Chunk(usage=Usage(prompt, completion))``.
+    Backends with more of the OpenAI chunk set ``index`` (choice, for ``n > 1``),
+    ``delta`` (chat: the delta dict as OpenAI sends it, with ``tool_calls`` deltas,
+    ``reasoning_content``, ``refusal``), ``logprobs`` and ``extra`` (top-level fields
+    such as ``system_fingerprint``); a proxy may also set ``raw`` (the upstream chunk's
+    JSON bytes) to have them relayed with only ``id``/``model`` rewritten. See
+    ``Chunk``'s docstring for the exact shape.
     """
 
 

@@ -70,13 +70,43 @@ class Usage:
                 "total_tokens": self.total_tokens}
 
 
-@dataclass
+@dataclass(slots=True)
 class Chunk:
-    """One piece of a backend's stream: a text delta, and/or a finish reason, and/or usage."""
+    """One piece of a backend's stream, for one choice: output, and/or a finish reason,
+    and/or usage.
+
+    Plain-text backends set only ``text`` (``Chunk("Hel")``, ``Chunk(finish_reason="stop")``,
+    ``Chunk(usage=Usage(12, 30))``). Backends that produce more of the OpenAI
+    chunk set the optional fields; the gateway relays them unchanged:
+
+    - ``index``: the choice index (``n > 1``); each Chunk is about one choice.
+    - ``delta`` (chat only): the choice's delta exactly as OpenAI sends it, e.g.
+      ``{"role": "assistant", "content": None, "tool_calls": [{"index": 0,
+      "id": "call_1", "type": "function", "function": {"name": "f",
+      "arguments": "{\"a\""}}]}``, or ``{"reasoning_content": "..."}``,
+      ``{"refusal": "..."}``. When set, it is the delta the client receives and
+      ``text`` is not used for the output (keep it equal to ``delta["content"]`` or
+      empty). ``None``: the gateway builds ``{"content": text}``.
+    - ``logprobs``: the choice's ``logprobs`` object as OpenAI sends it.
+    - ``extra``: other top-level fields of the chunk (``system_fingerprint``,
+      ``service_tier``, ...), passed through.
+    - ``raw``: the upstream's whole chunk, the JSON bytes after ``data:``, for pure
+      pass-through: the gateway sends these bytes with only ``id``, ``model``
+      (and ``created``) rewritten. The other fields must still describe it (they are
+      what accounting reads: output amount, finish_reason, usage).
+
+    Accounting reads ``usage``, ``finish_reason`` and the amount of output (content,
+    tool-call arguments, reasoning_content and refusal of every choice).
+    """
 
     text: str = ""
     finish_reason: str | None = None
     usage: Usage | None = None
+    index: int = 0
+    delta: dict[str, Any] | None = None
+    logprobs: dict[str, Any] | None = None
+    extra: dict[str, Any] | None = None
+    raw: bytes | None = None
 
 
 @dataclass
