@@ -93,7 +93,26 @@ COMPLETION_SCHEMA = {
         "best_of": {"type": ["integer", "null"], "minimum": 1, "maximum": 1},
     },
 }
-_SCHEMAS = {"chat": CHAT_SCHEMA, "completion": COMPLETION_SCHEMA}
+_TOKENS = {"type": "array", "minItems": 1, "maxItems": 8192,
+           "items": {"type": "integer", "minimum": 0}}
+EMBEDDING_SCHEMA = {   # POST /v1/embeddings (gateway/handlers/embeddings.py)
+    "type": "object",
+    "required": ["model", "input"],
+    "additionalProperties": False,
+    "properties": {
+        "model": {"type": "string", "minLength": 1},
+        "input": {"anyOf": [
+            {"type": "string", "minLength": 1},
+            {"type": "array", "minItems": 1, "maxItems": 2048,
+             "items": {"type": "string", "minLength": 1}},
+            _TOKENS,
+            {"type": "array", "minItems": 1, "maxItems": 2048, "items": _TOKENS}]},
+        "encoding_format": {"enum": ["float", "base64", None]},
+        "dimensions": {"type": ["integer", "null"], "minimum": 1},
+        "user": {"type": ["string", "null"]},
+    },
+}
+_SCHEMAS = {"chat": CHAT_SCHEMA, "completion": COMPLETION_SCHEMA, "embedding": EMBEDDING_SCHEMA}
 _FAST = {kind: fastjsonschema.compile(schema) for kind, schema in _SCHEMAS.items()}
 _FIELDS = {kind: frozenset(schema["properties"]) for kind, schema in _SCHEMAS.items()}
 
