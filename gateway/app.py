@@ -12,7 +12,7 @@ import tornado.web
 
 from gateway import drain, embedded_db, httpguard, logredact, requestid
 from gateway.config import Config
-from gateway.handlers import ops, openai, ws
+from gateway.handlers import embeddings, ops, openai, ws
 from gateway.handlers.base import NotFoundHandler
 from gateway.plugins import get_plugin_manager
 from gateway.runtime import Gateway
@@ -20,7 +20,7 @@ from gateway.store import Store
 
 log = logging.getLogger("allyoucantoken")
 
-CORE_ROUTES = [*openai.ROUTES, *ws.ROUTES, *ops.ROUTES]
+CORE_ROUTES = [*openai.ROUTES, *embeddings.ROUTES, *ws.ROUTES, *ops.ROUTES]
 
 
 class _PerRequest(requestid.RequestIdTransform):

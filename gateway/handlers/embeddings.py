@@ -1,0 +1,156 @@
+"""POST /v1/embeddings: OpenAI's embeddings API through the same auth, limits and usage
+accounting as completions.
+
+The body is checked by the bounded validator (``embedding`` schema). The limiters see
+a ``GenerationRequest`` of kind ``"embedding"`` with ``max_tokens=1``: they reserve the
+input's token estimate (plus that one token) against requests/tokens per minute and
+tokens per day, and settle with the backend's real prompt token count. Usage is
+recorded with kind ``"embedding"`` (prompt tokens, no completion tokens).
+A model's backend serves embeddings when its ``capabilities`` list holds
+``"embeddings"`` and it has an ``embeddings(request)`` coroutine returning
+``(vectors, Usage)``; any other model gets a 400 ``model_not_supported``.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import secrets
+import time
+
+import numpy as np
+
+from gateway import metrics
+from gateway.errors import APIError
+from gateway.handlers.base import BaseAPIHandler
+from gateway.streaming import admit, estimate_prompt_tokens
+from gateway.types import GenerationRequest, Usage
+from gateway.validation import parse_and_validate_async
+
+log = logging.getLogger("allyoucantoken.embeddings")
+
+
+class EmbeddingRequest(GenerationRequest):
+    """A GenerationRequest whose ``prompt`` stands for ``input``, so the limiters'
+    prompt estimate counts it (token arrays count one token per id)."""
+
+    @property
+    def prompt(self) -> str:
+        items = self.body.get("input", "")
+        if isinstance(items, str) or (items and isinstance(items[0], int)):
+            items = [items]
+        return "".join(i if isinstance(i, str) else " " * (4 * len(i)) for i in items)
+
+
+def capabilities(backend) -> list[str]:
+    """What a backend serves: its ``capabilities`` list, else chat and completions (plus
+    embeddings when it has an ``embeddings`` method)."""
+    caps = getattr(backend, "capabilities", None)
+    if caps is not None:
+        return list(caps)
+    return ["chat", "completions"] + (["embeddings"] if hasattr(backend, "embeddings") else [])
+
+
+def encode(vector, fmt: str | None):
+    """A vector as OpenAI sends it: a list of floats, or base64 of little-endian float32."""
+    if fmt == "base64":
+        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+    return [float(x) for x in vector]
+
+
+class EmbeddingsHandler(BaseAPIHandler):
+    """POST /v1/embeddings"""
+
+    def on_finish(self) -> None:
+        metrics.count_request(self.gateway, "/v1/embeddings", getattr(self, "metric_model", None),
+                              self.get_status(), task=getattr(self, "_task", None))
+
+    def on_connection_close(self) -> None:
+        task = getattr(self, "_task", None)
+        if task is not None and not task.done():
+            task.cancel()
+
+    async def post(self) -> None:
+        started = time.perf_counter()
+        self._task = None
+        principal = req = None
+        try:
+            self.check_body_size()
+            principal = await self.require_principal()
+            data = await parse_and_validate_async("embedding", self.request.body)
+            self.metric_model = data["model"]
+            backend = self.gateway.backend_for(data["model"])
+            if "embeddings" not in capabilities(backend) or not hasattr(backend, "embeddings"):
+                raise APIError(400, f"The model `{data['model']}` does not serve embeddings; "
+                                    "see GET /v1/models for the models whose capabilities "
+                                    "include \"embeddings\".", param="model",
+                               code="model_not_supported")
+            req = EmbeddingRequest("embedding", data["model"], data, 1,
+                                   "emb-" + secrets.token_hex(12))
+            admissions = await admit(self.gateway, principal, req)
+        except APIError as err:
+            if req is not None:
+                self._record(principal, req, Usage(), err.status, err.code, started)
+            return self.send_api_error(err)
+        self.request.completion_id = req.request_id
+        for adm in admissions:
+            for name, value in adm.headers.items():
+                self.set_header(name, value)
+        status, code, outcome, usage, error = 200, None, "ok", None, None
+        self._task = asyncio.ensure_future(backend.embeddings(req))
+        try:
+            vectors, usage = await self._task
+            if len(vectors) != len(_items(data["input"])):
+                raise APIError(502, "The model backend returned the wrong number of "
+                                    "embeddings.", code="backend_error")
+        except asyncio.CancelledError:
+            status, code, outcome = 499, "client_disconnected", "cancelled"
+        except APIError as err:
+            error = err
+        except Exception as exc:  # noqa: BLE001 - answered as a 502
+            log.error("embeddings backend %s failed: %s", req.model, type(exc).__name__)
+            error = APIError(502, "The model backend failed while embedding.",
+                             code="backend_error")
+        if error is not None:
+            status, code, outcome = error.status, error.code, "error"
+        if usage is None:   # unknown: what the limiters reserved for the input
+            usage = Usage(estimate_prompt_tokens(req), 0, estimated=True) \
+                if outcome == "cancelled" else Usage()
+        for limiter, adm in zip(self.gateway.limiters, admissions):
+            try:
+                await limiter.settle(adm, usage, outcome)
+            except Exception:  # noqa: BLE001 - a failing settle must not hide the response
+                log.exception("limiter %s failed to settle", getattr(limiter, "name", limiter))
+        metrics.TOKENS.labels(req.model, "in").inc(usage.prompt_tokens)
+        self._record(principal, req, usage, status, code, started)
+        if outcome == "cancelled":
+            return
+        if error is not None:
+            return self.send_api_error(error)
+        fmt = data.get("encoding_format")
+        self.write_json({"object": "list", "model": req.model,
+                         "data": [{"object": "embedding", "index": i,
+                                   "embedding": encode(v, fmt)} for i, v in enumerate(vectors)],
+                         "usage": {"prompt_tokens": usage.prompt_tokens,
+                                   "total_tokens": usage.prompt_tokens}})
+
+    def _record(self, principal, req, usage: Usage, status: int, code: str | None,
+                started: float) -> None:
+        """Queue the usage event (metadata only), as completions do."""
+        self.gateway.usage.record({
+            "request_id": req.request_id, "account_id": principal.account_id,
+            "key_id": principal.key_id, "model": req.model, "kind": "embedding",
+            "transport": "http", "status": status, "error_code": code,
+            "prompt_tokens": usage.prompt_tokens, "completion_tokens": 0,
+            "estimated": usage.estimated, "ttft_ms": None,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+        })
+
+
+def _items(inputs) -> list:
+    if isinstance(inputs, str) or (inputs and isinstance(inputs[0], int)):
+        return [inputs]
+    return inputs
+
+
+ROUTES = [(r"/v1/embeddings", EmbeddingsHandler)]
