@@ -21,7 +21,16 @@ from aiohttp import web
 
 
 class FakeUpstream:
-    """The server state: settings and counters."""
+    """The server state: settings and counters.
+
+    Beyond plain text it can answer as richer models do (for pass-through tests):
+    ``tool_calls`` (a list of ``{"name", "arguments"}``: streamed as OpenAI streams
+    them, the first delta of each call with id and name, then the arguments in
+    ``chunk_chars`` pieces; ``finish_reason`` "tool_calls"), ``reasoning`` (that many
+    ``reasoning_content`` chunks before the answer), ``logprobs``/``top_logprobs`` and
+    ``n`` when the request asks, a ``system_fingerprint`` on every chunk. ``GET /last``
+    returns the body of the last completion request (what the gateway forwarded).
+    """
 
     def __init__(self, tokens: int = 32, interval: float = 0.0, chunk_chars: int = 4,
                  first_delay: float = 0.0, send_usage: bool = True,
@@ -32,6 +41,9 @@ class FakeUpstream:
         self.first_delay = first_delay
         self.send_usage = send_usage
         self.fail_status = fail_status   # answer every completion with this HTTP status
+        self.tool_calls: list[dict] = []
+        self.reasoning = 0
+        self.last_body: dict = {}
         self.stats = {"started": 0, "finished": 0, "disconnected": 0, "active": 0,
                       "requests": 0}
 
@@ -41,6 +53,7 @@ class FakeUpstream:
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/completions", self.chat)
         app.router.add_get("/stats", self.get_stats)
+        app.router.add_get("/last", self.get_last)
         app.router.add_post("/settings", self.settings)
         return app
 
@@ -50,21 +63,59 @@ class FakeUpstream:
     async def get_stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.stats)
 
+    async def get_last(self, request: web.Request) -> web.Response:
+        return web.json_response(self.last_body)
+
     async def settings(self, request: web.Request) -> web.Response:
         for k, v in (await request.json()).items():
             setattr(self, k, v)
         return web.json_response({"ok": True})
 
+    def _logprobs(self, piece: str, top: int) -> dict:
+        return {"content": [{"token": piece, "logprob": -0.25, "bytes": list(piece.encode()),
+                             "top_logprobs": [{"token": piece, "logprob": -0.25,
+                                               "bytes": list(piece.encode())}] * top}],
+                "refusal": None}
+
+    def _deltas(self, tokens: int, chat: bool, body: dict):
+        """(delta or text, logprobs) of one choice, in order, and its finish reason."""
+        piece = "x" * self.chunk_chars
+        want_lp = bool(body.get("logprobs")) and chat
+        top = int(body.get("top_logprobs") or 0)
+        out = []
+        if not chat:
+            return [(piece, None)] * tokens, "length" if tokens < self.tokens else "stop"
+        if self.tool_calls:
+            for i, call in enumerate(self.tool_calls):
+                out.append(({"tool_calls": [{"index": i, "id": f"call_{i}", "type": "function",
+                                             "function": {"name": call["name"],
+                                                          "arguments": ""}}]}, None))
+                args = call["arguments"]
+                for j in range(0, len(args), self.chunk_chars):
+                    out.append(({"tool_calls": [{"index": i, "function": {
+                        "arguments": args[j:j + self.chunk_chars]}}]}, None))
+            out[0][0]["role"] = "assistant"
+            out[0][0]["content"] = None
+            return out, "tool_calls"
+        for _ in range(self.reasoning):
+            out.append(({"reasoning_content": "r" * self.chunk_chars}, None))
+        for _ in range(tokens):
+            out.append(({"content": piece}, self._logprobs(piece, top) if want_lp else None))
+        return out, "length" if tokens < self.tokens else "stop"
+
     async def chat(self, request: web.Request) -> web.StreamResponse:
         self.stats["requests"] += 1
         body = await request.json()
+        self.last_body = body
         if self.fail_status:
             return web.json_response({"error": {"message": "fake failure", "type": "server_error",
                                                 "param": None, "code": None}},
                                      status=self.fail_status)
         chat = request.path.endswith("chat/completions")
         tokens = min(self.tokens, int(body.get("max_tokens") or self.tokens))
+        n = int(body.get("n") or 1)
         piece = "x" * self.chunk_chars
+        plain = not (self.tool_calls or self.reasoning or body.get("logprobs") or n > 1)
         if not body.get("stream"):
             text = piece * tokens
             choice = {"index": 0, "finish_reason": "length" if tokens < self.tokens else "stop",
@@ -82,21 +133,39 @@ class FakeUpstream:
         try:
             if self.first_delay:
                 await asyncio.sleep(self.first_delay)
-            for i in range(tokens):
-                if self.interval and i:
-                    await asyncio.sleep(self.interval)
-                last = i == tokens - 1
-                choice = {"index": 0, "finish_reason": ("length" if tokens < self.tokens
-                                                        else "stop") if last else None}
-                choice.update({"delta": {"content": piece}} if chat else {"text": piece})
-                data = {"id": "x", "object": obj, "created": created, "model": "fake",
-                        "choices": [choice]}
-                await resp.write(f"data: {json.dumps(data)}\n\n".encode())
+            if plain:
+                for i in range(tokens):
+                    if self.interval and i:
+                        await asyncio.sleep(self.interval)
+                    last = i == tokens - 1
+                    choice = {"index": 0, "finish_reason": ("length" if tokens < self.tokens
+                                                            else "stop") if last else None}
+                    choice.update({"delta": {"content": piece}} if chat else {"text": piece})
+                    data = {"id": "x", "object": obj, "created": created, "model": "fake",
+                            "choices": [choice]}
+                    await resp.write(f"data: {json.dumps(data)}\n\n".encode())
+                produced = tokens
+            else:
+                produced = 0
+                deltas, finish = self._deltas(tokens, chat, body)
+                for step, (delta, lp) in enumerate(deltas):
+                    if self.interval and step:
+                        await asyncio.sleep(self.interval)
+                    last = step == len(deltas) - 1
+                    for index in range(n):
+                        choice = {"index": index, "logprobs": lp,
+                                  "finish_reason": finish if last else None}
+                        choice.update({"delta": delta} if chat else {"text": delta})
+                        data = {"id": "x", "object": obj, "created": created, "model": "fake",
+                                "system_fingerprint": "fp_fake", "choices": [choice]}
+                        await resp.write(f"data: {json.dumps(data)}\n\n".encode())
+                        produced += 1
             include = (body.get("stream_options") or {}).get("include_usage")
             if include and self.send_usage:
                 data = {"id": "x", "object": obj, "created": created, "model": "fake",
-                        "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": tokens,
-                                                 "total_tokens": 5 + tokens}}
+                        "choices": [], "usage": {"prompt_tokens": 5,
+                                                 "completion_tokens": produced,
+                                                 "total_tokens": 5 + produced}}
                 await resp.write(f"data: {json.dumps(data)}\n\n".encode())
             await resp.write(b"data: [DONE]\n\n")
             await resp.write_eof()

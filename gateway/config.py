@@ -89,6 +89,15 @@ class ModelConfig:
     name: str
     backend: str
     options: dict[str, Any] = field(default_factory=dict)
+    # Request fields the gateway does not know: "pass" them to the backend, "drop" them,
+    # or "refuse" them (400). Empty: the backend's default ("pass" for openai_compatible,
+    # "refuse" for the in-process backends).
+    unknown_params: str = ""
+
+    def __post_init__(self) -> None:
+        if self.unknown_params not in ("", "pass", "drop", "refuse"):
+            raise ConfigError(f"models.{self.name}.unknown_params: expected \"pass\", "
+                              f"\"drop\" or \"refuse\", got {self.unknown_params!r}")
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """Server-Sent Events output: OpenAI stream chunks encoded cheaply, flushed in batches.
 
 The relay writes one event per token, so both parts are on the hot path:
-``ChunkEncoder`` pre-encodes the constant part of every event (id, object, created,
-model) once per request and only JSON-encodes the text of each chunk;
+``ChunkEncoder`` relays an upstream's event bytes with only ``id``/``model`` replaced,
+and for backends that yield plain Chunks pre-encodes the constant part of every event
+(id, object, created, model) once per request and JSON-encodes only the rest;
 ``Flusher`` sends whatever was written during one pass of the event loop in a single
 flush (one socket write when an upstream delivers several tokens at once), and makes
 the writer wait while the client has not taken the previous flush (backpressure).
@@ -20,34 +21,95 @@ def _dumps(data) -> str:
 
 
 class ChunkEncoder:
-    """Encodes Chunks of one request as ``data: {...}`` events, as OpenAI sends them."""
+    """Encodes Chunks of one request as ``data: {...}`` events, as OpenAI sends them.
+
+    A Chunk with ``raw`` (an upstream event) is relayed as those bytes with the upstream's
+    ``id`` and ``model`` replaced by the gateway's: the patterns are learnt from the first
+    event and replaced with C-speed byte operations; an event where a pattern is not found
+    exactly once is decoded and re-encoded instead (always faithful).
+    """
 
     def __init__(self, kind: str, request_id: str, model: str, created: int,
                  include_usage: bool) -> None:
         self.chat = kind == "chat"
         self.object = "chat.completion.chunk" if self.chat else "text_completion"
+        self.request_id, self.model = request_id, model
         self._base = {"id": request_id, "object": self.object, "created": created,
                       "model": model}
-        self._head = "data: " + _dumps(self._base)[:-1] + ',"choices":[{"index":0,'
+        self._head = "data: " + _dumps(self._base)[:-1] + ',"choices":[{"index":'
         self._tail = ',"usage":null}\n\n' if include_usage else "}\n\n"
-        self._first = True
+        self._started: set[int] = set()    # choices that had their first chunk
+        self._subs: list[tuple[bytes, bytes]] | None = None
 
-    def encode(self, chunk: Chunk) -> str:
-        text = _dumps(chunk.text)
-        if not self.chat:
-            body = '"text":' + text
-        elif self._first:
-            body = '"delta":{"role":"assistant","content":' + text + "}"
-        elif chunk.text:
-            body = '"delta":{"content":' + text + "}"
+    def encode(self, chunk: Chunk) -> str | bytes:
+        if chunk.raw is not None:
+            return self.encode_raw(chunk.raw)
+        index = chunk.index
+        first = index not in self._started
+        if first:
+            self._started.add(index)
+        if chunk.delta is not None and self.chat:
+            body = '"delta":' + _dumps(chunk.delta)
         else:
-            body = '"delta":{}'
-        self._first = False
+            text = _dumps(chunk.text)
+            if not self.chat:
+                body = '"text":' + text
+            elif first:
+                body = '"delta":{"role":"assistant","content":' + text + "}"
+            elif chunk.text:
+                body = '"delta":{"content":' + text + "}"
+            else:
+                body = '"delta":{}'
         finish = "null" if chunk.finish_reason is None else _dumps(chunk.finish_reason)
-        return f'{self._head}{body},"logprobs":null,"finish_reason":{finish}}}]{self._tail}'
+        logprobs = "null" if chunk.logprobs is None else _dumps(chunk.logprobs)
+        tail = self._tail
+        if chunk.extra:
+            tail = "," + _dumps(chunk.extra)[1:-1] + tail
+        return (f'{self._head}{index},{body},"logprobs":{logprobs},'
+                f'"finish_reason":{finish}}}]{tail}')
 
-    def usage(self, usage: Usage) -> str:
-        """The final usage event (empty choices), sent only when the client asked."""
+    def encode_raw(self, raw: bytes) -> bytes:
+        """An upstream event, relayed with the gateway's id and model."""
+        subs = self._subs
+        if subs is None:
+            subs = self._subs = self._learn(raw)
+        out = raw
+        for old, new in subs:
+            if out.count(old) != 1:
+                return self._reencode(raw)
+            out = out.replace(old, new)
+        return b"data: " + out + b"\n\n"
+
+    def _learn(self, raw: bytes) -> list[tuple[bytes, bytes]]:
+        try:
+            payload = json.loads(raw)
+        except ValueError:
+            return [(b"\x00", b"")]          # never found: every event is re-encoded
+        subs = []
+        for key, ours in (("id", self.request_id), ("model", self.model)):
+            theirs = payload.get(key)
+            if theirs == ours:
+                continue
+            value = json.dumps(theirs).encode()
+            spaced = b'"' + key.encode() + b'": ' + value
+            old = spaced if spaced in raw else b'"' + key.encode() + b'":' + value
+            new = b'"' + key.encode() + b'":' + _dumps(ours).encode()
+            subs.append((old, new) if theirs is not None else (b"\x00", b""))
+        return subs
+
+    def _reencode(self, raw: bytes) -> bytes:
+        try:
+            payload = json.loads(raw)
+        except ValueError:
+            return b""
+        payload["id"], payload["model"] = self.request_id, self.model
+        return ("data: " + _dumps(payload) + "\n\n").encode()
+
+    def usage(self, usage: Usage, raw: bytes | None = None) -> str | bytes:
+        """The final usage event (empty choices), sent only when the client asked: the
+        upstream's own (``raw``, with its details) or one built from ``usage``."""
+        if raw is not None:
+            return self.encode_raw(raw)
         return f"data: {_dumps({**self._base, 'choices': [], 'usage': usage.as_openai()})}\n\n"
 
     @staticmethod

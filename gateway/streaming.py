@@ -39,6 +39,115 @@ def estimate_prompt_tokens(req: GenerationRequest) -> int:
     return max(1, chars // 4)
 
 
+def output_chars(text: str, delta: dict) -> int:
+    """Characters of generated output in a chat delta: content, reasoning, refusal and
+    tool calls (name and arguments)."""
+    n = len(delta.get("content") or text or "")
+    for key in ("reasoning_content", "refusal", "reasoning"):
+        value = delta.get(key)
+        if value and isinstance(value, str):
+            n += len(value)
+    calls = delta.get("tool_calls")
+    if calls and isinstance(calls, list):
+        for call in calls:
+            fn = call.get("function") if isinstance(call, dict) else None
+            if isinstance(fn, dict):
+                n += len(fn.get("name") or "") + len(fn.get("arguments") or "")
+    return n
+
+
+class Accumulator:
+    """Builds a non-streaming response's choices from Chunks, as the OpenAI SDK
+    accumulates a stream: strings are concatenated, tool calls merged by index,
+    logprobs lists extended; unknown delta fields kept (strings joined)."""
+
+    def __init__(self, chat: bool) -> None:
+        self.chat = chat
+        self.choices: dict[int, dict] = {}
+        self.extra: dict = {}
+
+    def add(self, chunk: Chunk) -> None:
+        if chunk.extra:
+            self.extra.update(chunk.extra)
+        c = self.choices.get(chunk.index)
+        if c is None:
+            c = self.choices[chunk.index] = {"parts": [], "fields": {}, "calls": {},
+                                             "logprobs": None, "finish_reason": None}
+        if chunk.finish_reason:
+            c["finish_reason"] = chunk.finish_reason
+        if chunk.logprobs:
+            lp = c["logprobs"]
+            if lp is None:
+                c["logprobs"] = {k: list(v) if isinstance(v, list) else v
+                                 for k, v in chunk.logprobs.items()}
+            else:
+                for k, v in chunk.logprobs.items():
+                    if isinstance(v, list) and isinstance(lp.get(k), list):
+                        lp[k].extend(v)
+                    elif v is not None:
+                        lp[k] = v
+        delta = chunk.delta
+        if delta is None:
+            if chunk.text:
+                c["parts"].append(chunk.text)
+            return
+        for key, value in delta.items():
+            if key == "content":
+                if value:
+                    c["parts"].append(value)
+            elif key == "tool_calls":
+                for call in value or ():
+                    self._merge_call(c["calls"], call)
+            elif key == "role" or value is None:
+                continue
+            elif isinstance(value, str) and isinstance(c["fields"].get(key), str):
+                c["fields"][key] += value
+            else:
+                c["fields"][key] = value
+
+    @staticmethod
+    def _merge_call(calls: dict, delta: dict) -> None:
+        if not isinstance(delta, dict):
+            return
+        call = calls.setdefault(delta.get("index", len(calls)),
+                                {"id": None, "type": "function",
+                                 "function": {"name": "", "arguments": ""}})
+        for key, value in delta.items():
+            if key == "index" or value is None:
+                continue
+            if key == "function" and isinstance(value, dict):
+                for fk, fv in value.items():
+                    if isinstance(fv, str):
+                        call["function"][fk] = call["function"].get(fk, "") + fv
+                    elif fv is not None:
+                        call["function"][fk] = fv
+            else:
+                call[key] = value
+
+    def result(self, default_finish: str | None) -> list[dict]:
+        """The ``choices`` of the response, in index order."""
+        out = []
+        for index in sorted(self.choices) or [0]:
+            c = self.choices.get(index) or {"parts": [], "fields": {}, "calls": {},
+                                            "logprobs": None, "finish_reason": None}
+            text = "".join(c["parts"])
+            choice: dict = {"index": index}
+            if self.chat:
+                message = {"role": "assistant", "content": text, "refusal": None,
+                           **c["fields"]}
+                if c["calls"]:
+                    message["tool_calls"] = [c["calls"][k] for k in sorted(c["calls"])]
+                    if not text:
+                        message["content"] = None
+                choice["message"] = message
+            else:
+                choice["text"] = text
+            choice["logprobs"] = c["logprobs"]
+            choice["finish_reason"] = c["finish_reason"] or default_finish
+            out.append(choice)
+        return out
+
+
 async def admit(gateway, principal: Principal, req: GenerationRequest) -> list[Admission]:
     """Ask every limiter; when one denies, release what the others reserved and raise."""
     granted: list[tuple[object, Admission]] = []
@@ -85,6 +194,7 @@ class Generation:
         self.headers: dict[str, str] = {}
         self.usage = Usage()
         self.finish_reason: str | None = None
+        self.usage_raw: bytes | None = None   # the upstream's own usage event, if any
 
     async def admit(self) -> None:
         """Run the limiters (raises APIError on denial); collect rate-limit headers."""
@@ -100,7 +210,7 @@ class Generation:
         metrics.OVERHEAD.observe(time.perf_counter() - self.started)
         metrics.ACTIVE_STREAMS.labels(self.transport).inc()
         status, error_code, outcome = 200, None, "ok"
-        self._relayed, self._ttft, self._reported = 0, None, None
+        self._relayed, self._chars, self._ttft, self._reported = 0, 0, None, None
         task = asyncio.current_task()
         self.gateway.running.add(task)
         try:
@@ -131,9 +241,12 @@ class Generation:
             metrics.ACTIVE_STREAMS.labels(self.transport).dec()
             relayed, ttft, usage = self._relayed, self._ttft, self._reported
             if usage is None or usage.completion_tokens < relayed:
+                # Each output chunk holds at least one token; long pieces (a tool call's
+                # arguments in one piece) count about four characters a token.
                 prompt = usage.prompt_tokens if usage and usage.prompt_tokens else \
                     estimate_prompt_tokens(self.req)
-                usage = Usage(prompt, relayed, estimated=True)
+                usage = Usage(prompt, max(relayed, self._chars // 4), estimated=True)
+                self.usage_raw = None
             self.usage = usage
             if self.finish_reason is None and status == 200:
                 self.finish_reason = "stop"
@@ -145,17 +258,23 @@ class Generation:
 
     async def _pump(self, stream, emit: Emit) -> None:
         async for chunk in stream:
+            delta = chunk.delta
             if chunk.usage is not None:
                 self._reported = chunk.usage
+                if delta is None and not chunk.text and not chunk.finish_reason:
+                    self.usage_raw = chunk.raw   # a usage-only event: sent at the end
+                    continue
             if chunk.finish_reason:
                 self.finish_reason = chunk.finish_reason
-            if not chunk.text and not chunk.finish_reason:
-                continue
-            if chunk.text:
+            chars = output_chars(chunk.text, delta) if delta else len(chunk.text)
+            if chars:
                 self._relayed += 1
+                self._chars += chars
                 if self._ttft is None:
                     self._ttft = time.perf_counter() - self.started
                     metrics.TTFT.labels(self.req.model).observe(self._ttft)
+            elif delta is None and not chunk.finish_reason and chunk.logprobs is None:
+                continue
             await emit(chunk)
 
     async def _finish(self, usage: Usage, outcome: str, status: int,

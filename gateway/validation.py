@@ -31,18 +31,21 @@ from gateway.errors import APIError
 MAX_DEPTH = 64              # objects/arrays nested deeper than this are refused (400)
 MAX_CONTAINERS = 100_000    # more objects/arrays than this in one body are refused (400)
 OFFLOAD_BYTES = 64 * 1024   # larger bodies are parsed and validated in a worker thread
+MAX_N = 128                 # choices per request (as OpenAI); a backend may allow fewer
+POLICIES = ("pass", "drop", "refuse")   # what to do with request fields we do not know
 
 _NUM = {"type": ["number", "null"]}
 _COMMON: dict[str, Any] = {
     "model": {"type": "string", "minLength": 1},
     "stream": {"type": ["boolean", "null"]},
     "stream_options": {"type": ["object", "null"],
-                       "properties": {"include_usage": {"type": "boolean"}},
+                       "properties": {"include_usage": {"type": "boolean"},
+                                      "continuous_usage_stats": {"type": "boolean"}},
                        "additionalProperties": False},
     "max_tokens": {"type": ["integer", "null"], "minimum": 1},
     "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
     "top_p": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
-    "n": {"type": ["integer", "null"], "minimum": 1, "maximum": 1},
+    "n": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_N},
     "stop": {"type": ["string", "array", "null"], "maxItems": 4, "items": {"type": "string"}},
     "presence_penalty": {**_NUM, "minimum": -2, "maximum": 2},
     "frequency_penalty": {**_NUM, "minimum": -2, "maximum": 2},
@@ -52,7 +55,14 @@ _COMMON: dict[str, Any] = {
     "logprobs": {"type": ["boolean", "integer", "null"]},
     "metadata": {"type": ["object", "null"]},
     "service_tier": {"type": ["string", "null"]},
+    "top_k": {"type": ["integer", "null"], "minimum": -1},
+    "reasoning_effort": {"type": ["string", "null"], "maxLength": 32},
 }
+_TOOL_CALL = {"type": "object", "required": ["id", "function"],
+              "properties": {"id": {"type": "string"}, "type": {"type": "string"},
+                             "function": {"type": "object", "required": ["name"],
+                                          "properties": {"name": {"type": "string"},
+                                                         "arguments": {"type": "string"}}}}}
 _CONTENT_PART = {"type": "object", "required": ["type"],
                  "properties": {"type": {"type": "string"}, "text": {"type": "string"}}}
 CHAT_SCHEMA = {
@@ -62,7 +72,7 @@ CHAT_SCHEMA = {
     "properties": {
         **_COMMON,
         "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1},
-        "top_logprobs": {"type": ["integer", "null"]},
+        "top_logprobs": {"type": ["integer", "null"], "minimum": 0, "maximum": 20},
         "response_format": {"type": ["object", "null"]},
         "tools": {"type": ["array", "null"]},
         "tool_choice": {"type": ["string", "object", "null"]},
@@ -76,6 +86,8 @@ CHAT_SCHEMA = {
                     "role": {"enum": ["system", "developer", "user", "assistant", "tool"]},
                     "content": {"type": ["string", "array", "null"], "items": _CONTENT_PART},
                     "name": {"type": "string"},
+                    "tool_call_id": {"type": "string"},
+                    "tool_calls": {"type": ["array", "null"], "items": _TOOL_CALL},
                 },
             },
         },
@@ -231,12 +243,36 @@ def parse_json(body: bytes, preemptible: bool = False) -> dict[str, Any]:
     return data
 
 
-def parse_and_validate(kind: str, body: bytes, preemptible: bool = False) -> dict[str, Any]:
-    """:func:`parse_json` then :func:`validate`, with the garbage collector paused once."""
+def parse_and_validate(kind: str, body: bytes, preemptible: bool = False,
+                       policy=None) -> dict[str, Any]:
+    """:func:`parse_json` then :func:`validate`, with the garbage collector paused once.
+    ``policy(model)`` says what to do with unknown fields (default: refuse)."""
     with _gc_paused():
         data = parse_json(body, preemptible)
-        validate(kind, data)
+        model = data.get("model")
+        validate(kind, data, policy(model) if policy and type(model) is str else "refuse")
     return data
+
+
+def params_policy(gateway):
+    """``policy(model)`` for unknown request fields: the model's ``unknown_params``, else
+    its backend's default (``unknown_params`` attribute), else refuse."""
+    def policy(model: str) -> str:
+        cfg = gateway.config.model(model)
+        if cfg is None:
+            return "refuse"
+        return cfg.unknown_params or getattr(gateway.backends.get(model), "unknown_params",
+                                             "refuse")
+    return policy
+
+
+def check_backend(backend, data: dict[str, Any]) -> None:
+    """What the validated body asks that this model's backend cannot do: a 400."""
+    n = data.get("n")
+    if n is not None and n > getattr(backend, "max_n", 1):
+        raise APIError(400, f"Invalid value for 'n': this model returns at most "
+                            f"{getattr(backend, 'max_n', 1)} choice(s) per request.",
+                       param="n", code="unsupported_value")
 
 
 async def _offload(fn, *args):
@@ -246,11 +282,11 @@ async def _offload(fn, *args):
     return await asyncio.get_running_loop().run_in_executor(_executor, fn, *args)
 
 
-async def parse_and_validate_async(kind: str, body: bytes) -> dict[str, Any]:
+async def parse_and_validate_async(kind: str, body: bytes, policy=None) -> dict[str, Any]:
     """:func:`parse_and_validate`; a body over OFFLOAD_BYTES is handled in a worker thread."""
     if len(body) <= OFFLOAD_BYTES:
-        return parse_and_validate(kind, body)
-    return await _offload(parse_and_validate, kind, body, True)
+        return parse_and_validate(kind, body, False, policy)
+    return await _offload(parse_and_validate, kind, body, True, policy)
 
 
 async def loads_async(raw: str | bytes, what: str) -> Any:
@@ -264,22 +300,33 @@ async def loads_async(raw: str | bytes, what: str) -> Any:
     return await _offload(work)
 
 
-async def validate_async(kind: str, data: dict[str, Any], size: int) -> None:
+async def validate_async(kind: str, data: dict[str, Any], size: int,
+                         unknown: str = "refuse") -> None:
     """:func:`validate`; for a body of over OFFLOAD_BYTES (``size``) in a worker thread."""
     if size <= OFFLOAD_BYTES:
-        return validate(kind, data)
-    await _offload(validate, kind, data)
+        return validate(kind, data, unknown)
+    await _offload(validate, kind, data, unknown)
 
 
-def validate(kind: str, data: dict[str, Any]) -> None:
-    """Validate a chat/completion body; raise a 400 naming the first bad parameter."""
+def validate(kind: str, data: dict[str, Any], unknown: str = "refuse") -> None:
+    """Validate a chat/completion body; raise a 400 naming the first bad parameter.
+
+    Known fields are checked strictly. Fields the gateway does not know follow
+    ``unknown``: "refuse" (400), "drop" (removed from ``data``) or "pass" (kept
+    unchecked for the backend; :func:`loads` has bounded their size and depth)."""
     extra = data.keys() - _FIELDS[kind]
+    checked = data
     if extra:   # checked first: an unknown field is the likeliest mistake
-        raise _unknown(extra, "")
+        if unknown == "refuse":
+            raise _unknown(extra, "")
+        checked = {k: v for k, v in data.items() if k not in extra}
     try:
-        _FAST[kind](data)
+        _FAST[kind](checked)
     except fastjsonschema.JsonSchemaValueException as exc:
         raise _explain(exc) from None
+    if extra and unknown == "drop":
+        for name in extra:
+            del data[name]
 
 
 def _unknown(extra: set[str], prefix: str) -> APIError:

@@ -11,9 +11,9 @@ from gateway import drain, metrics
 from gateway.errors import APIError
 from gateway.handlers.base import BaseAPIHandler
 from gateway.sse import ChunkEncoder, Flusher
-from gateway.streaming import ClientGone, Generation
+from gateway.streaming import Accumulator, ClientGone, Generation
 from gateway.types import Chunk, GenerationRequest
-from gateway.validation import parse_and_validate_async
+from gateway.validation import check_backend, params_policy, parse_and_validate_async
 
 
 class ModelsHandler(BaseAPIHandler):
@@ -55,12 +55,13 @@ class GenerationHandler(BaseAPIHandler):
         try:
             self.check_body_size()
             principal = await self.require_principal()
-            data = await parse_and_validate_async(self.kind, self.request.body)
+            data = await parse_and_validate_async(self.kind, self.request.body,
+                                                  params_policy(self.gateway))
             self.metric_model = data["model"]
             max_tokens = data.get("max_completion_tokens") or data.get("max_tokens")
             req = GenerationRequest(self.kind, data["model"], data, max_tokens,
                                     self.id_prefix + secrets.token_hex(12))
-            self.gateway.backend_for(req.model)  # 404 for an unknown model
+            check_backend(self.gateway.backend_for(req.model), data)  # 404, 400
             gen = Generation(self.gateway, principal, req,
                              "sse" if data.get("stream") else "http", started)
             await gen.admit()
@@ -126,7 +127,7 @@ class GenerationHandler(BaseAPIHandler):
             self.write(encoder.error(err.body()))
             return self.finish()
         if include_usage:
-            self.write(encoder.usage(gen.usage))
+            self.write(encoder.usage(gen.usage, gen.usage_raw))
         self.write("data: [DONE]\n\n")
         try:
             await self.finish()
@@ -135,29 +136,20 @@ class GenerationHandler(BaseAPIHandler):
 
     # -- non-streaming ------------------------------------------------------
     async def _complete(self, gen: Generation) -> None:
-        parts: list[str] = []
+        acc = Accumulator(self.kind == "chat")
 
         async def emit(chunk: Chunk) -> None:
-            parts.append(chunk.text)
+            acc.add(chunk)
 
         try:
             if not await self._run(gen, emit):
                 return await drain.end_cut_off(self)
         except APIError as err:
             return self.send_api_error(err)
-        text = "".join(parts)
-        if self.kind == "chat":
-            choice = {"index": 0, "message": {"role": "assistant", "content": text,
-                                              "refusal": None},
-                      "logprobs": None, "finish_reason": gen.finish_reason}
-            obj = "chat.completion"
-        else:
-            choice = {"index": 0, "text": text, "logprobs": None,
-                      "finish_reason": gen.finish_reason}
-            obj = "text_completion"
+        obj = "chat.completion" if self.kind == "chat" else "text_completion"
         self.write_json({"id": gen.req.request_id, "object": obj, "created": int(time.time()),
-                         "model": gen.req.model, "choices": [choice],
-                         "usage": gen.usage.as_openai()})
+                         "model": gen.req.model, "choices": acc.result(gen.finish_reason),
+                         "usage": gen.usage.as_openai(), **acc.extra})
 
 
 class ChatCompletionsHandler(GenerationHandler):

@@ -33,7 +33,8 @@ from gateway import metrics
 from gateway.errors import APIError
 from gateway.streaming import ClientGone, Generation
 from gateway.types import Chunk, GenerationRequest, Principal
-from gateway.validation import OFFLOAD_BYTES, loads, loads_async, validate_async
+from gateway.validation import (OFFLOAD_BYTES, check_backend, loads, loads_async,
+                                params_policy, validate_async)
 
 log = logging.getLogger("allyoucantoken.ws")
 
@@ -89,6 +90,32 @@ def _dumps(data: Any) -> str:
 def _error_message(err: APIError, req_id: Any = None) -> dict[str, Any]:
     """The server's ``error`` message: the OpenAI error body plus the HTTP-like status."""
     return {"type": "error", "id": req_id, "status": err.status, **err.body()}
+
+
+_DELTA_FIELDS = ("tool_calls", "reasoning_content", "refusal")
+
+
+def delta_message(req_id: Any, chunk: Chunk) -> dict[str, Any] | None:
+    """The ``delta`` message for one chunk, or None when it carries no output:
+    ``content`` (text), and as the OpenAI delta has them ``tool_calls`` (with index, id,
+    name and arguments pieces), ``reasoning_content``, ``refusal``; ``index`` (the
+    choice) when not 0; ``logprobs`` when the request asked for them."""
+    delta = chunk.delta
+    text = chunk.text if delta is None else (delta.get("content") or "")
+    msg: dict[str, Any] = {"type": "delta", "id": req_id}
+    if text:
+        msg["content"] = text
+    if delta:
+        for key in _DELTA_FIELDS:
+            if delta.get(key):
+                msg[key] = delta[key]
+    if len(msg) == 2:
+        return None
+    if chunk.index:
+        msg["index"] = chunk.index
+    if chunk.logprobs is not None:
+        msg["logprobs"] = chunk.logprobs
+    return msg
 
 
 def normalize_origin(origin: str) -> str:
@@ -377,12 +404,14 @@ class ChatSocketHandler(tornado.websocket.WebSocketHandler):
             try:
                 principal = await self._principal()
                 body = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
-                await validate_async("chat", body, size)
+                model = body.get("model")
+                await validate_async("chat", body, size, params_policy(self.gateway)(model)
+                                     if type(model) is str else "refuse")
                 self.models[req_id] = body["model"]
                 max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
                 req = GenerationRequest("chat", body["model"], body, max_tokens,
                                         "chatcmpl-" + secrets.token_hex(12))
-                self.gateway.backend_for(req.model)
+                check_backend(self.gateway.backend_for(req.model), body)
                 gen = Generation(self.gateway, principal, req, "ws", started)
                 await gen.admit()
             except APIError as err:
@@ -395,8 +424,9 @@ class ChatSocketHandler(tornado.websocket.WebSocketHandler):
                                "model": req.model})
 
             async def emit(chunk: Chunk) -> None:
-                if chunk.text:
-                    await self._send({"type": "delta", "id": req_id, "content": chunk.text})
+                msg = delta_message(req_id, chunk)
+                if msg is not None:
+                    await self._send(msg)
 
             try:
                 usage = await gen.run(emit)

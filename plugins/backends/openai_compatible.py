@@ -14,15 +14,23 @@ Model options (``[[models]] options``):
   api_key                bearer token for the upstream, if it wants one
   connect_timeout        seconds to open a TCP connection (default 5)
   read_timeout           seconds to wait for response headers or the next chunk (default 120)
-  max_connections        pooled connections per replica (default 256)
+  max_connections        upstream connections (= streams) per replica (default 4096)
+  pool_timeout           seconds a request may wait for a free connection slot when all
+                         ``max_connections`` are busy; then 503 ``backend_busy`` (default 10)
   keepalive_timeout      seconds an idle pooled connection is kept (default 4: shorter
                          than the upstream's own keep-alive timeout, 5 s for uvicorn)
   health_interval        seconds between health probes of each replica (default 5)
   health_timeout         seconds a probe may take (default 2)
   max_attempts           replicas tried for one request before giving up (default: all)
 
+Requests are relayed faithfully: the body goes upstream with only ``model``,
+``stream`` and ``stream_options.include_usage`` set (fields the gateway does not know
+follow the model's ``unknown_params`` policy), and each upstream event comes back as
+Chunks carrying its original bytes (see ``plugins.backends.sse``). Health probes use a
+session and connections of their own, so they never wait behind traffic.
+
 Errors the client gets: 503 ``backend_unavailable`` (no replica reachable, or all
-overloaded), 502 ``backend_error`` (upstream failed or cut the stream), 504
+overloaded), 503 ``backend_busy`` (no connection slot free within ``pool_timeout``), 502 ``backend_error`` (upstream failed or cut the stream), 504
 ``backend_timeout`` (upstream stopped responding), 4xx ``upstream_rejected`` (the
 upstream refused the request itself; never retried).
 """
@@ -55,6 +63,7 @@ class Replica:
         self.in_flight = 0
         self.healthy = True
         self.checked = 0.0
+        self.slots: asyncio.Semaphore | None = None   # set by the backend's start()
 
 
 class _Retry(Exception):
@@ -68,6 +77,9 @@ class _Retry(Exception):
 class OpenAICompatibleBackend:
     """Streams from OpenAI-compatible HTTP upstreams; always asks them for usage."""
 
+    unknown_params = "pass"   # default policy for request fields the gateway does not know
+    max_n = 128               # several choices: the upstream makes them
+
     def __init__(self, model_cfg, config) -> None:
         opts = model_cfg.options
         self.name = model_cfg.name
@@ -80,7 +92,8 @@ class OpenAICompatibleBackend:
         self.timeout = aiohttp.ClientTimeout(total=None,
                                              sock_connect=float(opts.get("connect_timeout", 5)),
                                              sock_read=float(opts.get("read_timeout", 120)))
-        self.max_connections = int(opts.get("max_connections", 256))
+        self.max_connections = int(opts.get("max_connections", 4096))
+        self.pool_timeout = float(opts.get("pool_timeout", 10))
         # below uvicorn's 5 s default (mlc_llm serve, vLLM, llama_cpp.server), so we drop
         # an idle connection before the upstream does
         self.keepalive_timeout = float(opts.get("keepalive_timeout", 4))
@@ -88,18 +101,24 @@ class OpenAICompatibleBackend:
         self.health_timeout = float(opts.get("health_timeout", 2))
         self.max_attempts = int(opts.get("max_attempts", len(self.replicas)))
         self.session: aiohttp.ClientSession | None = None
+        self.health_session: aiohttp.ClientSession | None = None
         self._health_task: asyncio.Task | None = None
         self._turn = itertools.count()
 
     # -- life cycle ---------------------------------------------------------
     async def start(self) -> None:
         """Open the connection pool, probe every replica once, start the health loop."""
-        connector = aiohttp.TCPConnector(limit=self.max_connections * len(self.replicas),
-                                         limit_per_host=self.max_connections,
-                                         keepalive_timeout=self.keepalive_timeout)
+        for replica in self.replicas:
+            replica.slots = asyncio.Semaphore(self.max_connections)
+        # Slots are counted by the semaphores; the connector only pools.
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=self.keepalive_timeout)
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         self.session = aiohttp.ClientSession(connector=connector, timeout=self.timeout,
                                              headers=headers, auto_decompress=False)
+        self.health_session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=2 * len(self.replicas),
+                                           keepalive_timeout=self.keepalive_timeout),
+            headers=headers)
         await self._check_all()
         self._health_task = asyncio.create_task(self._health_loop())
 
@@ -108,6 +127,8 @@ class OpenAICompatibleBackend:
         await stop_task(self._health_task)
         if self.session:
             await self.session.close()
+        if self.health_session:
+            await self.health_session.close()
 
     # -- health ---------------------------------------------------------------
     async def health(self) -> dict:
@@ -128,7 +149,7 @@ class OpenAICompatibleBackend:
 
     async def _check(self, replica: Replica) -> None:
         try:
-            async with self.session.get(
+            async with self.health_session.get(
                     f"{replica.url}/models",
                     timeout=aiohttp.ClientTimeout(total=self.health_timeout)) as resp:
                 ok = resp.status < 500
@@ -170,7 +191,7 @@ class OpenAICompatibleBackend:
         body = dict(req.body)
         body["model"] = self.upstream_model
         body["stream"] = True
-        body["stream_options"] = {"include_usage": True}
+        body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         body.pop("max_completion_tokens", None)
         if req.max_tokens is not None:
             body["max_tokens"] = req.max_tokens
@@ -202,6 +223,15 @@ class OpenAICompatibleBackend:
     async def _attempt(self, replica: Replica, path: str, kind: str, payload: dict,
                        state: dict):
         """Stream from one replica. Failures before the first chunk raise _Retry."""
+        try:
+            await asyncio.wait_for(replica.slots.acquire(), self.pool_timeout)
+        except TimeoutError:
+            metrics.BACKEND_RETRIES.labels(self.name, "backend_busy").inc()
+            raise _Retry(APIError(
+                503, f"The model `{self.name}` is at its connection limit "
+                     f"({self.max_connections} streams per replica); no slot was free "
+                     f"within {self.pool_timeout:g}s. Try again shortly.",
+                code="backend_busy", headers={"Retry-After": "1"})) from None
         replica.in_flight += 1
         resp = None
         try:
@@ -225,16 +255,17 @@ class OpenAICompatibleBackend:
             finished = False
             try:
                 async for line in resp.content:
-                    chunk = parse_line(line, kind)
-                    if chunk is False:
+                    chunks = parse_line(line, kind)
+                    if chunks is False:
                         finished = True
                         break
-                    if chunk is None or not (chunk.text or chunk.finish_reason or chunk.usage):
+                    if chunks is None:
                         continue
-                    if chunk.finish_reason:
-                        finished = True
-                    state["sent"] = True
-                    yield chunk
+                    for chunk in chunks:
+                        if chunk.finish_reason:
+                            finished = True
+                        state["sent"] = True
+                        yield chunk
                 if not finished:
                     raise aiohttp.ClientPayloadError("stream ended without [DONE]")
             except UpstreamError:
@@ -255,6 +286,7 @@ class OpenAICompatibleBackend:
             resp = None
         finally:
             replica.in_flight -= 1
+            replica.slots.release()
             if resp is not None:
                 resp.close()  # stopped early: close the connection so the upstream stops
 

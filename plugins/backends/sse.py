@@ -1,32 +1,57 @@
-"""Parse OpenAI-style upstream stream chunks into gateway Chunks."""
+"""Parse OpenAI-style upstream stream chunks into gateway Chunks, for pass-through.
+
+Each upstream event is decoded once, for what the gateway reads (finish_reason, usage,
+the amount of output) and for the WebSocket and non-streaming paths (``delta``,
+``logprobs``). An event with at most one choice also keeps its original bytes
+(``Chunk.raw``): the SSE path relays those with only ``id``/``model`` rewritten.
+"""
 from __future__ import annotations
 
 import json
 
 from gateway.types import Chunk, Usage
 
+# Top-level fields of a chunk that the gateway owns or reads itself.
+_ENVELOPE = frozenset(("id", "object", "created", "model", "choices", "usage"))
 
-def parse_event(payload: dict, kind: str) -> Chunk:
-    """One upstream chunk (chat.completion.chunk or text_completion) -> Chunk."""
-    text, finish = "", None
+
+def _usage(raw) -> Usage | None:
+    if not raw:
+        return None
+    return Usage(int(raw.get("prompt_tokens") or 0), int(raw.get("completion_tokens") or 0))
+
+
+def _choice_chunk(choice: dict, kind: str, extra: dict | None) -> Chunk:
+    if kind == "chat":
+        delta = choice.get("delta")
+        if delta is None:
+            delta = {}
+        text = delta.get("content") or ""
+    else:
+        delta, text = None, choice.get("text") or ""
+    return Chunk(text, choice.get("finish_reason"), None, choice.get("index") or 0, delta,
+                 choice.get("logprobs"), extra)
+
+
+def parse_event(payload: dict, kind: str, raw: bytes | None = None) -> list[Chunk]:
+    """One upstream chunk (chat.completion.chunk or text_completion) -> Chunks, one per
+    choice (a usage-only event gives one Chunk with usage and no choice)."""
     choices = payload.get("choices") or []
-    if choices:
-        choice = choices[0]
-        if kind == "chat":
-            text = (choice.get("delta") or {}).get("content") or ""
-        else:
-            text = choice.get("text") or ""
-        finish = choice.get("finish_reason")
-    usage = None
-    raw = payload.get("usage")
-    if raw:
-        usage = Usage(int(raw.get("prompt_tokens") or 0), int(raw.get("completion_tokens") or 0))
-    return Chunk(text, finish, usage)
+    extra = None
+    if len(payload) > 5:   # more than id, object, created, model, choices
+        extra = {k: v for k, v in payload.items() if k not in _ENVELOPE} or None
+    usage = _usage(payload.get("usage"))
+    if not choices:
+        return [Chunk(usage=usage, extra=extra, raw=raw)]
+    chunks = [_choice_chunk(c, kind, extra) for c in choices]
+    chunks[0].usage = usage
+    if len(chunks) == 1:
+        chunks[0].raw = raw
+    return chunks
 
 
-def parse_line(line: bytes, kind: str) -> Chunk | None | bool:
-    """An SSE line -> Chunk; None for lines to skip; False at ``data: [DONE]``."""
-    line = line.strip()
+def parse_line(line: bytes, kind: str) -> list[Chunk] | None | bool:
+    """An SSE line -> Chunks; None for lines to skip; False at ``data: [DONE]``."""
     if not line.startswith(b"data:"):
         return None
     data = line[5:].strip()
@@ -36,9 +61,11 @@ def parse_line(line: bytes, kind: str) -> Chunk | None | bool:
         payload = json.loads(data)
     except ValueError:
         return None
+    if not isinstance(payload, dict):
+        return None
     if "error" in payload and not payload.get("choices"):
         raise UpstreamError(payload["error"])
-    return parse_event(payload, kind)
+    return parse_event(payload, kind, data)
 
 
 class UpstreamError(Exception):
