@@ -324,8 +324,11 @@ class _Instance:
                     if not started:
                         call = {"index": 0, "id": call_id, "type": "function",
                                 "function": {"name": tool["name"], "arguments": text}}
+                    delta = {"content": None, "tool_calls": [call]}
+                    if not started:
+                        delta = {"role": "assistant", **delta}
                     started = True
-                    emit(Chunk("", reason, delta={"content": None, "tool_calls": [call]}))
+                    emit(Chunk("", reason, delta=delta))
                     continue
                 lp = _Logprobs.chat(probs.take()) if probs is not None and text else None
                 emit(Chunk(text, reason, logprobs=lp))
