@@ -8,7 +8,8 @@ tokens per day, and settle with the backend's real prompt token count. Usage is
 recorded with kind ``"embedding"`` (prompt tokens, no completion tokens).
 A model's backend serves embeddings when its ``capabilities`` list holds
 ``"embeddings"`` and it has an ``embeddings(request)`` coroutine returning
-``(vectors, Usage)``; any other model gets a 400 ``model_not_supported``.
+``(vectors, Usage)`` (``None`` for usage the backend does not know: the input is then
+counted by estimate); any other model gets a 400 ``model_not_supported``.
 """
 from __future__ import annotations
 
@@ -113,9 +114,9 @@ class EmbeddingsHandler(BaseAPIHandler):
                              code="backend_error")
         if error is not None:
             status, code, outcome = error.status, error.code, "error"
-        if usage is None:   # unknown: what the limiters reserved for the input
-            usage = Usage(estimate_prompt_tokens(req), 0, estimated=True) \
-                if outcome == "cancelled" else Usage()
+        if usage is None:   # unknown (cut off, or not reported): the input's estimate
+            usage = Usage() if outcome == "error" else \
+                Usage(estimate_prompt_tokens(req), 0, estimated=True)
         for limiter, adm in zip(self.gateway.limiters, admissions):
             try:
                 await limiter.settle(adm, usage, outcome)

@@ -22,6 +22,7 @@ Model options (``[[models]] options``):
   health_interval        seconds between health probes of each replica (default 5)
   health_timeout         seconds a probe may take (default 2)
   max_attempts           replicas tried for one request before giving up (default: all)
+  embeddings             true: the upstream serves /embeddings too (default false)
 
 Requests are relayed faithfully: the body goes upstream with only ``model``,
 ``stream`` and ``stream_options.include_usage`` set (fields the gateway does not know
@@ -49,7 +50,7 @@ from gateway.background import stop_task
 from gateway import metrics
 from gateway.errors import APIError
 from gateway.hookspecs import hookimpl
-from gateway.types import Chunk, GenerationRequest
+from gateway.types import Chunk, GenerationRequest, Usage
 from plugins.backends.sse import UpstreamError, parse_line
 
 log = logging.getLogger("allyoucantoken.backend.openai")
@@ -104,6 +105,8 @@ class OpenAICompatibleBackend:
         self.health_session: aiohttp.ClientSession | None = None
         self._health_task: asyncio.Task | None = None
         self._turn = itertools.count()
+        self.capabilities = ["chat", "completions"] + \
+            (["embeddings"] if opts.get("embeddings") else [])
 
     # -- life cycle ---------------------------------------------------------
     async def start(self) -> None:
@@ -297,6 +300,53 @@ class OpenAICompatibleBackend:
             # Most likely a pooled keep-alive connection that the upstream had just
             # closed: the request never ran. Try once more on a new connection.
             return await self.session.post(f"{replica.url}/{path}", json=payload)
+
+    # -- embeddings (only with the ``embeddings`` option) -----------------------
+    async def embeddings(self, req: GenerationRequest):
+        """POST ``/embeddings`` to the least busy replica (another one when it cannot be
+        reached or fails with 5xx); always asks for floats. Returns (vectors, Usage or
+        None when the upstream reports none)."""
+        payload = {**req.body, "model": self.upstream_model, "encoding_format": "float"}
+        tried: set[Replica] = set()
+        error = self._unavailable()
+        while len(tried) < self.max_attempts:
+            replica = self._pick(tried)
+            if replica is None:
+                break
+            tried.add(replica)
+            try:
+                await asyncio.wait_for(replica.slots.acquire(), self.pool_timeout)
+            except TimeoutError:
+                continue
+            replica.in_flight += 1
+            try:
+                async with self.session.post(f"{replica.url}/embeddings", json=payload,
+                                             headers={"Accept-Encoding": "identity"}) as resp:
+                    if resp.status != 200:
+                        error = await self._upstream_error(resp)
+                        if error.status >= 500:
+                            continue
+                        raise error
+                    body = await resp.json(content_type=None)
+            except (aiohttp.ClientError, OSError) as exc:
+                self._failed(replica, type(exc).__name__)
+                continue
+            except TimeoutError:
+                error = self._timeout()
+                continue
+            finally:
+                replica.in_flight -= 1
+                replica.slots.release()
+            try:
+                data = sorted(body["data"], key=lambda d: d["index"])
+                vectors = [d["embedding"] for d in data]
+            except (KeyError, TypeError):
+                raise APIError(502, "The model backend sent an unreadable embeddings "
+                                    "response.", code="backend_error") from None
+            usage = body.get("usage") or {}
+            tokens = usage.get("prompt_tokens")
+            return vectors, (Usage(int(tokens), 0) if isinstance(tokens, int) else None)
+        raise error
 
     def _unavailable(self) -> APIError:
         return APIError(503, f"The model `{self.name}` is unavailable right now; "

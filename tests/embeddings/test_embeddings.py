@@ -71,7 +71,8 @@ def test_sdk_embeddings_vectors_usage_and_rollups(gw):
     assert sum(d["prompt_tokens"] for d in docs) == \
         resp.usage.prompt_tokens + one.usage.prompt_tokens
     assert sum(d["completion_tokens"] for d in docs) == 0
-    events = [e for e in gw.usage_events() if e.get("account_id") == acct]
+    events = wait_until(lambda: [e for e in gw.usage_events() if e.get("account_id") == acct],
+                        what="the per-request usage events (flushed every second)")
     assert {e["kind"] for e in events} == {"embedding"}
 
 
@@ -138,3 +139,33 @@ def test_models_say_which_can_embed_and_others_refuse(gw):
         client(gw, key).embeddings.create(model="echo", input="hi")
     assert err.value.body["code"] == "model_not_supported"
     assert err.value.body["param"] == "model"
+
+
+def test_openai_compatible_upstream_serves_embeddings(gw, start_gw):
+    """A second gateway relays embeddings to the first one (a real OpenAI-compatible
+    upstream with the real model): same vectors, the upstream's token count."""
+    upstream_key = gw.create_key()
+    front = start_gw({"models": [
+        {"name": "remote", "backend": "openai_compatible",
+         "options": {"base_url": gw.url + "/v1", "api_key": upstream_key,
+                     "upstream_model": MODEL, "embeddings": True}},
+        {"name": "remote-chat", "backend": "openai_compatible",
+         "options": {"base_url": gw.url + "/v1", "api_key": upstream_key,
+                     "upstream_model": MODEL}}]})
+    key = front.create_key()
+    texts = ["red apples", "green pears"]
+    direct = client(gw, upstream_key).embeddings.create(model=MODEL, input=texts)
+    relayed = client(front, key).embeddings.create(model="remote", input=texts)
+    assert relayed.model == "remote"
+    for a, b in zip(direct.data, relayed.data):
+        assert np.allclose(a.embedding, b.embedding, atol=1e-6)
+    assert relayed.usage.prompt_tokens == direct.usage.prompt_tokens
+    caps = {m.id: m.model_extra["capabilities"] for m in client(front, key).models.list().data}
+    assert "embeddings" in caps["remote"] and "embeddings" not in caps["remote-chat"]
+    with pytest.raises(openai.BadRequestError) as err:
+        client(front, key).embeddings.create(model="remote-chat", input="hi")
+    assert err.value.body["param"] == "model"
+    # An upstream's 400 comes back as a 400.
+    r = httpx.post(front.url + "/v1/embeddings", headers={"Authorization": f"Bearer {key}"},
+                   json={"model": "remote", "input": "hi", "dimensions": 3}, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "upstream_rejected"
