@@ -172,6 +172,16 @@ class OpenAICompatibleBackend:
         log.warning("model %s: replica %s failed (%s)", self.name, replica.url, reason)
         self._set_health(replica, False)
 
+    def _tries(self):
+        """The replicas one request may try, in order of choice (at most max_attempts)."""
+        tried: set[Replica] = set()
+        while len(tried) < self.max_attempts:
+            replica = self._pick(tried)
+            if replica is None:
+                return
+            tried.add(replica)
+            yield replica
+
     def _pick(self, exclude: set[Replica]) -> Replica | None:
         """The least busy healthy replica not yet tried (ties rotate); if none is
         healthy, the least busy untried one anyway (health may be stale)."""
@@ -202,13 +212,8 @@ class OpenAICompatibleBackend:
 
     async def _stream(self, req: GenerationRequest, path: str, kind: str):
         payload = self._payload(req)
-        tried: set[Replica] = set()
         error = self._unavailable()
-        while len(tried) < self.max_attempts:
-            replica = self._pick(tried)
-            if replica is None:
-                break
-            tried.add(replica)
+        for replica in self._tries():
             state = {"sent": False}
             try:
                 # aclosing: when our consumer stops early, the attempt (and its
@@ -307,13 +312,8 @@ class OpenAICompatibleBackend:
         reached or fails with 5xx); always asks for floats. Returns (vectors, Usage or
         None when the upstream reports none)."""
         payload = {**req.body, "model": self.upstream_model, "encoding_format": "float"}
-        tried: set[Replica] = set()
         error = self._unavailable()
-        while len(tried) < self.max_attempts:
-            replica = self._pick(tried)
-            if replica is None:
-                break
-            tried.add(replica)
+        for replica in self._tries():
             try:
                 await asyncio.wait_for(replica.slots.acquire(), self.pool_timeout)
             except TimeoutError:
