@@ -288,8 +288,7 @@ class _Instance:
         self.on_sample = probs.sampled if probs is not None else None
         tool = plan_.get("tool")
         if kind == "chat":
-            messages = [{"role": m["role"], "content": _text(m.get("content"))}
-                        for m in req.messages]
+            messages = [_message(m) for m in req.messages]
             stream = self.llm.create_chat_completion(messages=messages, stream=True, **params)
         else:
             stream = self.llm.create_completion(prompt=req.prompt, stream=True, **params)
@@ -384,6 +383,16 @@ class _Instance:
             batch.reset()
             llm._ctx.kv_cache_clear()
         return out, total
+
+
+def _message(m: dict) -> dict:
+    """A message as the chat template takes it: text content; an assistant's tool calls
+    are written after it as JSON, so the model sees what it called."""
+    content = _text(m.get("content"))
+    for call in m.get("tool_calls") or ():
+        fn = call.get("function") or {}
+        content += json.dumps({"name": fn.get("name"), "arguments": fn.get("arguments", "")})
+    return {"role": m["role"], "content": content}
 
 
 def _text(content) -> str:

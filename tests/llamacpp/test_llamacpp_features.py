@@ -147,3 +147,21 @@ def test_unsupported_is_a_400_naming_the_field(gateway, api_key, extra, param):
                              "stream": stream, **extra})
         assert r.status_code == 400, r.text
         assert r.json()["error"]["param"] == param
+
+
+def test_tool_result_round_trip(client):
+    """The assistant's call and the tool's answer go back in; the model answers in text."""
+    messages = ask("What is the weather in Paris?") + [
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "C"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": '{"temperature": 21}'}]
+    resp = client.chat.completions.create(model=MODEL, max_tokens=20, temperature=0,
+                                          messages=messages, tools=[WEATHER],
+                                          tool_choice="none")
+    assert resp.choices[0].message.content and not resp.choices[0].message.tool_calls
+    # The call is in the prompt: without it the prompt is shorter by its JSON.
+    messages[1] = {"role": "assistant", "content": None}
+    bare = client.chat.completions.create(model=MODEL, max_tokens=1, temperature=0,
+                                          messages=messages)
+    assert resp.usage.prompt_tokens >= bare.usage.prompt_tokens + 10
