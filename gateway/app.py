@@ -99,8 +99,11 @@ def ssl_context(config: Config) -> ssl.SSLContext | None:
     return ctx
 
 
-async def serve(config: Config, ready=None) -> None:
-    """Run the gateway until SIGTERM/SIGINT; then drain, flush usage and stop cleanly."""
+async def serve(config: Config, ready=None, worker: int | None = None,
+                workers: int = 1) -> None:
+    """Run the gateway until SIGTERM/SIGINT; then drain, flush usage and stop cleanly.
+    As worker ``worker`` of ``serve --workers``, listen with SO_REUSEPORT (the kernel
+    spreads connections over the workers) and use the parent's database."""
     uri, embedded = database_uri(config)
     port_file = embedded_port_file(config)
     if embedded:
@@ -113,7 +116,7 @@ async def serve(config: Config, ready=None) -> None:
     try:
         await store.init()
         pm = get_plugin_manager(config.plugins.modules, config.plugins.disabled)
-        gateway = Gateway(config, pm, store)
+        gateway = Gateway(config, pm, store, worker, workers)
         await gateway.start()
         app = make_app(gateway)
         server = tornado.httpserver.HTTPServer(
@@ -124,10 +127,11 @@ async def serve(config: Config, ready=None) -> None:
             body_timeout=config.server.body_timeout,
             **httpguard.server_options(config.server.max_body_bytes,
                                        config.server.max_header_bytes))
-        server.listen(config.server.port, config.server.host)
+        server.listen(config.server.port, config.server.host, reuse_port=worker is not None)
         scheme = "https" if config.server.tls_cert else "http"
-        log.info("listening on %s://%s:%d (models: %s)", scheme, config.server.host,
-                 config.server.port, ", ".join(gateway.backends))
+        log.info("listening on %s://%s:%d (models: %s)%s", scheme, config.server.host,
+                 config.server.port, ", ".join(gateway.backends),
+                 f" worker {worker} pid {os.getpid()}" if worker is not None else "")
         stop, hurry = asyncio.Event(), asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -150,3 +154,70 @@ async def serve(config: Config, ready=None) -> None:
             embedded.stop(timeout=embedded_db.EXIT_GRACE + 1)
             if os.path.exists(port_file):
                 os.remove(port_file)
+
+
+def serve_workers(config: Config, workers: int) -> int:
+    """``serve --workers N``: N gateway processes on one port (SO_REUSEPORT). The parent
+    starts the embedded database once (unless ``[database] uri`` is set), forks the
+    workers, restarts one that dies, and on SIGTERM/SIGINT asks each to drain (SIGTERM),
+    waits for them, then stops the database. Each worker has its own usage spool."""
+    uri, embedded = database_uri(config)
+    port_file = embedded_port_file(config)
+    if embedded:
+        with open(port_file, "w") as fh:
+            fh.write(str(embedded.port))
+        config.database.uri = uri   # the workers connect to this one server
+        log.info("embedded database on port %d for %d workers", embedded.port, workers)
+    children: dict[int, int] = {}   # pid -> worker index
+    stopping = False
+
+    def spawn(index: int) -> None:
+        pid = os.fork()
+        if pid == 0:   # the worker: its own process group, so a terminal's ^C reaches
+            code = 0   # only the parent, which forwards one SIGTERM
+            try:
+                os.setpgid(0, 0)
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    signal.signal(sig, signal.SIG_DFL)
+                asyncio.run(serve(config, worker=index, workers=workers))
+            except BaseException:  # noqa: BLE001 - report and leave with an error code
+                log.exception("worker %d failed", index)
+                code = 1
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        children[pid] = index
+
+    def stop(signum, frame) -> None:
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            for pid in list(children):
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        for index in range(workers):
+            spawn(index)
+        while children:
+            pid, status = os.wait()
+            index = children.pop(pid, None)
+            if index is None:
+                continue
+            if not stopping:
+                log.error("worker %d (pid %d) exited (%s); starting it again", index, pid,
+                          os.waitstatus_to_exitcode(status))
+                import time
+                time.sleep(1.0)
+                if not stopping:
+                    spawn(index)
+    finally:
+        if embedded:
+            embedded.stop(timeout=embedded_db.EXIT_GRACE + 1)
+            if os.path.exists(port_file):
+                os.remove(port_file)
+    return 0

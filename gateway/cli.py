@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> None:
     sp = sub.add_parser("serve", help="run the gateway")
     sp.add_argument("--port", type=int)
     sp.add_argument("--host")
+    sp.add_argument("--workers", type=int, default=1,
+                    help="gateway processes on the one port (SO_REUSEPORT); default 1")
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_cmd",
                                                                          required=True)
     kc = keys.add_parser("create", help="create a key (and the account if needed)")
@@ -136,7 +138,12 @@ def main(argv: list[str] | None = None) -> None:
             cfg.server.port = ns.port
         if ns.host:
             cfg.server.host = ns.host
+        if ns.workers < 1:
+            sys.exit("--workers must be at least 1")
         try:
+            if ns.workers > 1:
+                from gateway.app import serve_workers
+                sys.exit(serve_workers(cfg, ns.workers))
             asyncio.run(serve(cfg))
         except config_mod.ConfigError as exc:  # plugin sections are validated at start
             sys.exit(f"configuration error: {exc}")

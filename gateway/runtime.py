@@ -15,10 +15,44 @@ from gateway.usage import UsageRecorder
 log = logging.getLogger("allyoucantoken")
 
 
+def spool_path(data_dir: str, worker: int | None, workers: int = 1) -> str:
+    """This process's usage spool: ``usage-spool.jsonl``, or ``usage-spool-<worker>.jsonl``
+    for a ``serve --workers`` process. Worker 0 (or the single process) first adopts the
+    spools no running process owns (left by an earlier run with another worker count):
+    their batches are appended to its own spool, which it replays at start. Batches carry
+    ids, so a batch replayed twice is still counted once."""
+    own = os.path.join(data_dir, "usage-spool.jsonl" if worker is None
+                       else f"usage-spool-{worker}.jsonl")
+    if worker not in (None, 0):
+        return own
+    live = {os.path.basename(own)} | {f"usage-spool-{w}.jsonl" for w in range(workers)
+                                      if worker is not None}
+    try:
+        names = sorted(os.listdir(data_dir))
+    except FileNotFoundError:
+        return own
+    for name in names:
+        if not (name.startswith("usage-spool") and name.endswith(".jsonl")) or name in live:
+            continue
+        path = os.path.join(data_dir, name)
+        with open(path, "rb") as src:
+            data = src.read()
+        if data and not data.endswith(b"\n"):
+            data += b"\n"
+        with open(own, "ab") as dst:
+            dst.write(data)
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.remove(path)
+        log.info("adopted the usage spool %s", name)
+    return own
+
+
 class Gateway:
     """Everything a handler needs, built once per process from config and plugins."""
 
-    def __init__(self, config: Config, pm, store) -> None:
+    def __init__(self, config: Config, pm, store, worker: int | None = None,
+                 workers: int = 1) -> None:
         self.config = config
         self.pm = pm
         self.store = store
@@ -30,8 +64,9 @@ class Gateway:
         self.routes: list[tuple] = []
         self.running: set[asyncio.Task] = set()   # generations in progress (for shutdown)
         self.draining = False                     # SIGTERM: finishing, taking no new work
+        self.worker = worker
         self.usage = UsageRecorder(store, config.usage.flush_interval,
-                                   os.path.join(config.server.data_dir, "usage-spool.jsonl"),
+                                   spool_path(config.server.data_dir, worker, workers),
                                    config.usage.hourly_days, config.usage.shutdown_timeout,
                                    observers=pm.hook.on_usage)
 
