@@ -102,7 +102,10 @@ def plan(kind: str, body: dict[str, Any]) -> dict[str, Any]:
     bias = body.get("logit_bias")
     if bias:
         try:
-            params["logit_bias"] = {int(k): float(v) for k, v in bias.items()}
+            # Applied by our own logits processor: llama-cpp-python drops every logits
+            # processor when it is given logit_bias too (LogitsProcessorList.extend
+            # returns None).
+            bias = {int(k): float(v) for k, v in bias.items()}
         except (TypeError, ValueError):
             raise _bad("logit_bias", "'logit_bias' maps token ids (integers) to numbers.") \
                 from None
@@ -113,8 +116,8 @@ def plan(kind: str, body: dict[str, Any]) -> dict[str, Any]:
             if not 0 <= n <= 5:
                 raise APIError(400, "'logprobs' must be between 0 and 5.", param="logprobs",
                                code="invalid_value")
-            return {"params": params, "logprobs": n, "top_logprobs": n}
-        return {"params": params}
+            return {"params": params, "logprobs": n, "top_logprobs": n, "logit_bias": bias}
+        return {"params": params, "logit_bias": bias}
     top = body.get("top_logprobs")
     if top is not None:
         if not want_logprobs:
@@ -124,7 +127,7 @@ def plan(kind: str, body: dict[str, Any]) -> dict[str, Any]:
             raise APIError(400, "'top_logprobs' must be between 0 and 20.",
                            param="top_logprobs", code="invalid_value")
     out: dict[str, Any] = {"params": params, "logprobs": bool(want_logprobs),
-                           "top_logprobs": top or 0}
+                           "top_logprobs": top or 0, "logit_bias": bias}
     tool = _tool_plan(body)
     fmt = body.get("response_format")
     if tool is not None:
@@ -274,12 +277,22 @@ class _Instance:
         probs = _Logprobs(self.llm, plan_["top_logprobs"]) if plan_.get("logprobs") \
             is not None and plan_.get("logprobs") is not False else None
 
+        bias = plan_.get("logit_bias")
+        if bias:
+            if any(not 0 <= t < self.llm.n_vocab() for t in bias):
+                raise APIError(400, "'logit_bias' names a token id outside the vocabulary "
+                                    f"(0..{self.llm.n_vocab() - 1}).", param="logit_bias",
+                               code="invalid_value")
+            bias_ids, bias_values = list(bias), list(bias.values())
+
         def count(input_ids, scores):
             if not seen["sampled"]:
                 seen["prompt"] = len(input_ids)
             seen["sampled"] += 1
             if probs is not None:
                 probs.before_sample(scores)
+            if bias:
+                scores[bias_ids] += bias_values
             return scores
 
         params = dict(plan_["params"])
@@ -427,6 +440,8 @@ class LlamaCppBackend:
         count = int(self.options.get("instances", 1))
         threads = int(self.options.get("n_threads", max(1, (os.cpu_count() or 1) // count)))
         self._free = asyncio.Queue()
+        # The first grammar made costs ~150 ms (lazy setup): pay it now, not in a request.
+        await asyncio.to_thread(_grammar, {"type": "object"}, "warm-up")
         for _ in range(count):
             llm = await asyncio.to_thread(
                 Llama, model_path=path, n_ctx=self._n_ctx(), n_threads=threads,
@@ -484,7 +499,7 @@ class LlamaCppBackend:
             return self._embedder
 
     async def _stream(self, kind: str, req: GenerationRequest):
-        plan_ = await asyncio.to_thread(plan, kind, req.body)
+        plan_ = plan(kind, req.body)   # on the loop (~0.1 ms), so arrival order holds
         loop = asyncio.get_running_loop()
         inst = await self._free.get()          # FIFO: requests are served in arrival order
         queue: asyncio.Queue = asyncio.Queue()

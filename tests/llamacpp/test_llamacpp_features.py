@@ -126,6 +126,18 @@ def test_seed_and_stop(client):
     assert resp.choices[0].finish_reason == "stop" and "3." not in resp.choices[0].message.content
 
 
+def test_logit_bias_steers_the_tokens(client):
+    purple = "47078"     # SmolLM2's token for "purple"
+    plain = client.chat.completions.create(model=MODEL, max_tokens=3, temperature=0,
+                                           messages=ask("Say hello."))
+    biased = client.chat.completions.create(model=MODEL, max_tokens=3, temperature=0,
+                                            messages=ask("Say hello."),
+                                            logit_bias={purple: 100})
+    assert "purple" not in plain.choices[0].message.content
+    assert biased.choices[0].message.content == "purple" * 3
+    assert biased.usage.completion_tokens == 3       # still counted exactly
+
+
 @pytest.mark.parametrize("extra, param", [
     ({"tools": [WEATHER]}, "tool_choice"),                         # "auto" cannot be done
     ({"tools": [WEATHER], "tool_choice": "required"}, "tool_choice"),
@@ -138,6 +150,7 @@ def test_seed_and_stop(client):
     ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}},
      "tool_choice"),
     ({"n": 2}, "n"),
+    ({"logit_bias": {"999999": 5}}, "logit_bias"),
 ])
 def test_unsupported_is_a_400_naming_the_field(gateway, api_key, extra, param):
     for stream in (False, True):
