@@ -273,6 +273,9 @@ def check_backend(backend, data: dict[str, Any]) -> None:
         raise APIError(400, f"Invalid value for 'n': this model returns at most "
                             f"{getattr(backend, 'max_n', 1)} choice(s) per request.",
                        param="n", code="unsupported_value")
+    check = getattr(backend, "check", None)
+    if check is not None:   # the backend's own refusals (llamacpp), before any admission
+        check(data)
 
 
 async def _offload(fn, *args):

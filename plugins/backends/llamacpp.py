@@ -459,6 +459,11 @@ class LlamaCppBackend:
         return {"ok": bool(self._instances), "instances": len(self._instances),
                 "idle": self._free.qsize() if self._free else 0}
 
+    def check(self, body: dict) -> None:
+        """A 400 for what this backend cannot honour, before the limiters count the
+        request (``gateway.validation.check_backend``)."""
+        plan("chat" if "messages" in body else "completion", body)
+
     def chat(self, req: GenerationRequest) -> AsyncIterator[Chunk]:
         return self._stream("chat", req)
 

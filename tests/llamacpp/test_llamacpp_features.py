@@ -178,3 +178,21 @@ def test_tool_result_round_trip(client):
     bare = client.chat.completions.create(model=MODEL, max_tokens=1, temperature=0,
                                           messages=messages)
     assert resp.usage.prompt_tokens >= bare.usage.prompt_tokens + 10
+
+
+def test_refusals_come_before_the_limits(start_gw):
+    """A refused request is refused before admission: it spends no quota."""
+    gw = start_gw({"tiers": {"free": {}, "tight": {"tokens_per_minute": 200}}})
+    key = gw.create_key(tier="tight")
+    long = ask(" ".join(["word"] * 200))      # ~200+ tokens estimated: over the limit alone
+    for _ in range(3):
+        r = httpx.post(gw.url + "/v1/chat/completions", timeout=60,
+                       headers={"Authorization": f"Bearer {key}"},
+                       json={"model": MODEL, "messages": long, "max_tokens": 5,
+                             "reasoning_effort": "low"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "reasoning_effort"
+    r = httpx.post(gw.url + "/v1/chat/completions", timeout=60,
+                   headers={"Authorization": f"Bearer {key}"},
+                   json={"model": MODEL, "messages": ask("hi"), "max_tokens": 5})
+    assert r.status_code == 200
+    assert not [e for e in gw.usage_events() if e["status"] == 400]
