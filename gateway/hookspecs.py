@@ -30,6 +30,10 @@ def register_backends(register, config):
     such as ``system_fingerprint``); a proxy may also set ``raw`` (the upstream chunk's
     JSON bytes) to have them relayed with only ``id``/``model`` rewritten. See
     ``Chunk``'s docstring for the exact shape.
+
+    Optional: ``capabilities`` (list, e.g. ``["chat", "completions", "embeddings"]``),
+    ``async embeddings(request) -> (vectors, Usage | None)`` for ``/v1/embeddings``, and
+    ``check(body)`` raising a 400 ``APIError`` before admission for what it cannot do.
     """
 
 
