@@ -5,9 +5,12 @@ chunk size) is measured twice: clients talking to it directly, and clients talki
 to it through a gateway process (openai_compatible backend, embedded MongoDB-wire
 server). Reported: time to first token p50/p99 at 1, 50 and 200 concurrent streams,
 relayed chunks per second at saturation, and the cost of admission with tier limits
-on versus off.
+on versus off; then, against the targets of the relay issue, for 32-chunk streams with
+limits off: requests per second and time-to-first-token overhead at 1 and 50 streams
+(``--workers`` 1 and N), the gateway's CPU per request and per relayed chunk, and its
+memory per open stream with 1,000 streams open at once.
 
-    python -m bench.gateway_vs_direct [--quick]
+    python -m bench.gateway_vs_direct [--quick] [--workers 2] [--only-targets]
 """
 from __future__ import annotations
 
@@ -65,7 +68,127 @@ async def run_load(url: str, headers: dict, concurrency: int, rounds: int,
             chunks += sum(r[1] for r in results)
         wall = time.perf_counter() - start
     return {"p50": pct(ttfts, 50) * 1000, "p99": pct(ttfts, 99) * 1000,
-            "chunks_per_s": chunks / wall, "n": len(ttfts)}
+            "chunks_per_s": chunks / wall, "n": len(ttfts), "req_per_s": len(ttfts) / wall,
+            "chunks": chunks}
+
+
+def tree_pids(pid: int) -> list[int]:
+    """A process and its children (the workers of ``serve --workers``)."""
+    import subprocess
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
+                         text=True).stdout.split()
+    return [pid] + [int(p) for p in out]
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    import os
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def rss_kb(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total
+
+
+async def open_streams(url: str, headers: dict, n: int, pids: list[int]) -> tuple[int, int]:
+    """Open ``n`` streams that stay open (the upstream pauses after its first chunk);
+    returns the gateway's RSS in KB with 10 and with ``n`` streams open."""
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector,
+                                     timeout=aiohttp.ClientTimeout(total=None)) as session:
+        started = 0
+        gate = asyncio.Event()
+
+        async def hold():
+            nonlocal started
+            async with session.post(url, json=BODY, headers=headers) as resp:
+                assert resp.status == 200, await resp.text()
+                async for line in resp.content:
+                    if line.startswith(b"data: {"):
+                        break
+                started += 1
+                await gate.wait()
+        first = [asyncio.ensure_future(hold()) for _ in range(10)]
+        while started < 10:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        base = rss_kb(pids)
+        rest = [asyncio.ensure_future(hold()) for _ in range(n - 10)]
+        deadline = time.monotonic() + 120
+        while started < n and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        if started < n:
+            raise RuntimeError(f"only {started} of {n} streams opened")
+        await asyncio.sleep(1.0)
+        full = rss_kb(pids)
+        gate.set()
+        for t in first + rest:
+            t.cancel()
+        await asyncio.gather(*first, *rest, return_exceptions=True)
+    return base, full
+
+
+def targets(upstream: str, db, tmp: Path, workers: list[int], quick: bool) -> list[str]:
+    """The relay issue's targets, measured against the direct path in the same run."""
+    model = {"name": "fake", "backend": "openai_compatible",
+             "options": {"base_url": upstream + "/v1"}}
+    direct = (upstream + "/v1/chat/completions", {})
+    lines = []
+    set_upstream(upstream, tokens=32, interval=0.0, chunk_chars=4, first_delay=0.0)
+    rounds1, rounds50 = (50, 4) if quick else (400, 20)
+    d1 = asyncio.run(run_load(*direct, 1, rounds1, BODY))
+    d50 = asyncio.run(run_load(*direct, 50, rounds50, BODY))
+    lines.append(f"{'32-chunk streams, limits off':<34}{'req/s @1':>10}{'TTFT p50 @1':>13}"
+                 f"{'added':>9}{'req/s @50':>11}{'% direct':>10}{'CPU/req':>10}"
+                 f"{'CPU/chunk':>11}")
+    lines.append(f"{'direct':<34}{d1['req_per_s']:>10.0f}{d1['p50']:>11.2f}ms{'':>9}"
+                 f"{d50['req_per_s']:>11.0f}")
+    for n in workers:
+        gw = start_gateway(tmp / f"gw-w{n}", db.uri, {
+            "models": [model], "tiers": {"off": {}}, "limits": {"default_tier": "off"},
+            "server": {"log_level": "WARNING"}, "usage": {"flush_interval": 1.0}},
+            serve_args=("--workers", str(n)) if n > 1 else ())
+        try:
+            if n > 1:
+                time.sleep(3)   # every worker up
+            key = gw.create_key(f"bench-w{n}@example.com", tier="off")
+            via = (gw.url + "/v1/chat/completions", {"Authorization": f"Bearer {key}"})
+            pids = tree_pids(gw.proc.pid)
+            g1 = asyncio.run(run_load(*via, 1, rounds1, BODY))
+            cpu0 = cpu_seconds(pids)
+            g50 = asyncio.run(run_load(*via, 50, rounds50, BODY))
+            cpu = cpu_seconds(pids) - cpu0
+            per_req = cpu / (g50["n"] + 1) * 1000
+            per_chunk = cpu / max(1, g50["chunks"]) * 1e6
+            lines.append(f"{f'gateway, {n} worker(s)':<34}{g1['req_per_s']:>10.0f}"
+                         f"{g1['p50']:>11.2f}ms{g1['p50'] - d1['p50']:>7.2f}ms"
+                         f"{g50['req_per_s']:>11.0f}{100 * g50['req_per_s'] / d50['req_per_s']:>9.0f}%"
+                         f"{per_req:>8.2f}ms{per_chunk:>9.1f}us")
+            if n == workers[0]:
+                set_upstream(upstream, tokens=2, interval=600.0)
+                streams = 200 if quick else 1000
+                base, full = asyncio.run(open_streams(via[0], via[1], streams, pids))
+                set_upstream(upstream, tokens=32, interval=0.0)
+                mem_line = (f"memory per open stream ({streams} open, {n} worker(s)): "
+                            f"{(full - base) / (streams - 10):.1f} KB (RSS {base / 1024:.0f} MB "
+                            f"-> {full / 1024:.0f} MB)")
+        finally:
+            gw.stop()
+    lines.append("(CPU per request and per relayed chunk: gateway processes' user+system "
+                 "CPU over the 50-stream run)")
+    lines.append(mem_line)
+    return lines
 
 
 def round_trips(gw, via_on, n: int) -> dict[str, float]:
@@ -90,7 +213,12 @@ def set_upstream(upstream: str, **settings) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer rounds (smoke run)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="also measure the targets with this many gateway workers")
+    parser.add_argument("--only-targets", action="store_true",
+                        help="measure only the relay targets")
     ns = parser.parse_args()
+    workers = [1] + ([ns.workers] if ns.workers > 1 else [])
     rounds = {1: 5 if ns.quick else 200, 50: 2 if ns.quick else 10, 200: 1 if ns.quick else 3}
     tmp = Path(tempfile.mkdtemp(prefix="ayct-bench-"))
     port = free_port()
@@ -99,6 +227,13 @@ def main() -> None:
                                   tmp / "upstream.log")
     upstream = f"http://127.0.0.1:{port}"
     db = embedded_db.start("memory")
+    if ns.only_targets:
+        try:
+            print("\n".join(["", *targets(upstream, db, tmp, workers, ns.quick)]))
+        finally:
+            stop_process(upstream_proc)
+            db.stop()
+        return
     model = {"name": "fake", "backend": "openai_compatible",
              "options": {"base_url": upstream + "/v1"}}
     tiers = {"off": {}, "on": {"requests_per_minute": 1_000_000, "tokens_per_minute": 10**9,
@@ -143,6 +278,8 @@ def main() -> None:
             on = asyncio.run(run_load(*via_on, conc, n, BODY))
             adm.append((conc, off, on))
         trips = round_trips(gw, via_on, 100 if ns.quick else 300)
+        gw.stop()
+        target_lines = targets(upstream, db, tmp, workers, ns.quick)
     finally:
         gw.stop()
         stop_process(upstream_proc)
@@ -165,6 +302,7 @@ def main() -> None:
     print("\nMongoDB round trips per request, limits on (steady state, usage writes amortised):")
     print("  " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(trips.items())) +
           f"  = {sum(trips.values()):.2f} in all")
+    print("\n".join(["", *target_lines]))
 
 
 if __name__ == "__main__":

@@ -143,7 +143,8 @@ class GatewayProcess:
 
 
 def start_gateway(tmp: Path, db_uri: str, sections: dict | None = None,
-                  db_name: str | None = None, timeout: float = 60.0) -> GatewayProcess:
+                  db_name: str | None = None, timeout: float = 60.0,
+                  serve_args: tuple[str, ...] = ()) -> GatewayProcess:
     sections = {k: dict(v) if isinstance(v, dict) else v for k, v in (sections or {}).items()}
     port = free_port()
     db_name = db_name or "t_" + uuid.uuid4().hex[:10]
@@ -155,7 +156,8 @@ def start_gateway(tmp: Path, db_uri: str, sections: dict | None = None,
     cfg = write_config(tmp / f"gateway-{port}.toml", sections)
     log_path = tmp / f"gateway-{port}.log"
     log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "-c", str(cfg), "serve"],
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "-c", str(cfg), "serve",
+                             *serve_args],
                             stdout=log, stderr=subprocess.STDOUT, env=env(), cwd=str(tmp))
     scheme = "https" if server.get("tls_cert") else "http"
     url = f"{scheme}://127.0.0.1:{port}"

@@ -232,7 +232,10 @@ class OpenAICompatibleBackend:
                        state: dict):
         """Stream from one replica. Failures before the first chunk raise _Retry."""
         try:
-            await asyncio.wait_for(replica.slots.acquire(), self.pool_timeout)
+            if replica.slots.locked():
+                await asyncio.wait_for(replica.slots.acquire(), self.pool_timeout)
+            else:
+                await replica.slots.acquire()   # free: no timer needed
         except TimeoutError:
             metrics.BACKEND_RETRIES.labels(self.name, "backend_busy").inc()
             raise _Retry(APIError(
@@ -262,18 +265,31 @@ class OpenAICompatibleBackend:
                 raise err
             finished = False
             try:
-                async for line in resp.content:
-                    chunks = parse_line(line, kind)
-                    if chunks is False:
-                        finished = True
+                # Whatever arrived is taken at once and split into lines (C speed): one
+                # await per read from the socket, not one per line.
+                rest, done = b"", False
+                reader = resp.content
+                while not done:
+                    data = await reader.readany()
+                    if data:
+                        lines = (rest + data if rest else data).split(b"\n")
+                        rest = lines.pop()
+                    elif rest:                      # the end, after a line without \n
+                        lines, rest = [rest], b""
+                    else:
                         break
-                    if chunks is None:
-                        continue
-                    for chunk in chunks:
-                        if chunk.finish_reason:
-                            finished = True
-                        state["sent"] = True
-                        yield chunk
+                    for line in lines:
+                        chunks = parse_line(line, kind)
+                        if chunks is None:
+                            continue
+                        if chunks is False:
+                            done = finished = True
+                            break
+                        for chunk in chunks:
+                            if chunk.finish_reason:
+                                finished = True
+                            state["sent"] = True
+                            yield chunk
                 if not finished:
                     raise aiohttp.ClientPayloadError("stream ended without [DONE]")
             except UpstreamError:
