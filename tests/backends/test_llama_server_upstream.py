@@ -48,7 +48,7 @@ def test_real_upstream_health_and_non_streaming(smol_gw):
     models = httpx.get(smol_gw.url + "/v1/models", headers=auth(smol_gw.key)).json()["data"]
     assert models == [{"id": "smol", "object": "model", "created": 0,
                        "owned_by": "allyoucantoken", "backend": "openai_compatible",
-                       "health": "ok"}]
+                       "health": "ok", "capabilities": ["chat", "completions"]}]
     r = httpx.post(smol_gw.url + "/v1/chat/completions", headers=auth(smol_gw.key),
                    json=chat_body("smol", "Say hi.", max_tokens=8, temperature=0), timeout=120)
     assert r.status_code == 200, r.text
