@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import statistics
 import sys
@@ -73,14 +74,19 @@ def commands(url: str) -> float:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of one process (Linux /proc)."""
-    import os
     with open(f"/proc/{pid}/stat") as fh:
         fields = fh.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of one process, MB."""
+    with open(f"/proc/{pid}/status") as fh:
+        kb = next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
+    return kb / 1024
+
+
 def child_pids(pid: int) -> list[int]:
-    import os
     out = []
     for entry in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -156,7 +162,7 @@ def main() -> None:
         print(f"\n2. Soak: {ns.requests:,} streamed requests on the metered tier, "
               f"{ns.concurrency} at a time, embedded database\n")
         print(f"{'window':>16}{'req/s':>9}{'db cmds/req':>13}{'TTFT p50':>10}"
-              f"{'gateway CPU/req':>17}{'db CPU/req':>12}")
+              f"{'gateway CPU/req':>17}{'db CPU/req':>12}{'gateway RSS':>13}{'load':>6}")
         db_pid = child_pids(gw.proc.pid)[0]
         first = None
         done = 0
@@ -172,7 +178,8 @@ def main() -> None:
             done += n
             sent += n
             print(f"{done - n + 1:>7,}-{done:<8,}{r['rps']:>9.0f}{per_req:>13.4f}"
-                  f"{r['p50']:>8.2f}ms{cpu_gw:>15.3f}ms{cpu_db:>10.3f}ms", flush=True)
+                  f"{r['p50']:>8.2f}ms{cpu_gw:>15.3f}ms{cpu_db:>10.3f}ms"
+                  f"{rss_mb(gw.proc.pid):>11.1f}MB{os.getloadavg()[0]:>6.1f}", flush=True)
         print(f"\nlast window / first window: {r['rps'] / first:.2f} (target >= 0.85)")
 
         print("\n3. Shutdown and restart\n")

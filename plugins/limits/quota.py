@@ -200,6 +200,9 @@ class QuotaLeases:
             pool.fetch.add_done_callback(_consume_error)
 
     async def _fetch(self, pool: QuotaPool) -> bool:
+        """Take a block for the pool's window. False only when the shared counter
+        refused; True when it granted, or when the window ended meanwhile (the waiting
+        requests then try again in the new one)."""
         window = pool.window
         try:
             await asyncio.sleep(0)            # let requests of this same moment join in
@@ -213,8 +216,8 @@ class QuotaLeases:
                 pool.pool_id, window, want, need, pool.limits)
             if current > pool.window:        # another process's clock is ahead: join it
                 pool.roll(current)
-            elif pool.window != window:
-                return False
+            elif pool.window != current:     # the window ended meanwhile: try afresh
+                return True
             for f, amount in (taken or {}).items():
                 pool.granted[f] = pool.granted.get(f, 0) + amount
             if shared:

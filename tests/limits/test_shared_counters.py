@@ -66,3 +66,26 @@ def test_a_request_stamped_just_before_the_minute_joins_the_new_window(mongo):
         return await store.counters.quota_values("q:m:acct", "202611272101")
     assert db_run(*_db(mongo), go) == {"requests": 2}
 
+
+
+def test_a_take_that_outlives_its_window_does_not_refuse_the_new_one(mongo):
+    """A block taken (e.g. in the background) just before the minute ends comes back
+    after the lease rolled to the new minute: requests waiting on it try again in the new
+    window instead of being refused."""
+    import asyncio
+    import logging
+
+    from plugins.limits.quota import LeaseSettings, QuotaLeases
+
+    async def go(store):
+        leases = QuotaLeases(store.counters, LeaseSettings(), "proc_roll",
+                             logging.getLogger("test"))
+        pool = leases.pool("q:m:roll", {"requests": 10})
+        pool.roll("202611272100")
+        stale = asyncio.ensure_future(leases._fetch(pool))      # a take for 21:00...
+        pool.fetch = stale
+        waiting = asyncio.ensure_future(leases.acquire(pool, {"requests": 1},
+                                                       "202611272101"))   # ...21:01 waits
+        assert await waiting == "202611272101"
+        await leases.close()
+    db_run(*_db(mongo), go)
