@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import secrets
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -86,9 +87,11 @@ def _grammar(schema: Any, param: str):
                           f"({type(exc).__name__}: {str(exc)[:200]}).") from None
 
 
-def plan(kind: str, body: dict[str, Any]) -> dict[str, Any]:
+def plan(kind: str, body: dict[str, Any], chatml: bool = False) -> dict[str, Any]:
     """Check a request against what llama-cpp-python can do and translate it into
-    keyword arguments (400 naming the first field it cannot honour)."""
+    keyword arguments (400 naming the first field it cannot honour). ``chatml``: the
+    model's chat template is ChatML, so it can be offered tools (``tool_choice`` auto and
+    required)."""
     present = {k for k, v in body.items() if v is not None}
     unsupported = sorted(present - _SUPPORTED[kind])
     if unsupported:
@@ -128,7 +131,7 @@ def plan(kind: str, body: dict[str, Any]) -> dict[str, Any]:
                            param="top_logprobs", code="invalid_value")
     out: dict[str, Any] = {"params": params, "logprobs": bool(want_logprobs),
                            "top_logprobs": top or 0, "logit_bias": bias}
-    tool = _tool_plan(body)
+    tool = _tool_plan(body, chatml)
     fmt = body.get("response_format")
     if tool is not None:
         if fmt and fmt.get("type") != "text":
@@ -138,8 +141,9 @@ def plan(kind: str, body: dict[str, Any]) -> dict[str, Any]:
             raise _bad("logprobs", "'logprobs' is not available for tool calls on the "
                                    "llamacpp backend.")
         out["tool"] = tool
-        params["grammar"] = tool["grammar"]
-        params["tools"] = body["tools"]       # for chat templates that render tools
+        if "grammar" in tool:
+            params["grammar"] = tool["grammar"]
+            params["tools"] = body["tools"]   # for chat templates that render tools
     elif fmt:
         kind_ = fmt.get("type")
         if kind_ == "json_object":
@@ -157,8 +161,13 @@ def plan(kind: str, body: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _tool_plan(body: dict[str, Any]) -> dict[str, Any] | None:
-    """The one function to call, or None (no tools, or tool_choice "none")."""
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _tool_plan(body: dict[str, Any], chatml: bool) -> dict[str, Any] | None:
+    """The function to call (``name``, ``grammar``), or the functions the model may
+    choose from (``auto``: {name: grammar}, ``required``), or None (no tools, or
+    tool_choice "none")."""
     tools, choice = body.get("tools"), body.get("tool_choice")
     if not tools:
         if isinstance(choice, dict):
@@ -167,28 +176,63 @@ def _tool_plan(body: dict[str, Any]) -> dict[str, Any] | None:
         return None
     if choice == "none":
         return None
-    if not isinstance(choice, dict):
-        raise _bad("tool_choice", "The llamacpp backend calls a tool only when 'tool_choice' "
-                   "names it ({\"type\": \"function\", \"function\": {\"name\": ...}}); "
-                   f"tool_choice {choice or 'auto'!r} is not supported for this model.")
-    name = (choice.get("function") or {}).get("name") if choice.get("type") == "function" \
-        else None
-    if not isinstance(name, str):
-        raise APIError(400, "'tool_choice' must be {\"type\": \"function\", \"function\": "
-                            "{\"name\": ...}}.", param="tool_choice", code="invalid_value")
+    grammars = {}
     for i, tool in enumerate(tools):
         fn = tool.get("function") if isinstance(tool, dict) else None
         if not isinstance(fn, dict) or tool.get("type") != "function" or \
-                not isinstance(fn.get("name"), str):
+                not isinstance(fn.get("name"), str) or not _NAME.fullmatch(fn["name"]):
             raise APIError(400, f"tools[{i}] must be {{\"type\": \"function\", \"function\": "
-                                "{\"name\": ..., \"parameters\": {...}}}.",
+                                "{\"name\": ..., \"parameters\": {...}}} (names: letters, "
+                                "digits, _ and -, at most 64).",
                            param=f"tools[{i}]", code="invalid_value")
-        if fn["name"] == name:
-            schema = fn.get("parameters") or {"type": "object", "properties": {}}
-            return {"name": name,
-                    "grammar": _grammar(schema, f"tools[{i}].function.parameters")}
-    raise APIError(400, f"'tool_choice' names the function {name!r}, which is not in 'tools'.",
-                   param="tool_choice", code="invalid_value")
+        schema = fn.get("parameters") or {"type": "object", "properties": {}}
+        grammars[fn["name"]] = (_grammar(schema, f"tools[{i}].function.parameters"), schema,
+                                fn.get("description") or "")
+    if choice in (None, "auto", "required"):
+        if not chatml:
+            raise _bad("tool_choice", "This model's chat template cannot show tools to the "
+                       "model, so the llamacpp backend calls a tool only when 'tool_choice' "
+                       "names it ({\"type\": \"function\", \"function\": {\"name\": ...}}).")
+        return {"auto": grammars, "required": choice == "required"}
+    name = (choice.get("function") or {}).get("name") \
+        if isinstance(choice, dict) and choice.get("type") == "function" else None
+    if not isinstance(name, str):
+        raise APIError(400, "'tool_choice' must be \"none\", \"auto\", \"required\" or "
+                            "{\"type\": \"function\", \"function\": {\"name\": ...}}.",
+                       param="tool_choice", code="invalid_value")
+    if name not in grammars:
+        raise APIError(400, f"'tool_choice' names the function {name!r}, which is not in "
+                            "'tools'.", param="tool_choice", code="invalid_value")
+    return {"name": name, "grammar": grammars[name][0]}
+
+
+def _chatml_tools_prompt(messages: list[dict], tools: dict) -> str:
+    """A ChatML prompt that shows the functions, in the format of llama-cpp-python's
+    ``chatml-function-calling`` handler: the model answers ``message:`` + text or
+    ``functions.<name>:`` + JSON arguments."""
+    listing = "".join(f"\nfunctions.{name}:\n// {desc}\n{json.dumps(schema)}\n"
+                      for name, (_, schema, desc) in tools.items())
+    guide = ("\n\nYou have access to the following functions:\n" + listing +
+             "\nYou can respond to users messages with either a single message or a "
+             "function call.\n\nTo respond with a message begin the message with "
+             "'message:', use the following format:\n\nmessage:\n<message>\n\nTo respond "
+             "with a function call begin the message with 'functions.<function_name>:', use "
+             "the following format:\n\nfunctions.<function_name>:\n"
+             '{ "arg1": "value1", "arg2": "value2" }')
+    system = "You are a helpful assistant."
+    if messages and messages[0]["role"] in ("system", "developer"):
+        system, messages = _text(messages[0].get("content")), messages[1:]
+    out = [f"<|im_start|>system\n{system}{guide}<|im_end|>\n"]
+    for m in messages:
+        role = "system" if m["role"] == "developer" else m["role"]
+        content = _text(m.get("content"))
+        if role == "assistant":
+            calls = "".join(f"functions.{(c.get('function') or {}).get('name')}:\n"
+                            f"{(c.get('function') or {}).get('arguments', '')}\n"
+                            for c in m.get("tool_calls") or ())
+            content = (f"message:\n{content}\n" if content else "") + calls
+        out.append(f"<|im_start|>{role}\n{content.rstrip()}<|im_end|>\n")
+    return "".join(out) + "<|im_start|>assistant\n"
 
 
 class _Logprobs:
@@ -300,7 +344,12 @@ class _Instance:
         params["logits_processor"] = LogitsProcessorList([count])
         self.on_sample = probs.sampled if probs is not None else None
         tool = plan_.get("tool")
-        if kind == "chat":
+        if tool is not None and "auto" in tool:
+            tool, stream = self._offer_tools(req, tool, params, seen, probs)
+            if stream is None:          # max_tokens spent on choosing
+                emit(Chunk("", "length"))
+                return Usage(seen["prompt"], seen["sampled"], estimated=False)
+        elif kind == "chat":
             messages = [_message(m) for m in req.messages]
             stream = self.llm.create_chat_completion(messages=messages, stream=True, **params)
         else:
@@ -324,7 +373,8 @@ class _Instance:
                     offset += len(text)
                     emit(Chunk(text, reason, logprobs=lp))
                     continue
-                text = (choice.get("delta") or {}).get("content") or ""
+                text = choice["text"] if "text" in choice else \
+                    (choice.get("delta") or {}).get("content") or ""
                 if tool is not None:
                     if reason == "stop":
                         reason = "tool_calls"
@@ -350,6 +400,44 @@ class _Instance:
         # The end-of-sequence token is sampled but, as OpenAI counts, not a completion token.
         completion = seen["sampled"] - (1 if finish == "stop" else 0)
         return Usage(seen["prompt"], max(0, completion), estimated=False)
+
+    def _offer_tools(self, req: GenerationRequest, tool: dict, params: dict, seen: dict,
+                     probs):
+        """tool_choice auto/required: the model first writes ``message:`` or
+        ``functions.<name>:`` under a grammar (greedy, as llama-cpp-python's
+        chatml-function-calling handler does), then the text answer or the arguments
+        (under the function's schema grammar) are streamed with the request's sampling
+        and the rest of its max_tokens. Returns (the function chosen or None, stream)."""
+        from llama_cpp import LlamaGrammar
+
+        tools = tool["auto"]
+        prompt = _chatml_tools_prompt(req.messages, tools)
+        names = " | ".join(f'"functions.{n}:"' for n in tools)
+        rule = "functions" if tool["required"] else 'functions | "message:"'
+        choose = LlamaGrammar.from_string(f"root ::= {rule}\nfunctions ::= {names}\n",
+                                          verbose=False)
+        picked = self.llm.create_completion(
+            prompt=prompt, temperature=0, max_tokens=64, stop=[":"], grammar=choose,
+            logits_processor=params["logits_processor"])["choices"][0]["text"].strip()
+        if probs is not None:
+            probs.take()                # the choice is not part of the answer
+        left = None
+        if req.max_tokens is not None:
+            left = req.max_tokens - seen["sampled"]
+            if left <= 0:
+                return None, None
+        stop = params.get("stop") or []
+        stop = ([stop] if isinstance(stop, str) else list(stop)) + ["<|im_end|>"]
+        rest = {**params, "max_tokens": left, "stop": stop}
+        name = picked[len("functions."):] if picked.startswith("functions.") else None
+        if name in tools:
+            rest["grammar"] = tools[name][0]
+            prompt += f"functions.{name}:\n"
+        else:
+            name = None
+            prompt += "message:\n"
+        return ({"name": name} if name else None,
+                self.llm.create_completion(prompt=prompt, stream=True, **rest))
 
     def embed(self, inputs: list, n_ctx: int) -> tuple[list[list[float]], int]:
         """Mean-pooled, unit-length embeddings of strings or token-id lists."""
@@ -424,6 +512,7 @@ class LlamaCppBackend:
         self._instances: list[_Instance] = []
         self._embedder: _Instance | None = None
         self._embedder_lock = asyncio.Lock()
+        self._chatml = False          # set at start from the GGUF's chat template
         self.capabilities = ["chat", "completions"] + \
             (["embeddings"] if self.options.get("embeddings", True) else [])
 
@@ -448,6 +537,9 @@ class LlamaCppBackend:
                 chat_format=self.options.get("chat_format"), verbose=False)
             inst = _Instance(llm)
             self._instances.append(inst)
+            template = (llm.metadata or {}).get("tokenizer.chat_template") or ""
+            self._chatml = "<|im_start|>" in template and \
+                self.options.get("chat_format") in (None, "chatml")
             self._free.put_nowait(inst)
 
     async def close(self) -> None:
@@ -462,7 +554,7 @@ class LlamaCppBackend:
     def check(self, body: dict) -> None:
         """A 400 for what this backend cannot honour, before the limiters count the
         request (``gateway.validation.check_backend``)."""
-        plan("chat" if "messages" in body else "completion", body)
+        plan("chat" if "messages" in body else "completion", body, self._chatml)
 
     def chat(self, req: GenerationRequest) -> AsyncIterator[Chunk]:
         return self._stream("chat", req)
@@ -504,7 +596,7 @@ class LlamaCppBackend:
             return self._embedder
 
     async def _stream(self, kind: str, req: GenerationRequest):
-        plan_ = plan(kind, req.body)   # on the loop (~0.1 ms), so arrival order holds
+        plan_ = plan(kind, req.body, self._chatml)   # on the loop (~0.1 ms): FIFO holds
         loop = asyncio.get_running_loop()
         inst = await self._free.get()          # FIFO: requests are served in arrival order
         queue: asyncio.Queue = asyncio.Queue()

@@ -79,6 +79,34 @@ def test_named_tool_call(client):
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
 
+def test_auto_tool_choice_calls_or_answers(client):
+    """tool_choice auto (SmolLM2's template is ChatML): the model chooses between a call
+    and a text answer; required forces a call. Streaming works for both."""
+    weather = client.chat.completions.create(model=MODEL, max_tokens=40, temperature=0,
+                                             messages=ask("What is the weather in Paris?"),
+                                             tools=[WEATHER])
+    c = weather.choices[0]
+    assert c.finish_reason == "tool_calls" and c.message.tool_calls[0].function.name == \
+        "get_weather"
+    args = json.loads(c.message.tool_calls[0].function.arguments)
+    jsonschema.validate(args, WEATHER["function"]["parameters"])
+    assert args["city"] == "Paris"
+    chat = client.chat.completions.create(model=MODEL, max_tokens=20, temperature=0,
+                                          messages=ask("Hi! How are you?"), tools=[WEATHER],
+                                          tool_choice="auto")
+    assert chat.choices[0].message.content and not chat.choices[0].message.tool_calls
+    assert chat.choices[0].finish_reason in ("stop", "length")
+    assert chat.usage.completion_tokens <= 20                # max_tokens covers the choice
+    chunks = [ch for ch in client.chat.completions.create(
+        model=MODEL, max_tokens=40, temperature=0, messages=ask("Hello there"),
+        tools=[WEATHER], tool_choice="required", stream=True) if ch.choices]
+    deltas = [tc for ch in chunks for tc in ch.choices[0].delta.tool_calls or ()]
+    assert deltas[0].function.name == "get_weather"
+    jsonschema.validate(json.loads("".join(d.function.arguments for d in deltas)),
+                        WEATHER["function"]["parameters"])
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
 def test_chat_logprobs(client):
     resp = client.chat.completions.create(model=MODEL, max_tokens=8, temperature=0,
                                           messages=ask("Say hello."), logprobs=True,
@@ -139,8 +167,8 @@ def test_logit_bias_steers_the_tokens(client):
 
 
 @pytest.mark.parametrize("extra, param", [
-    ({"tools": [WEATHER]}, "tool_choice"),                         # "auto" cannot be done
-    ({"tools": [WEATHER], "tool_choice": "required"}, "tool_choice"),
+    ({"tools": [WEATHER], "tool_choice": "any"}, "tool_choice"),
+    ({"tools": [{"type": "function", "function": {"name": "a b"}}]}, "tools[0]"),
     ({"reasoning_effort": "low"}, "reasoning_effort"),
     ({"top_logprobs": 2}, "top_logprobs"),
     ({"response_format": {"type": "xml"}}, "response_format.type"),
@@ -181,8 +209,11 @@ def test_tool_result_round_trip(client):
 
 
 def test_refusals_come_before_the_limits(start_gw):
-    """A refused request is refused before admission: it spends no quota."""
-    gw = start_gw({"tiers": {"free": {}, "tight": {"tokens_per_minute": 200}}})
+    """A refused request is refused before admission: it spends no quota. With a chat
+    format that cannot show tools, tool_choice auto is refused too."""
+    gw = start_gw({"tiers": {"free": {}, "tight": {"tokens_per_minute": 200}},
+                   "models": [{"name": MODEL, "backend": "llamacpp",
+                               "options": {"chat_format": "llama-2"}}]})
     key = gw.create_key(tier="tight")
     long = ask(" ".join(["word"] * 200))      # ~200+ tokens estimated: over the limit alone
     for _ in range(3):
@@ -195,4 +226,9 @@ def test_refusals_come_before_the_limits(start_gw):
                    headers={"Authorization": f"Bearer {key}"},
                    json={"model": MODEL, "messages": ask("hi"), "max_tokens": 5})
     assert r.status_code == 200
+    r = httpx.post(gw.url + "/v1/chat/completions", timeout=60,
+                   headers={"Authorization": f"Bearer {key}"},
+                   json={"model": MODEL, "messages": ask("hi"), "max_tokens": 5,
+                         "tools": [WEATHER]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "tool_choice"
     assert not [e for e in gw.usage_events() if e["status"] == 400]
