@@ -12,7 +12,10 @@ silently ignored): ``temperature``, ``top_p``, ``stop``, ``seed``, ``presence_pe
 ``typical_p``; chat: ``response_format`` (``json_object``, ``json_schema``: output
 constrained by a llama.cpp grammar), ``tools`` with ``tool_choice`` naming one function
 (the arguments are constrained by the function's JSON schema and come back as
-``tool_calls``), ``logprobs``/``top_logprobs``; completions: ``logprobs`` (0-5).
+``tool_calls``), or ``auto``/``required`` when the chat template is ChatML (the model
+first chooses ``message:`` or ``functions.<name>:`` under a grammar),
+``logprobs``/``top_logprobs``; completions: ``logprobs`` (0-5). The checks run before
+admission (``check``), so a refused request spends no quota.
 Embeddings (``/v1/embeddings``) use a second, lazily loaded instance made with
 ``embedding=True`` (mean pooling, unit length), with its own thread.
 
