@@ -139,21 +139,38 @@ async def open_streams(url: str, headers: dict, n: int, pids: list[int]) -> tupl
     return base, full
 
 
+def alternate(direct, via, conc: int, rounds: int, pids: list[int], reps: int = 3) -> dict:
+    """Direct and gateway runs taken in turn (``reps`` each), so a machine whose load
+    changes during the run affects both alike; medians, and the gateway's CPU summed
+    over its runs."""
+    import statistics
+    ds, gs, cpu, chunks, n = [], [], 0.0, 0, 0
+    for _ in range(reps):
+        ds.append(asyncio.run(run_load(*direct, conc, rounds, BODY)))
+        before = cpu_seconds(pids)
+        g = asyncio.run(run_load(*via, conc, rounds, BODY))
+        cpu += cpu_seconds(pids) - before
+        chunks, n = chunks + g["chunks"], n + g["n"] + 1
+        gs.append(g)
+
+    def med(runs, key):
+        return statistics.median(r[key] for r in runs)
+    return {"d_rate": med(ds, "req_per_s"), "g_rate": med(gs, "req_per_s"),
+            "d_p50": med(ds, "p50"), "g_p50": med(gs, "p50"),
+            "cpu_req_ms": cpu / n * 1000, "cpu_chunk_us": cpu / max(1, chunks) * 1e6}
+
+
 def targets(upstream: str, db, tmp: Path, workers: list[int], quick: bool) -> list[str]:
     """The relay issue's targets, measured against the direct path in the same run."""
     model = {"name": "fake", "backend": "openai_compatible",
              "options": {"base_url": upstream + "/v1"}}
     direct = (upstream + "/v1/chat/completions", {})
-    lines = []
     set_upstream(upstream, tokens=32, interval=0.0, chunk_chars=4, first_delay=0.0)
-    rounds1, rounds50 = (50, 4) if quick else (400, 20)
-    d1 = asyncio.run(run_load(*direct, 1, rounds1, BODY))
-    d50 = asyncio.run(run_load(*direct, 50, rounds50, BODY))
-    lines.append(f"{'32-chunk streams, limits off':<34}{'req/s @1':>10}{'TTFT p50 @1':>13}"
-                 f"{'added':>9}{'req/s @50':>11}{'% direct':>10}{'CPU/req':>10}"
-                 f"{'CPU/chunk':>11}")
-    lines.append(f"{'direct':<34}{d1['req_per_s']:>10.0f}{d1['p50']:>11.2f}ms{'':>9}"
-                 f"{d50['req_per_s']:>11.0f}")
+    rounds1, rounds50 = (20, 2) if quick else (150, 7)
+    lines = [f"{'32-chunk streams, limits off':<24}{'req/s @1 d/g':>14}{'TTFT p50 @1 d/g':>18}"
+             f"{'added':>9}{'req/s @50 d/g':>15}{'% direct':>10}{'CPU/req':>10}"
+             f"{'CPU/chunk':>11}"]
+    mem_line, cpu_lines = "", []
     for n in workers:
         gw = start_gateway(tmp / f"gw-w{n}", db.uri, {
             "models": [model], "tiers": {"off": {}}, "limits": {"default_tier": "off"},
@@ -165,16 +182,21 @@ def targets(upstream: str, db, tmp: Path, workers: list[int], quick: bool) -> li
             key = gw.create_key(f"bench-w{n}@example.com", tier="off")
             via = (gw.url + "/v1/chat/completions", {"Authorization": f"Bearer {key}"})
             pids = tree_pids(gw.proc.pid)
-            g1 = asyncio.run(run_load(*via, 1, rounds1, BODY))
-            cpu0 = cpu_seconds(pids)
-            g50 = asyncio.run(run_load(*via, 50, rounds50, BODY))
-            cpu = cpu_seconds(pids) - cpu0
-            per_req = cpu / (g50["n"] + 1) * 1000
-            per_chunk = cpu / max(1, g50["chunks"]) * 1e6
-            lines.append(f"{f'gateway, {n} worker(s)':<34}{g1['req_per_s']:>10.0f}"
-                         f"{g1['p50']:>11.2f}ms{g1['p50'] - d1['p50']:>7.2f}ms"
-                         f"{g50['req_per_s']:>11.0f}{100 * g50['req_per_s'] / d50['req_per_s']:>9.0f}%"
-                         f"{per_req:>8.2f}ms{per_chunk:>9.1f}us")
+            asyncio.run(run_load(*via, 50, 1, BODY))           # warm up
+            one = alternate(direct, via, 1, rounds1, pids)
+            fifty = alternate(direct, via, 50, rounds50, pids)
+            split = cpu_split(upstream, via, pids, rounds50)
+            lines.append(
+                f"{f'gateway, {n} worker(s)':<24}"
+                f"{one['d_rate']:>7.0f}/{one['g_rate']:<6.0f}"
+                f"{one['d_p50']:>9.2f}/{one['g_p50']:.2f}ms"
+                f"{one['g_p50'] - one['d_p50']:>7.2f}ms"
+                f"{fifty['d_rate']:>8.0f}/{fifty['g_rate']:<6.0f}"
+                f"{100 * fifty['g_rate'] / fifty['d_rate']:>9.0f}%"
+                f"{fifty['cpu_req_ms']:>8.2f}ms{fifty['cpu_chunk_us']:>9.1f}us")
+            cpu_lines.append(f"gateway CPU, {n} worker(s): {split[0]:.2f} ms per request "
+                             f"+ {split[1]:.1f} us per relayed chunk (50 streams of 4 and of "
+                             f"64 chunks)")
             if n == workers[0]:
                 set_upstream(upstream, tokens=2, interval=600.0)
                 streams = 200 if quick else 1000
@@ -185,10 +207,26 @@ def targets(upstream: str, db, tmp: Path, workers: list[int], quick: bool) -> li
                             f"-> {full / 1024:.0f} MB)")
         finally:
             gw.stop()
-    lines.append("(CPU per request and per relayed chunk: gateway processes' user+system "
-                 "CPU over the 50-stream run)")
+    lines.append("(d/g: direct and gateway, run in turn three times each, medians; CPU per "
+                 "request and per relayed chunk: the gateway processes' user+system CPU "
+                 "over the 50-stream runs)")
+    lines += cpu_lines
     lines.append(mem_line)
     return lines
+
+
+def cpu_split(upstream: str, via, pids: list[int], rounds: int) -> tuple[float, float]:
+    """The gateway's CPU as a fixed cost per request plus a cost per relayed chunk, from
+    runs with 4 and with 64 chunks per stream (50 streams)."""
+    per = {}
+    for chunks in (4, 64):
+        set_upstream(upstream, tokens=chunks, interval=0.0)
+        before = cpu_seconds(pids)
+        r = asyncio.run(run_load(*via, 50, rounds, BODY))
+        per[chunks] = (cpu_seconds(pids) - before) / (r["n"] + 1)
+    set_upstream(upstream, tokens=32, interval=0.0)
+    chunk = (per[64] - per[4]) / 60
+    return (per[4] - 4 * chunk) * 1000, chunk * 1e6
 
 
 def round_trips(gw, via_on, n: int) -> dict[str, float]:
