@@ -212,7 +212,7 @@ def test_refusals_come_before_the_limits(start_gw):
     """A refused request is refused before admission: it spends no quota. With a chat
     format that cannot show tools, tool_choice auto is refused too."""
     gw = start_gw({"tiers": {"free": {}, "tight": {"tokens_per_minute": 200}},
-                   "models": [{"name": MODEL, "backend": "llamacpp",
+                   "models": [{"name": MODEL, "backend": "llamacpp", "unknown_params": "pass",
                                "options": {"chat_format": "llama-2"}}]})
     key = gw.create_key(tier="tight")
     long = ask(" ".join(["word"] * 200))      # ~200+ tokens estimated: over the limit alone
@@ -231,4 +231,11 @@ def test_refusals_come_before_the_limits(start_gw):
                    json={"model": MODEL, "messages": ask("hi"), "max_tokens": 5,
                          "tools": [WEATHER]})
     assert r.status_code == 400 and r.json()["error"]["param"] == "tool_choice"
+    # unknown_params = "pass": llama.cpp's own sampling fields work, others still a 400.
+    for extra, status in (({"min_p": 0.2, "repeat_penalty": 1.3}, 200), ({"mirostat": 2}, 400)):
+        r = httpx.post(gw.url + "/v1/chat/completions", timeout=60,
+                       headers={"Authorization": f"Bearer {key}"},
+                       json={"model": MODEL, "messages": ask("hi"), "max_tokens": 3, **extra})
+        assert r.status_code == status, r.text
+    assert r.json()["error"]["param"] == "mirostat"
     assert not [e for e in gw.usage_events() if e["status"] == 400]
