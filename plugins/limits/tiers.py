@@ -94,7 +94,7 @@ class TierLimiter:
         if tier.max_prompt_chars and prompt_estimate * 4 > tier.max_prompt_chars:
             return _deny("prompt_too_large", f"The prompt is larger than your tier allows "
                          f"({tier.max_prompt_chars} characters).", status=400,
-                         param="messages" if req.kind == "chat" else "prompt")
+                         param={"chat": "messages", "embedding": "input"}.get(req.kind, "prompt"))
         if not (tier.requests_per_minute or tier.tokens_per_minute or tier.tokens_per_day
                 or tier.concurrent_streams or principal.key_limits):
             return Admission(limiter=self.name, max_tokens=max_tokens)  # nothing to count
