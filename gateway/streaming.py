@@ -8,6 +8,7 @@ iterator at once, which stops the generation / closes the upstream connection.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from typing import Awaitable, Callable
@@ -26,7 +27,8 @@ class ClientGone(Exception):
 
 
 def estimate_prompt_tokens(req: GenerationRequest) -> int:
-    """A cheap prompt-size estimate (about four characters a token); no text is kept."""
+    """A cheap prompt-size estimate (about four characters a token, tool definitions and
+    earlier tool calls included); no text is kept."""
     if req.kind == "chat":
         chars = 0
         for m in req.messages:
@@ -34,6 +36,10 @@ def estimate_prompt_tokens(req: GenerationRequest) -> int:
             if isinstance(content, list):
                 content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
             chars += len(content) + 8
+            if m.get("tool_calls"):   # an assistant's earlier calls: names and arguments
+                chars += output_chars("", {"tool_calls": m["tool_calls"]})
+        if req.body.get("tools"):
+            chars += len(json.dumps(req.body["tools"]))
     else:
         chars = len(req.prompt)
     return max(1, chars // 4)

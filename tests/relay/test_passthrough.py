@@ -130,10 +130,15 @@ def test_estimated_usage_covers_tool_arguments_and_choices(gw, up):
     long_args = json.dumps({"text": "y" * 400})
     up.set(tool_calls=[{"name": "save", "arguments": long_args}], chunk_chars=500,
            send_usage=False)
+    history = ASK + [{"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "save", "arguments": long_args}}]},
+        {"role": "tool", "tool_call_id": "c", "content": "saved"}]
     r = httpx.post(gw.url + "/v1/chat/completions", timeout=30,
                    headers={"Authorization": f"Bearer {gw.key}"},
-                   json={"model": "gpt-relay", "messages": ASK, "n": 2})
+                   json={"model": "gpt-relay", "messages": history, "n": 2, "tools": TOOLS})
     body = r.json()
+    # The prompt estimate counts the earlier call's arguments and the tool definitions.
+    assert body["usage"]["prompt_tokens"] >= (len(long_args) + len(json.dumps(TOOLS))) // 4
     assert [c["message"]["tool_calls"][0]["function"]["arguments"] for c in body["choices"]] \
         == [long_args, long_args]
     # two choices x (name + 412 argument characters) / 4 characters a token
