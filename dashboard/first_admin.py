@@ -2,11 +2,13 @@
 admin_email/admin_password`` or print a one-time random password to the console."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import sys
 
 log = logging.getLogger("allyoucantoken.dashboard")
+BANNER_REPEAT = 3.0    # seconds after start-up the one-time password is shown again
 
 
 async def create_admin(store, passwords, email: str, password: str | None,
@@ -51,9 +53,14 @@ class FirstAdmin:
                         email)
             return
         log.warning("created the first admin account %s", email)
-        print(f"\n*** First admin: {email}  one-time password: {password}\n"
-              "*** Sign in at /dashboard/login and change it now. ***\n",
-              file=sys.stderr, flush=True)
+        banner = (f"\n*** First admin: {email}  one-time password: {password}\n"
+                  "*** Sign in at /dashboard/login and change it now. ***\n")
+        print(banner, file=sys.stderr, flush=True)
+        # Once more after start-up (model loading and the "listening" line), so that in
+        # `make run` it is the last thing on the console instead of scrolling past.
+        asyncio.get_running_loop().call_later(
+            BANNER_REPEAT, lambda: print(banner + "*** (repeated from above) ***\n",
+                                         file=sys.stderr, flush=True))
 
     async def stop(self) -> None:
         pass

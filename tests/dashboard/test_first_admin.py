@@ -26,6 +26,9 @@ def test_random_one_time_password_printed_once(mongo, inbox, tmp_path):
                                              gw.log()))
         email_addr, password = match.groups()
         assert email_addr == "admin@localhost"
+        wait_until(lambda: "(repeated from above)" in gw.log())   # shown again after start-up
+        log = gw.log()
+        assert log.rindex(password) > log.index("listening on")    # ...so it does not scroll past
         client = Browserless(gw.url)
         assert client.login(email_addr, password).status_code == 303
         assert client.get("/dashboard/admin").status_code == 200
