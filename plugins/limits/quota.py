@@ -58,14 +58,13 @@ class QuotaPool:
     used: Amounts = field(default_factory=dict)       # admitted here (reconciled)
     others: Amounts = field(default_factory=dict)     # taken by other processes, last seen
     demand: Amounts = field(default_factory=dict)     # waiting for the take in flight
-    need: Amounts = field(default_factory=dict)
+    need: Amounts = field(default_factory=dict)       # the first waiter's cost
     fetch: asyncio.Future | None = None
     refused_at: float = -math.inf
     last_active: float = field(default_factory=time.monotonic)
     inflight: int = 0                                 # admitted requests not yet settled
     waiting: int = 0                                  # requests waiting for a take
-    consumed: float = 0.0                             # for the demand rate
-    rate: dict[str, float] = field(default_factory=dict)
+    rate: dict[str, float] = field(default_factory=dict)   # recent demand per second
     rate_mark: tuple[float, dict] = field(default_factory=lambda: (time.monotonic(), {}))
 
     def roll(self, window: str) -> None:
@@ -79,10 +78,11 @@ class QuotaPool:
     def fits(self, cost: Amounts) -> bool:
         return all(self.used.get(f, 0) + c <= self.granted.get(f, 0) for f, c in cost.items())
 
-    def use(self, cost: Amounts, sign: int = 1) -> None:
+    def use(self, cost: Amounts) -> None:
+        """Count ``cost`` (negative: give back) as used here, and as recent demand."""
         for f, c in cost.items():
-            self.used[f] = self.used.get(f, 0) + sign * c
-            self.rate_mark[1][f] = self.rate_mark[1].get(f, 0) + sign * c
+            self.used[f] = self.used.get(f, 0) + c
+            self.rate_mark[1][f] = self.rate_mark[1].get(f, 0) + c
 
     def remaining(self, f: str) -> int:
         """What this account may still use in the window, as far as this process knows."""
