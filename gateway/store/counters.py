@@ -17,8 +17,8 @@ held: n, holders: {<process>: {n, exp}}}``. A process leases ``k`` slots with
 it lives, and the holdings of a crashed process are taken back by the next process that
 finds the slots full, once they have expired.
 
-**Short-lived counters** (``take``/``add``/``values``, one document per window with a
-TTL): kept for rare events such as sign-in attempts, never for API requests.
+**Short-lived counters** (``take``/``give_back``, one document per window with a TTL):
+for rare events such as sign-in attempts, never for API requests.
 """
 from __future__ import annotations
 
@@ -180,24 +180,11 @@ class Counters:
         except DuplicateKeyError:
             return None
 
-    async def add(self, window_id: str, amounts: dict[str, int], expires_at: datetime) -> None:
-        """Add to a short-lived counter (no limit check)."""
-        amounts = {f: a for f, a in amounts.items() if a > 0}
-        if amounts:
-            await self.counters.update_one({"_id": window_id},
-                                           {"$inc": amounts,
-                                            "$setOnInsert": {"expires_at": expires_at}},
-                                           upsert=True)
-
     async def give_back(self, window_id: str, amounts: dict[str, int]) -> None:
         """Take back what ``take`` added (each refund at most what was taken)."""
         amounts = {f: -a for f, a in amounts.items() if a > 0}
         if amounts:
             await self.counters.update_one({"_id": window_id}, {"$inc": amounts})
-
-    async def values(self, window_id: str) -> dict[str, int]:
-        doc = await self.counters.find_one({"_id": window_id}) or {}
-        return _values(doc)
 
 
 def _values(doc: dict) -> Amounts:
