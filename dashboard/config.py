@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.config import ConfigError, _build
+from gateway.config import ConfigError, build_section
 
 
 @dataclass
@@ -29,7 +29,7 @@ class DashboardConfig:
 
     @classmethod
     def from_config(cls, config) -> "DashboardConfig":
-        cfg = _build(cls, dict(config.extra.get("dashboard", {})), "dashboard")
+        cfg = build_section(cls, dict(config.extra.get("dashboard", {})), "dashboard")
         if cfg.session_idle <= 0 or cfg.session_absolute < cfg.session_idle:
             raise ConfigError("dashboard: session_idle must be > 0 and session_absolute "
                               ">= session_idle")

@@ -16,7 +16,7 @@ from dashboard.config import DashboardConfig
 from dashboard.deferred import TimeFloor
 from dashboard.throttle import LoginThrottle
 from gateway.errors import APIError
-from gateway.handlers.base import client_ip
+from gateway.net import client_ip
 from plugins.auth.session import SAFE_METHODS, SessionAuthenticator, cookie_name, is_secure
 
 log = logging.getLogger("allyoucantoken.dashboard")

@@ -10,7 +10,7 @@ an index for ``[[models]]`` (``ALLYOUCANTOKEN_MODELS__0__OPTIONS__API_KEY``). An
 is converted to the type the schema expects (see :func:`env_override`): a ``str`` field
 takes the text verbatim (``ALLYOUCANTOKEN_SMTP__PASSWORD=20240611`` stays a string).
 Plugin sections are untyped at load time: their overrides stay :class:`EnvValue`
-strings, converted when the plugin validates its section with :func:`_build`, or to the
+strings, converted when the plugin validates its section with :func:`build_section`, or to the
 type of the value the file gives for the same key.
 """
 from __future__ import annotations
@@ -302,7 +302,7 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
         _, inner = typing.get_args(typ)
         return {k: _coerce(v, inner, f"{where}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(typ):
-        return _build(typ, value, where)
+        return build_section(typ, value, where)
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if typ in (int, float, str, bool) and (not isinstance(value, typ) or
@@ -311,7 +311,13 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
     return value
 
 
-def _build(cls: type, data: Any, where: str) -> Any:
+def build_section(cls: type, data: Any, where: str) -> Any:
+    """Build the dataclass ``cls`` from the table ``data`` (a config section, or part of
+    one at ``where``), with the config's checks and messages: unknown keys and wrong
+    types raise :class:`ConfigError` naming the key; environment overrides
+    (:class:`EnvValue`) are converted to the field's type. Plugins validate their own
+    sections with it (``build_section(MyConfig, config.extra.get("mine", {}), "mine")``).
+    """
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a table, got {shown(data, where)}")
     hints = typing.get_type_hints(cls)
@@ -324,6 +330,9 @@ def _build(cls: type, data: Any, where: str) -> Any:
         return cls(**kwargs)
     except TypeError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+
+
+_build = build_section   # the former private name, for callers not yet moved to build_section
 
 
 def _schema_step(typ: Any, part: str) -> Any:
@@ -426,7 +435,7 @@ def from_dict(data: dict[str, Any]) -> Config:
     for k, v in extra.items():
         if not isinstance(v, dict):
             raise ConfigError(f"{k}: expected a table, got {shown(v, k)}")
-    cfg = _build(Config, data, "")
+    cfg = build_section(Config, data, "")
     cfg.extra = extra
     if not cfg.models:
         cfg.models = [dataclasses.replace(m) for m in DEFAULT_MODELS]

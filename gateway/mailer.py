@@ -36,7 +36,7 @@ import aiosmtplib
 from cryptography.fernet import Fernet, InvalidToken
 
 from gateway.background import stop_task
-from gateway.config import ConfigError, _build
+from gateway.config import ConfigError, build_section
 
 log = logging.getLogger("allyoucantoken.mail")
 
@@ -62,7 +62,7 @@ class SmtpConfig:
     @classmethod
     def from_config(cls, config) -> "SmtpConfig":
         """Validate ``config.extra["smtp"]`` with messages that name the key."""
-        cfg = _build(cls, dict(config.extra.get("smtp", {})), "smtp")
+        cfg = build_section(cls, dict(config.extra.get("smtp", {})), "smtp")
         if cfg.tls and cfg.starttls:
             # Implicit TLS wins when both are set explicitly only if the user meant it.
             if "starttls" in config.extra.get("smtp", {}):

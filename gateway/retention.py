@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from gateway.background import stop_task
-from gateway.config import ConfigError, _build
+from gateway.config import ConfigError, build_section
 
 log = logging.getLogger("allyoucantoken.retention")
 
@@ -31,7 +31,7 @@ class RetentionConfig:
 
     @classmethod
     def from_config(cls, config) -> "RetentionConfig":
-        cfg = _build(cls, dict(config.extra.get("retention", {})), "retention")
+        cfg = build_section(cls, dict(config.extra.get("retention", {})), "retention")
         if cfg.days < 0 or cfg.interval <= 0:
             raise ConfigError("retention: days must be >= 0 and interval > 0")
         return cfg

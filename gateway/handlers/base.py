@@ -1,7 +1,6 @@
 """Base handler: OpenAI-style JSON errors (never a stack trace), auth, client address."""
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 from typing import Any
@@ -10,33 +9,12 @@ import tornado.web
 
 from gateway.background import WarnOnce
 from gateway.errors import APIError
+from gateway.net import client_ip
 from gateway.store import StoreError
 from gateway.types import Principal
 
 log = logging.getLogger("allyoucantoken.http")
 _db_warning = WarnOnce(log)
-
-
-def client_ip(request, trusted_proxies: list[str]) -> str:
-    """The client's address: X-Forwarded-For is believed only from a trusted proxy."""
-    remote = request.remote_ip or ""
-    if not trusted_proxies or not _in_networks(remote, trusted_proxies):
-        return remote
-    forwarded = [p.strip() for p in request.headers.get("X-Forwarded-For", "").split(",")
-                 if p.strip()]
-    # Walk from the nearest hop back, skipping our own proxies.
-    for addr in reversed(forwarded):
-        if not _in_networks(addr, trusted_proxies):
-            return addr
-    return forwarded[0] if forwarded else remote
-
-
-def _in_networks(addr: str, networks: list[str]) -> bool:
-    try:
-        ip = ipaddress.ip_address(addr)
-    except ValueError:
-        return False
-    return any(ip in ipaddress.ip_network(n, strict=False) for n in networks)
 
 
 class BaseAPIHandler(tornado.web.RequestHandler):

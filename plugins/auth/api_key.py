@@ -26,7 +26,7 @@ from datetime import UTC
 from gateway.background import WarnOnce
 from gateway.errors import APIError
 from gateway.hookspecs import hookimpl
-from gateway.handlers.base import client_ip
+from gateway.net import client_ip
 from gateway.store import StoreError
 from gateway.store.keys import KEY_LIMITS, KEY_PREFIX, hash_key
 from gateway.types import Principal

@@ -13,21 +13,37 @@ cookie.
 from __future__ import annotations
 
 import hmac
+from dataclasses import dataclass
 
-from dashboard.config import DashboardConfig
-from gateway.handlers.base import _in_networks
+from gateway.config import build_section
 from gateway.hookspecs import hookimpl
+from gateway.net import in_networks
 from gateway.types import Principal
 
 COOKIE = "ayct_session"
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
+@dataclass
+class SessionSettings:
+    """What this plugin reads of ``[dashboard]``: the idle timeout that sessions (created
+    by the dashboard's sign-in) share. The section as a whole belongs to the dashboard
+    plugin, which claims it and validates every key at start."""
+
+    session_idle: float = 3600.0    # seconds without a request before a session ends
+
+    @classmethod
+    def from_config(cls, config) -> "SessionSettings":
+        section = dict(config.extra.get("dashboard", {}))
+        return build_section(cls, {k: v for k, v in section.items() if k == "session_idle"},
+                             "dashboard")
+
+
 def is_secure(request, trusted_proxies: list[str]) -> bool:
     """Served over TLS: directly, or by a trusted proxy that says X-Forwarded-Proto: https."""
     if request.protocol == "https":
         return True
-    if trusted_proxies and _in_networks(request.remote_ip or "", trusted_proxies):
+    if trusted_proxies and in_networks(request.remote_ip or "", trusted_proxies):
         proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
         return proto == "https"
     return False
@@ -56,7 +72,7 @@ class SessionAuthenticator:
     def __init__(self, store, config) -> None:
         self.store = store
         self.trusted = config.server.trusted_proxies
-        self.cfg = DashboardConfig.from_config(config)
+        self.cfg = SessionSettings.from_config(config)
 
     async def load(self, request) -> tuple[dict | None, dict | None]:
         """``(session, account)`` for the request's cookie; either may be None."""

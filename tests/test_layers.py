@@ -1,0 +1,141 @@
+"""Layers import one way: ``gateway`` (core) <- ``plugins`` <- ``dashboard``.
+
+Every module under gateway/, plugins/ and dashboard/ is parsed with ``ast`` (imports
+inside functions included, so a lazy import is no way around the rule) and the test
+fails on
+
+- an import running the wrong way: the core importing ``plugins`` or ``dashboard``,
+  a plugin importing ``dashboard``;
+- a private name (``_x``) taken from a module of another package, by
+  ``from pkg.mod import _x`` or as ``mod._x`` on an imported module: what several
+  packages need is public API.
+
+Dynamic imports by name (``DEFAULT_PLUGINS`` in ``gateway/plugins.py``) are not import
+statements: the plugin manager loads plugins that way, which is the point of it.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LAYERS = ("gateway", "plugins", "dashboard")      # lower first: each may import those before it
+
+# Imports the rule allows anyway, each with its reason. Keep this list short.
+ALLOWED_UPWARD = {
+    # `allyoucantoken admin create` makes an admin the way the dashboard does (its
+    # [dashboard] password policy and hashing). The import is lazy, inside that one
+    # command, so the core never loads the dashboard otherwise; it goes away when the
+    # dashboard registers its own CLI commands (issue 12, `register_commands`).
+    ("gateway.admin_cli", "dashboard.config"),
+    ("gateway.admin_cli", "dashboard.first_admin"),
+}
+
+
+def modules() -> list[tuple[str, Path]]:
+    found = []
+    for top in LAYERS:
+        for path in sorted((ROOT / top).rglob("*.py")):
+            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            found.append((".".join(parts), path))
+    return found
+
+
+def package_of(module: str, path: Path) -> str:
+    return module if path.name == "__init__.py" else module.rpartition(".")[0]
+
+
+def resolve(module: str, path: Path, node: ast.ImportFrom) -> str:
+    """The absolute module name of a ``from ... import`` (relative ones resolved)."""
+    if not node.level:
+        return node.module or ""
+    base = package_of(module, path).split(".")
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def imports(module: str, path: Path):
+    """``(line, imported module, name or None)`` for every import in the module, and
+    ``(line, module, attribute)`` for attribute access on an imported module."""
+    tree = ast.parse(path.read_text(), str(path))
+    known = {m for m, _ in modules()}
+    aliases: dict[str, str] = {}          # local name -> module it is bound to
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name, None
+                if alias.asname:
+                    aliases[alias.asname] = alias.name
+        elif isinstance(node, ast.ImportFrom):
+            source = resolve(module, path, node)
+            for alias in node.names:
+                full = f"{source}.{alias.name}"
+                if full in known:        # `from pkg import module`
+                    yield node.lineno, full, None
+                    aliases[alias.asname or alias.name] = full
+                else:
+                    yield node.lineno, source, alias.name
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                and node.value.id in aliases):
+            yield node.lineno, aliases[node.value.id], node.attr
+
+
+def layer(name: str) -> int | None:
+    top = name.split(".")[0]
+    return LAYERS.index(top) if top in LAYERS else None
+
+
+def test_the_walk_sees_every_layer():
+    names = {m for m, _ in modules()}
+    assert {"gateway.config", "gateway.handlers.base", "plugins.auth.session",
+            "dashboard.web"} <= names
+    assert len(names) > 60
+
+
+def test_imports_run_one_way():
+    wrong = []
+    for module, path in modules():
+        own = layer(module)
+        for line, target, _ in imports(module, path):
+            other = layer(target)
+            if other is not None and other > own and (module, target) not in ALLOWED_UPWARD:
+                wrong.append(f"{path.relative_to(ROOT)}:{line}: {module} imports {target}")
+    assert not wrong, "imports against the layers (gateway <- plugins <- dashboard):\n" + \
+        "\n".join(wrong)
+
+
+def test_no_private_name_is_imported_from_another_package():
+    wrong = []
+    for module, path in modules():
+        mine = package_of(module, path)
+        for line, target, name in imports(module, path):
+            if (name and name.startswith("_") and not name.startswith("__")
+                    and layer(target) is not None and target.rpartition(".")[0] != mine
+                    and target != mine):
+                wrong.append(f"{path.relative_to(ROOT)}:{line}: {module} uses {target}.{name}")
+    assert not wrong, "private names used across packages (make them public API):\n" + \
+        "\n".join(wrong)
+
+
+def test_the_allowed_exceptions_are_still_needed():
+    """An exception that no longer matches an import is stale: remove it."""
+    seen = {(module, target) for module, path in modules()
+            for _, target, _ in imports(module, path)}
+    assert ALLOWED_UPWARD <= seen, ALLOWED_UPWARD - seen
+
+
+def test_the_checker_catches_what_it_should(tmp_path):
+    """The walk itself: a wrong-way import, a lazy one and a private name are all seen."""
+    sample = tmp_path / "sample.py"
+    sample.write_text("import dashboard.web\nfrom gateway.handlers import base\n"
+                      "def f():\n    from plugins.auth import session\n"
+                      "    return base._in_networks, session\n"
+                      "from gateway.config import _build\n")
+    found = list(imports("gateway.sample", sample))
+    assert (1, "dashboard.web", None) in found
+    assert (4, "plugins.auth.session", None) in found
+    assert (5, "gateway.handlers.base", "_in_networks") in found
+    assert (6, "gateway.config", "_build") in found
