@@ -101,6 +101,36 @@ async def _keys(ns, cfg) -> None:
                   f"{cfg.auth.key_cache_ttl:g} s")
 
 
+def _add_plugin_commands(sub, argv: list[str] | None) -> None:
+    """Let plugins add subcommands (the ``register_commands`` hook). The plugins (those
+    of the config's ``[plugins]`` too) are loaded only when the command line names no
+    built-in command, so built-in commands behave and start exactly as before."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    config_path, i = None, 0
+    while i < len(args):
+        arg = args[i]
+        if arg in ("-c", "--config"):
+            config_path = args[i + 1] if i + 1 < len(args) else None
+            i += 2
+            continue
+        if arg.startswith("--config="):
+            config_path = arg.split("=", 1)[1]
+        elif arg.startswith("-c") and len(arg) > 2:
+            config_path = arg[2:]
+        elif not arg.startswith("-"):
+            if arg in sub.choices:
+                return
+            break
+        i += 1
+    from gateway.plugins import get_plugin_manager
+    try:
+        cfg = config_mod.load(config_path or os.environ.get("ALLYOUCANTOKEN_CONFIG"))
+        modules, disabled = cfg.plugins.modules, cfg.plugins.disabled
+    except (config_mod.ConfigError, OSError):
+        modules, disabled = [], []   # reported below, when the config is loaded for real
+    get_plugin_manager(modules, disabled).hook.register_commands(subparsers=sub)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="allyoucantoken",
                                      description="AllYouCanToken LLM API gateway")
@@ -129,6 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     ds.add_argument("--path", default=None, help="SQLite file (default data_dir/db.sqlite)")
     from gateway.admin_cli import add_admin_commands
     add_admin_commands(sub)
+    _add_plugin_commands(sub, argv)
     ns = parser.parse_args(argv)
     cfg = _config(ns)
     _setup_logging(cfg.server.log_level, cfg.server.log_format)
@@ -162,6 +193,10 @@ def main(argv: list[str] | None = None) -> None:
     elif ns.cmd == "admin":
         from gateway.admin_cli import run_admin
         asyncio.run(run_admin(ns, cfg, _StoreSession))
+    elif getattr(ns, "func", None) is not None:   # a plugin's command (register_commands)
+        result = ns.func(ns, cfg)
+        if asyncio.iscoroutine(result):
+            asyncio.run(result)
 
 
 if __name__ == "__main__":

@@ -95,3 +95,16 @@ def on_usage(event):
     built-in ``plugins.usage.events_file`` does). The database keeps only rollups; an
     observer is the way to keep per-request records.
     """
+
+
+@hookspec
+def register_commands(subparsers):
+    """Add subcommands to the ``allyoucantoken`` command line (llm's ``register_commands``).
+
+    ``subparsers`` is the ``argparse`` subparsers object of the top-level parser: call
+    ``subparsers.add_parser(name, help=...)``, add arguments, and set the function to
+    run with ``set_defaults(func=fn)``. ``fn(args, config)`` receives the parsed
+    arguments and the loaded ``Config``; it may be a coroutine function (it is run with
+    ``asyncio.run``). Plugins are loaded for this only when the command line does not
+    name a built-in command, so built-in commands start as fast as before.
+    """

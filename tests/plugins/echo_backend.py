@@ -1,25 +1,24 @@
 """A backend plugin defined in a test module, registered through the plugins hook
 exactly like a third-party one. It streams the words of the last user message back
-with a short pause, so tests can see streaming and cancellation."""
+with a short pause, so tests can see streaming and cancellation.
+
+Written with the plugin SDK (``gateway.sdk``): ``start``/``close``/``health`` and
+``completions`` (the prompt as one user message) come from ``sdk.Backend``."""
 import asyncio
 
-from gateway.hookspecs import hookimpl
-from gateway.types import Chunk, Usage
+from gateway import sdk
 
 
-class EchoBackend:
+class EchoBackend(sdk.Backend):
+    class Options(sdk.Options):
+        # Other keys are ignored, not refused: tests swap the example config's llamacpp
+        # model (options n_ctx, instances) for this backend.
+        ignore_unknown = True
+        delay: float = 0.0
+
     def __init__(self, model_cfg, config):
-        self.name = model_cfg.name
-        self.delay = float(model_cfg.options.get("delay", 0.0))
-
-    async def start(self):
-        pass
-
-    async def close(self):
-        pass
-
-    async def health(self):
-        return {"ok": True}
+        super().__init__(model_cfg, config)
+        self.delay = self.options.delay
 
     async def chat(self, req):
         words = (req.messages[-1].get("content") or "").split()
@@ -28,16 +27,11 @@ class EchoBackend:
             await asyncio.sleep(self.delay)
             if word == "FAIL":  # lets tests cause a real backend failure mid-stream
                 raise RuntimeError("echo backend failed on purpose")
-            yield Chunk(word + " ")
-        yield Chunk(finish_reason="stop" if limit >= len(words) else "length")
-        yield Chunk(usage=Usage(len(words), min(limit, len(words))))
-
-    async def completions(self, req):
-        async for chunk in self.chat(type(req)("chat", req.model, {"messages": [
-                {"role": "user", "content": req.prompt}]}, req.max_tokens)):
-            yield chunk
+            yield sdk.Chunk(word + " ")
+        yield sdk.Chunk(finish_reason="stop" if limit >= len(words) else "length")
+        yield sdk.Chunk(usage=sdk.Usage(len(words), min(limit, len(words))))
 
 
-@hookimpl
+@sdk.hookimpl
 def register_backends(register, config):
     register("echo", EchoBackend)
