@@ -22,8 +22,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, AsyncIterator
 
-from gateway import config as _config
-from gateway.config import ConfigError
+from gateway.config import ConfigError, build_section
 from gateway.errors import APIError
 from gateway.hookspecs import hookimpl
 from gateway.types import Admission, Chunk, GenerationRequest, Principal, Usage
@@ -37,11 +36,8 @@ def build_options(cls: type, data: Any, where: str) -> Any:
     """Validate ``data`` (a dict from the config) into the dataclass ``cls``, with the
     config's error style (``where.key: expected float, got 'x'``).
 
-    A thin wrapper over the config's own builder: ``gateway.config.build_section``
-    when present, else the older private ``gateway.config._build`` (the one place the
-    SDK reaches it)."""
-    builder = getattr(_config, "build_section", None) or _config._build
-    return builder(cls, data, where)
+    A thin wrapper over the config's own builder, ``gateway.config.build_section``."""
+    return build_section(cls, data, where)
 
 
 @dataclasses.dataclass
