@@ -1,4 +1,5 @@
-"""WebSocket chat protocol at ``/v1/chat/ws`` (see docs/README-websocket.md).
+"""WebSocket chat protocol at ``/v1/chat/ws`` (the README's "WebSocket chat" chapter is the
+protocol reference).
 
 One socket carries several chat requests at once, each tagged with the client's own
 ``id``. Every request runs as its own asyncio task through the same path as the SSE
