@@ -332,7 +332,6 @@ def build_section(cls: type, data: Any, where: str) -> Any:
         raise ConfigError(f"{where}: {exc}") from None
 
 
-_build = build_section   # the former private name, for callers not yet moved to build_section
 
 
 def _schema_step(typ: Any, part: str) -> Any:
