@@ -65,6 +65,7 @@ class QuotaPool:
     inflight: int = 0                                 # admitted requests not yet settled
     waiting: int = 0                                  # requests waiting for a take
     rate: dict[str, float] = field(default_factory=dict)   # recent demand per second
+    since_take: Amounts = field(default_factory=dict)        # used since the last take
     rate_mark: tuple[float, dict] = field(default_factory=lambda: (time.monotonic(), {}))
 
     def roll(self, window: str) -> None:
@@ -73,6 +74,7 @@ class QuotaPool:
         if window > self.window:
             self.window = window
             self.granted, self.used, self.others, self.demand = {}, {}, {}, {}
+            self.since_take = {}
             self.refused_at = -math.inf
 
     def fits(self, cost: Amounts) -> bool:
@@ -83,6 +85,7 @@ class QuotaPool:
         for f, c in cost.items():
             self.used[f] = self.used.get(f, 0) + c
             self.rate_mark[1][f] = self.rate_mark[1].get(f, 0) + c
+            self.since_take[f] = self.since_take.get(f, 0) + c
 
     def remaining(self, f: str) -> int:
         """What this account may still use in the window, as far as this process knows."""
@@ -97,7 +100,10 @@ class QuotaPool:
                 inst = max(0.0, amount) / (now - since)
                 self.rate[f] = inst if f not in self.rate else 0.5 * self.rate[f] + 0.5 * inst
             self.rate_mark = (now, {})
-        return {f: int(min(self.rate.get(f, 0.0) * settings.horizon * self.horizon_scale,
+        # At least what was used since the last take, so blocks double while demand
+        # ramps up faster than the rate estimate follows (a few takes, not one per burst).
+        return {f: int(min(max(self.rate.get(f, 0.0) * settings.horizon * self.horizon_scale,
+                               self.since_take.get(f, 0)),
                            self.limits[f] * settings.max_share)) for f in self.limits}
 
 
@@ -220,6 +226,8 @@ class QuotaLeases:
                 return True
             for f, amount in (taken or {}).items():
                 pool.granted[f] = pool.granted.get(f, 0) + amount
+            if taken:
+                pool.since_take = {}
             if shared:
                 pool.others = {f: max(0, shared.get(f, 0) - pool.granted.get(f, 0))
                                for f in pool.limits}
