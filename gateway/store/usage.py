@@ -25,7 +25,7 @@ from pymongo.errors import BulkWriteError
 # Buckets (upper bounds, ms) of the latency histograms kept per rollup.
 TTFT_BUCKETS_MS = (100, 250, 500, 1000, 2500, 5000)
 DURATION_BUCKETS_MS = (1000, 5000, 15000, 60000, 300000)
-APPLIED_KEEP = 32
+APPLIED_KEEP = 64      # batch ids a rollup remembers (retries and replays come soon after)
 DUPLICATE_KEY = 11000
 
 
