@@ -240,3 +240,21 @@ def test_a_batch_applied_twice_is_counted_once(mongo):
                 {d["account_id"]: d["requests"] for d in await store.usage.hourly.find().to_list()})
     daily, hourly = db_run(mongo.uri, "once_" + os.urandom(4).hex(), go)
     assert daily == hourly == {"acct_a": 3, "acct_b": 1}
+
+
+def test_a_batch_spanning_an_hour_boundary_counts_every_hour_in_the_daily_rollup(mongo):
+    """A flush at 23:00:00.5 holds requests of 22:59 and of 23:00: two hourly rollups,
+    one daily rollup, and the daily one must get both (it once kept only the first)."""
+    late = datetime(2026, 11, 27, 22, tzinfo=UTC)
+    later = late + timedelta(hours=1)
+
+    async def go(store):
+        await store.usage.apply("b_1", {("acct_h", "key_h", "echo", late): {"requests": 2},
+                                        ("acct_h", "key_h", "echo", later): {"requests": 3}})
+        await store.usage.apply("b_1", {("acct_h", "key_h", "echo", late): {"requests": 2},
+                                        ("acct_h", "key_h", "echo", later): {"requests": 3}})
+        return ([d["requests"] for d in await store.usage.daily.find().to_list()],
+                sorted(d["requests"] for d in await store.usage.hourly.find().to_list()))
+    daily, hourly = db_run(mongo.uri, "span_" + os.urandom(4).hex(), go)
+    assert daily == [5]
+    assert hourly == [2, 3]

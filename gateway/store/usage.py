@@ -83,16 +83,21 @@ class UsageStore:
         """Add one batch to the rollups, exactly once per rollup whatever the retries.
 
         ``rollups`` maps (account, key, model, hour start) to the counters to add."""
-        hourly, daily = [], []
+        hourly, days = [], {}
         for (account_id, key_id, model, hour), inc in rollups.items():
             hour_id, day_id = rollup_ids(account_id, key_id, model, hour)
             common = {"account_id": account_id, "key_id": key_id, "model": model,
                       "day": hour.strftime("%Y-%m-%d")}
             hourly.append(_once(hour_id, batch_id, inc, {**common, "hour": hour}))
-            daily.append(_once(day_id, batch_id, inc, common))
+            # A batch that spans an hour boundary has several hourly rollups in one
+            # day: they must reach the daily rollup as ONE update, because a second
+            # update carrying the same batch id would be taken for a replay and lost.
+            day = days.setdefault(day_id, (common, {}))
+            add_counts(day[1], inc)
         if hourly:
             await _bulk_once(self.hourly, hourly)
-            await _bulk_once(self.daily, daily)
+            await _bulk_once(self.daily, [_once(day_id, batch_id, inc, common)
+                                          for day_id, (common, inc) in days.items()])
 
     async def prune_hourly(self, keep_days: float, now: datetime | None = None) -> int:
         """Delete hourly rollups older than ``keep_days`` (the daily ones keep the sums)."""
