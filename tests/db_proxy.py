@@ -50,9 +50,18 @@ class DelayProxy:
                 writer.write(data)
                 await writer.drain()
         finally:
-            writer.close()
+            if not writer.is_closing():
+                writer.close()
 
     def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.server.close)
+        """Stop serving and end every pipe inside the proxy's own loop (so no coroutine
+        is left to be collected after the loop is closed)."""
+        async def shut() -> None:
+            self.server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        asyncio.run_coroutine_threadsafe(shut(), self.loop).result(5)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)

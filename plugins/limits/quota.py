@@ -67,6 +67,7 @@ class QuotaPool:
     rate: dict[str, float] = field(default_factory=dict)   # recent demand per second
     since_take: Amounts = field(default_factory=dict)        # used since the last take
     rate_mark: tuple[float, dict] = field(default_factory=lambda: (time.monotonic(), {}))
+    peak_cost: Amounts = field(default_factory=dict)   # largest reservation this window
 
     def roll(self, window: str) -> None:
         """Start afresh in a newer window (the old lease lapses with its window). Never
@@ -74,7 +75,7 @@ class QuotaPool:
         if window > self.window:
             self.window = window
             self.granted, self.used, self.others, self.demand = {}, {}, {}, {}
-            self.since_take = {}
+            self.since_take, self.peak_cost = {}, {}
             self.refused_at = -math.inf
 
     def fits(self, cost: Amounts) -> bool:
@@ -91,19 +92,36 @@ class QuotaPool:
         """What this account may still use in the window, as far as this process knows."""
         return max(0, self.limits[f] - self.others.get(f, 0) - self.used.get(f, 0))
 
+    def reserve(self, cost: Amounts) -> None:
+        """Admit ``cost`` from the lease (and remember the largest single reservation)."""
+        for f, c in cost.items():
+            if c > self.peak_cost.get(f, 0):
+                self.peak_cost[f] = c
+        self.use(cost)
+        self.inflight += 1
+
+    def cushion(self) -> Amounts:
+        """Room the lease keeps for the next request's reservation on top of those in
+        flight: a reservation (prompt estimate + max_tokens) can be far larger than
+        what requests end up using, which is all the demand rate sees."""
+        return {f: self.peak_cost.get(f, 0) for f in self.limits}
+
     def prefetch(self, settings: LeaseSettings) -> Amounts:
-        """Beyond what waits, how much to take: recent demand over the horizon."""
+        """Beyond what waits, how much to take: recent (net) demand over the horizon
+        plus the cushion, at most ``max_share`` of the limit."""
         now = time.monotonic()
         since, spent = self.rate_mark
-        if now - since >= 0.25:
+        if now - since >= (0.25 if self.rate else 0.05):
             for f, amount in spent.items():
                 inst = max(0.0, amount) / (now - since)
                 self.rate[f] = inst if f not in self.rate else 0.5 * self.rate[f] + 0.5 * inst
             self.rate_mark = (now, {})
-        # At least what was used since the last take, so blocks double while demand
-        # ramps up faster than the rate estimate follows (a few takes, not one per burst).
+        cushion = self.cushion()
+        # Until the first rate estimate, slow start: take as much as was used so far (the
+        # lease doubles), and never less than what was used since the last take.
+        start = self.used if not self.rate else {}
         return {f: int(min(max(self.rate.get(f, 0.0) * settings.horizon * self.horizon_scale,
-                               self.since_take.get(f, 0)),
+                               self.since_take.get(f, 0), start.get(f, 0)) + cushion[f],
                            self.limits[f] * settings.max_share)) for f in self.limits}
 
 
@@ -155,8 +173,7 @@ class QuotaLeases:
             # First come, first served: a newcomer does not take what a block just taken
             # for the requests waiting on it was meant for.
             if (waited or not pool.waiting) and pool.fits(cost):
-                pool.use(cost)
-                pool.inflight += 1
+                pool.reserve(cost)
                 self._refill_early(pool)
                 return pool.window
             if time.monotonic() - pool.refused_at < RECHECK:
@@ -199,8 +216,11 @@ class QuotaLeases:
         if pool.fetch is not None or time.monotonic() - pool.refused_at < RECHECK:
             return
         ahead = pool.prefetch(self.settings)
-        if any(a > 0 and pool.granted.get(f, 0) - pool.used.get(f, 0) < a / 2
-               for f, a in ahead.items()):
+        cushion = pool.cushion()
+        # Early enough that the next request's reservation still fits while the take
+        # is on its way, with half the demand horizon to spare.
+        if any(a > 0 and pool.granted.get(f, 0) - pool.used.get(f, 0) <
+               cushion[f] + (a - cushion[f]) / 2 for f, a in ahead.items()):
             pool.need = {}
             pool.fetch = asyncio.ensure_future(self._fetch(pool))
             pool.fetch.add_done_callback(_consume_error)
