@@ -43,6 +43,6 @@ class DashboardConfig:
         return cfg
 
     def passwords(self):
-        from gateway.passwords import Passwords
+        from dashboard.passwords import Passwords
         return Passwords(self.argon2_time_cost, self.argon2_memory_cost,
                          self.argon2_parallelism)

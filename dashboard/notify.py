@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dashboard import emails
-from gateway import mailer
+from plugins.mail import mailer
 
 
 async def send(handler_or_gateway, dash, kind: str, account: dict, **values) -> None:

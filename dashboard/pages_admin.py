@@ -7,13 +7,12 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
-from pymongo.errors import DuplicateKeyError
-
 from dashboard import key_controls, notify
 from dashboard.pages_auth import EMAIL
 from dashboard.pages_user import close_account
 from dashboard.usage_view import usage_summary
 from dashboard.web import DashboardHandler, PageError
+from gateway.store import DuplicateKeyError
 from gateway.store.accounts import STATUSES
 
 PAGE_SIZE = 50

@@ -5,9 +5,9 @@ import re
 
 from dashboard import notify
 from dashboard.deferred import defer
+from dashboard.passwords import policy_error
 from dashboard.throttle import email_key, take_slot
 from dashboard.web import DashboardHandler, PageError
-from gateway.passwords import policy_error
 
 EMAIL = re.compile(r"^[^@\s<>\"']{1,64}@[^@\s<>\"']{1,189}\.[^@\s<>\"'.]{2,}$")
 

@@ -6,9 +6,9 @@ import json
 from datetime import UTC, datetime
 
 from dashboard import key_controls, notify
+from dashboard.passwords import policy_error
 from dashboard.usage_view import usage_summary
 from dashboard.web import DashboardHandler, PageError
-from gateway.passwords import policy_error
 
 
 class OverviewHandler(DashboardHandler):
@@ -198,7 +198,7 @@ class CloseHandler(DashboardHandler):
 
 
 def _retention_days(config) -> float:
-    from gateway.retention import RetentionConfig
+    from dashboard.retention import RetentionConfig
     return RetentionConfig.from_config(config).days
 
 

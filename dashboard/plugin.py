@@ -1,15 +1,16 @@
-"""The dashboard plugin: server-rendered pages (routes) and its background services
-(the outbox mailer, the retention job, the first-admin check)."""
+"""The dashboard plugin: server-rendered pages (routes), its background services
+(the outbox mailer, the retention job, the first-admin check) and the ``admin``
+subcommands of the command line."""
 from __future__ import annotations
 
 from dashboard import admin_api, pages_admin, pages_auth, pages_user, playground
 from dashboard.config import DashboardConfig
 from dashboard.deferred import DeferredWork
 from dashboard.first_admin import FirstAdmin
+from dashboard.retention import RetentionConfig, RetentionService
 from dashboard.web import STATIC, Dashboard, NotFoundPage, StaticHandler
 from gateway.hookspecs import hookimpl
-from gateway.mailer import Mailer, SmtpConfig
-from gateway.retention import RetentionConfig, RetentionService
+from plugins.mail.mailer import Mailer, SmtpConfig
 
 ACCOUNT_ID = r"(acc_[0-9a-f]{1,64})"
 
@@ -71,3 +72,10 @@ def register_services(register, config, store):
     register(RetentionService(RetentionConfig.from_config(config)))
     register(FirstAdmin(cfg, cfg.passwords()))
     register(DeferredWork())
+
+
+@hookimpl
+def register_commands(subparsers):
+    """``allyoucantoken admin set-status|set-tier|create``."""
+    from dashboard.commands import add_admin_commands   # only the CLI needs it
+    add_admin_commands(subparsers)

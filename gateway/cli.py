@@ -1,4 +1,5 @@
-"""The ``allyoucantoken`` command: serve, keys, admin, db."""
+"""The ``allyoucantoken`` command: serve, keys, db, and the commands plugins add (the
+dashboard adds ``admin``)."""
 from __future__ import annotations
 
 import argparse
@@ -35,9 +36,11 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-class _StoreSession:
+class StoreSession:
     """Open the store for a CLI command: the configured URI, the running gateway's
-    embedded database, or a short-lived embedded server of our own."""
+    embedded database, or a short-lived embedded server of our own.
+
+    ``async with StoreSession(config) as store:`` (plugins' commands use it too)."""
 
     def __init__(self, cfg: config_mod.Config) -> None:
         self.cfg = cfg
@@ -72,7 +75,7 @@ class _StoreSession:
 
 
 async def _keys(ns, cfg) -> None:
-    async with _StoreSession(cfg) as store:
+    async with StoreSession(cfg) as store:
         if ns.keys_cmd == "create":
             account = await store.accounts.ensure(ns.account, tier=ns.tier or
                                                   cfg.limits.default_tier)
@@ -157,8 +160,6 @@ def main(argv: list[str] | None = None) -> None:
                                      "for several gateway processes to share")
     ds.add_argument("--port", type=int, default=27017)
     ds.add_argument("--path", default=None, help="SQLite file (default data_dir/db.sqlite)")
-    from gateway.admin_cli import add_admin_commands
-    add_admin_commands(sub)
     _add_plugin_commands(sub, argv)
     ns = parser.parse_args(argv)
     cfg = _config(ns)
@@ -190,9 +191,6 @@ def main(argv: list[str] | None = None) -> None:
         sys.argv = ["embedded_db", "--engine", "sqlite", "--path", path, "--port", str(ns.port),
                     "--auth-file", auth_file]
         embedded_db.main()
-    elif ns.cmd == "admin":
-        from gateway.admin_cli import run_admin
-        asyncio.run(run_admin(ns, cfg, _StoreSession))
     elif getattr(ns, "func", None) is not None:   # a plugin's command (register_commands)
         result = ns.func(ns, cfg)
         if asyncio.iscoroutine(result):

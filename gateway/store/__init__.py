@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError as StoreError  # noqa: F401 - re-exported for handlers
+from pymongo.errors import DuplicateKeyError  # noqa: F401 - re-exported (a unique index refused)
 
 from gateway.store.accounts import Accounts
 from gateway.store.audit import AuditLog

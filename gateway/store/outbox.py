@@ -2,7 +2,7 @@
 loses nothing. Senders claim due messages one at a time with a lease (safe with
 several gateway processes), and mark them sent or schedule a retry.
 
-Bodies arrive sealed (encrypted by ``gateway.mailer.MailSeal``; ``key_id`` names the
+Bodies arrive sealed (encrypted by ``plugins.mail.mailer.MailSeal``; ``key_id`` names the
 key) and are erased once a message is sent or given up: nothing readable stays."""
 from __future__ import annotations
 

@@ -80,7 +80,7 @@ class FairUseMonitor:
 
     async def _notify(self, account: dict, reason: str) -> None:
         try:
-            from gateway.mailer import enqueue
+            from plugins.mail.mailer import enqueue
         except ImportError:  # the email feature is not installed
             return
         if getattr(self.store, "outbox", None) is None:

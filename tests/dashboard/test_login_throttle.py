@@ -39,7 +39,7 @@ def password_checks(gw) -> float:
 
 
 def active_account(gw, password=PASSWORD) -> str:
-    from gateway.passwords import Passwords
+    from dashboard.passwords import Passwords
     email = new_email()
 
     async def go(store):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
-from gateway.retention import run_retention
+from dashboard.retention import run_retention
 from tests.dashboard.support import Browserless, wait_until
 from tests.dashboard.test_accounts import (PASSWORD, account_of, active_user, approve, chat,
                                            create_key, new_email)

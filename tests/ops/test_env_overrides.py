@@ -7,7 +7,7 @@ import pytest
 
 from dashboard.config import DashboardConfig
 from gateway.config import ConfigError, EnvValue, load
-from gateway.mailer import SmtpConfig
+from plugins.mail.mailer import SmtpConfig
 from tests.helpers import env as process_env
 from tests.helpers import write_config
 

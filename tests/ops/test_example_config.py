@@ -13,10 +13,10 @@ import uuid
 import httpx
 
 from dashboard.config import DashboardConfig
+from dashboard.retention import RetentionConfig
 from gateway import config as config_mod
-from gateway.mailer import SmtpConfig
 from gateway.plugins import get_plugin_manager
-from gateway.retention import RetentionConfig
+from plugins.mail.mailer import SmtpConfig
 from tests.helpers import ROOT, env, free_port, wait_http
 
 EXAMPLE = ROOT / "allyoucantoken.example.toml"

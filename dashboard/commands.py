@@ -1,12 +1,21 @@
-"""``allyoucantoken admin`` subcommands (operator tasks on accounts)."""
+"""``allyoucantoken admin`` subcommands (operator tasks on accounts), added to the
+command line by the dashboard plugin through the ``register_commands`` hook."""
 from __future__ import annotations
 
 import sys
 
+from dashboard.config import DashboardConfig
+from dashboard.first_admin import create_admin
+from dashboard.passwords import policy_error
+from gateway.cli import StoreSession
+
 
 def add_admin_commands(sub) -> None:
-    admin = sub.add_parser("admin", help="account administration").add_subparsers(
-        dest="admin_cmd", required=True)
+    """Add ``admin set-status``, ``admin set-tier`` and ``admin create`` to ``sub`` (the
+    top-level subparsers of the ``allyoucantoken`` command)."""
+    parser = sub.add_parser("admin", help="account administration")
+    parser.set_defaults(func=run_admin)
+    admin = parser.add_subparsers(dest="admin_cmd", required=True)
     st = admin.add_parser("set-status", help="set an account's status")
     st.add_argument("account", help="account email")
     st.add_argument("status", choices=("pending", "active", "suspended", "rejected", "closed"))
@@ -20,10 +29,6 @@ def add_admin_commands(sub) -> None:
 
 
 async def _create(ns, cfg, store) -> None:
-    from dashboard.config import DashboardConfig
-    from dashboard.first_admin import create_admin
-    from gateway.passwords import policy_error
-
     dash = DashboardConfig.from_config(cfg)
     password = sys.stdin.readline().rstrip("\n") if ns.password_stdin else None
     if password is not None:
@@ -39,8 +44,9 @@ async def _create(ns, cfg, store) -> None:
               file=sys.stderr)
 
 
-async def run_admin(ns, cfg, store_session) -> None:
-    async with store_session(cfg) as store:
+async def run_admin(ns, cfg) -> None:
+    """Run one ``admin`` subcommand against the configured database."""
+    async with StoreSession(cfg) as store:
         if ns.admin_cmd == "create":
             return await _create(ns, cfg, store)
         account = await store.accounts.by_email(ns.account)
