@@ -83,10 +83,8 @@ def deny(limit: str, message: str, status: int = 429, retry_after: float = 0.0, 
     the HTTP status (429 sets ``Retry-After`` from ``retry_after``), ``param`` the
     request field to blame (e.g. ``"max_tokens"``)."""
     return Admission(allowed=False, limiter=limiter, limit=limit, status=status,
-                     message=message, retry_after=retry_after,
-                     # The relay reads a denial's param from the reservation (it holds
-                     # nothing else on a denial); this helper keeps that detail out of plugins.
-                     reservation={"param": param} if param else {}, headers=dict(headers or {}))
+                     message=message, retry_after=retry_after, param=param,
+                     headers=dict(headers or {}))
 
 
 class Backend:

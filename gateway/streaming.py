@@ -170,7 +170,7 @@ async def admit(gateway, principal: Principal, req: GenerationRequest) -> list[A
             if adm.status == 429:
                 headers["Retry-After"] = str(max(1, int(adm.retry_after + 0.999)))
             raise APIError(adm.status, adm.message or f"Limit reached: {adm.limit}",
-                           code=adm.limit or None, param=adm.reservation.get("param"),
+                           code=adm.limit or None, param=adm.param,
                            headers=headers)
         if adm.max_tokens is not None:
             req.max_tokens = adm.max_tokens

@@ -111,16 +111,24 @@ class Chunk:
 
 @dataclass
 class Admission:
-    """What a limiter reserved for one request; handed back to it at settle()."""
+    """A limiter's answer for one request; handed back to it at settle().
+
+    ``reservation`` is the limiter's own record of what it reserved (opaque to the
+    gateway). On a denial (``allowed=False``) the client's error is built from
+    ``limit`` (the error ``code``), ``status``, ``message``, ``retry_after`` (seconds;
+    a 429 gets ``Retry-After``) and ``param``: the request field to blame, e.g.
+    ``"max_tokens"`` or ``"model"`` (``None``: no single field).
+    """
 
     allowed: bool = True
     limiter: str = ""
     reservation: dict[str, Any] = field(default_factory=dict)
-    # On denial: which limit, HTTP status, message, seconds until retry.
+    # On denial: which limit, HTTP status, message, seconds until retry, field to blame.
     limit: str = ""
     status: int = 429
     message: str = ""
     retry_after: float = 0.0
+    param: str | None = None
     # Headers to add to the response (x-ratelimit-*), and request changes (clamped max_tokens).
     headers: dict[str, str] = field(default_factory=dict)
     max_tokens: int | None = None

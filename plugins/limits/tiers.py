@@ -50,7 +50,7 @@ def _deny(limit: str, message: str, status: int = 429, retry_after: float = 0.0,
           param: str | None = None, headers: dict | None = None) -> Admission:
     return Admission(allowed=False, limiter="tiers", limit=limit, status=status,
                      message=message, retry_after=retry_after,
-                     reservation={"param": param} if param else {}, headers=headers or {})
+                     param=param, headers=headers or {})
 
 
 class TierLimiter:
