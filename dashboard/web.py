@@ -3,7 +3,6 @@ headers, and errors (HTML for browsers, OpenAI-style JSON for everyone else)."""
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ import tornado.web
 from dashboard.config import DashboardConfig
 from dashboard.deferred import TimeFloor
 from dashboard.throttle import LoginThrottle
-from gateway.errors import APIError
+from gateway.errors import APIError, ErrorRenderer, internal_error
 from gateway.net import client_ip
 from plugins.auth.session import SAFE_METHODS, SessionAuthenticator, cookie_name, is_secure
 
@@ -71,10 +70,15 @@ class PageError(Exception):
         self.context = context
 
 
-class DashboardHandler(tornado.web.RequestHandler):
-    """Base of every dashboard page. ``access``: "public", "user" or "admin"."""
+class DashboardHandler(ErrorRenderer, tornado.web.RequestHandler):
+    """Base of every dashboard page. ``access``: "public", "user" or "admin".
+
+    Errors go through :class:`gateway.errors.ErrorRenderer`; browsers get an HTML page
+    (:meth:`render_error`), other clients the API's JSON body."""
 
     access = "user"
+    error_log = log
+    quiet_errors = (PageError, tornado.web.HTTPError)
 
     def initialize(self, gateway, dashboard: Dashboard) -> None:
         self.gateway = gateway
@@ -185,32 +189,22 @@ class DashboardHandler(tornado.web.RequestHandler):
         return value
 
     # --- errors ------------------------------------------------------------------------
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
+    def error_for(self, status_code: int, exc: BaseException | None) -> APIError:
         if isinstance(exc, PageError):
-            err, template, context = exc.api, exc.template, exc.context
-        elif isinstance(exc, tornado.web.HTTPError) and status_code < 500:
-            err = api_error(status_code, exc.log_message or self._reason)
-            template, context = None, {}
-        else:
-            err = APIError(500, "The server had an error while processing your request.",
-                           code="internal_error")
-            template, context = None, {}
-        self.set_status(err.status)
-        if self.wants_html():
-            self.set_header("Content-Type", "text/html; charset=UTF-8")
-            self.render(template or "error.html", error=err.message, status=err.status,
-                        **context)
-        else:
-            self.set_header("Content-Type", "application/json")
-            self.finish(json.dumps(err.body()))
+            return exc.api
+        if isinstance(exc, tornado.web.HTTPError) and status_code < 500:
+            return api_error(status_code, exc.log_message or self._reason)
+        return internal_error()
 
-    def log_exception(self, typ, value, tb) -> None:
-        if isinstance(value, (PageError, tornado.web.HTTPError)):
-            return
-        # Type and route only: locals of a traceback could hold form contents.
-        log.error("unhandled %s on %s %s", typ.__name__ if typ else "error",
-                  self.request.method, self.request.path)
+    def render_error(self, err: APIError, exc: BaseException | None = None) -> None:
+        """Browsers get the page's template (a PageError's, else error.html) with the
+        message; other clients the API's JSON body."""
+        if not self.wants_html():
+            return super().render_error(err, exc)
+        page = exc if isinstance(exc, PageError) else None
+        self.set_header("Content-Type", "text/html; charset=UTF-8")
+        self.render(page.template if page and page.template else "error.html",
+                    error=err.message, status=err.status, **(page.context if page else {}))
 
 
 class StaticHandler(tornado.web.StaticFileHandler):

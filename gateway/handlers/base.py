@@ -1,4 +1,5 @@
-"""Base handler: OpenAI-style JSON errors (never a stack trace), auth, client address."""
+"""Base handler of the JSON API: errors (:class:`gateway.errors.ErrorRenderer`: OpenAI-style
+JSON, never a stack trace), auth, body size, client address."""
 from __future__ import annotations
 
 import json
@@ -8,7 +9,7 @@ from typing import Any
 import tornado.web
 
 from gateway.background import WarnOnce
-from gateway.errors import APIError
+from gateway.errors import APIError, ErrorRenderer
 from gateway.net import client_ip
 from gateway.store import StoreError
 from gateway.types import Principal
@@ -17,7 +18,7 @@ log = logging.getLogger("allyoucantoken.http")
 _db_warning = WarnOnce(log)
 
 
-class BaseAPIHandler(tornado.web.RequestHandler):
+class BaseAPIHandler(ErrorRenderer, tornado.web.RequestHandler):
     """Common ground of every JSON API handler."""
 
     def initialize(self, gateway) -> None:
@@ -36,40 +37,19 @@ class BaseAPIHandler(tornado.web.RequestHandler):
         self.set_status(status)
         self.finish(json.dumps(data, separators=(",", ":")))
 
-    def send_api_error(self, err: APIError) -> None:
-        if self._finished:
-            return
-        self.clear()
-        self.set_status(err.status)
-        for name, value in err.headers.items():
-            self.set_header(name, value)
-        self.finish(json.dumps(err.body()))
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, APIError):
-            return self.send_api_error(exc)
+    def error_for(self, status_code: int, exc: BaseException | None) -> APIError:
+        """A database outage is a 503 with Retry-After; the rest as every handler."""
         if isinstance(exc, StoreError):
-            return self.send_api_error(APIError(
-                503, "The service is temporarily unavailable; please retry shortly.",
-                code="service_unavailable", headers={"Retry-After": "5"}))
-        if isinstance(exc, tornado.web.HTTPError) and status_code < 500:
-            message = exc.log_message or self._reason
-            return self.send_api_error(APIError(status_code, message))
-        self.send_api_error(APIError(500, "The server had an error while processing your "
-                                          "request.", code="internal_error"))
+            return APIError(503, "The service is temporarily unavailable; please retry "
+                                 "shortly.", code="service_unavailable",
+                            headers={"Retry-After": "5"})
+        return super().error_for(status_code, exc)
 
     def log_exception(self, typ, value, tb) -> None:
-        if isinstance(value, APIError):
-            return
-        if isinstance(value, tornado.web.HTTPError):
-            return super().log_exception(typ, value, tb)
-        if isinstance(value, StoreError):     # answered 503 + Retry-After (write_error)
+        if isinstance(value, StoreError):     # answered 503 + Retry-After (error_for)
             return _db_warning.warning("database unavailable (%s): answering 503",
                                        typ.__name__)
-        # Exception type and route only: a traceback's locals could hold request content.
-        log.error("unhandled %s on %s %s", typ.__name__ if typ else "error",
-                  self.request.method, self.request.path)
+        super().log_exception(typ, value, tb)
 
     def check_body_size(self) -> None:
         limit = self.gateway.config.server.max_body_bytes

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 
 from tornado.iostream import StreamClosedError
@@ -10,10 +9,10 @@ from tornado.iostream import StreamClosedError
 from gateway import drain, metrics
 from gateway.errors import APIError
 from gateway.handlers.base import BaseAPIHandler
+from gateway.pipeline import RequestPipeline
 from gateway.sse import ChunkEncoder, Flusher
 from gateway.streaming import Accumulator, ClientGone, Generation
-from gateway.types import Chunk, GenerationRequest
-from gateway.validation import check_backend, params_policy, parse_and_validate_async
+from gateway.types import Chunk
 
 
 class ModelsHandler(BaseAPIHandler):
@@ -43,33 +42,26 @@ class ModelsHandler(BaseAPIHandler):
 
 
 class GenerationHandler(BaseAPIHandler):
-    """POST a chat or text completion; streams SSE when ``stream`` is true."""
+    """POST a chat or text completion; streams SSE when ``stream`` is true.
+
+    The body goes through :class:`gateway.pipeline.RequestPipeline` (validate, build,
+    admit); this handler writes the answer: SSE events or one JSON body."""
 
     kind = "chat"
-    id_prefix = "chatcmpl-"
 
     async def post(self) -> None:
-        started = time.perf_counter()
         self._task: asyncio.Task | None = None
-        gen = None
+        pipeline = RequestPipeline(self.gateway, self.kind)
         try:
             self.check_body_size()
             principal = await self.require_principal()
-            data = await parse_and_validate_async(self.kind, self.request.body,
-                                                  params_policy(self.gateway))
-            self.metric_model = data["model"]
-            max_tokens = data.get("max_completion_tokens") or data.get("max_tokens")
-            req = GenerationRequest(self.kind, data["model"], data, max_tokens,
-                                    self.id_prefix + secrets.token_hex(12))
-            check_backend(self.gateway.backend_for(req.model), data)  # 404, 400
-            gen = Generation(self.gateway, principal, req,
-                             "sse" if data.get("stream") else "http", started)
-            await gen.admit()
+            gen = await pipeline.start(principal, self.request.body)
         except APIError as err:
-            if gen is not None:
-                gen.record(err.status, err.code)
             return self.send_api_error(err)
-        self.request.completion_id = req.request_id   # x-request-id, unless the client sent one
+        finally:
+            self.metric_model = pipeline.model
+        data = pipeline.data
+        self.request.completion_id = gen.req.request_id  # x-request-id unless the client sent one
         for name, value in gen.headers.items():
             self.set_header(name, value)
         if data.get("stream"):
@@ -156,14 +148,12 @@ class ChatCompletionsHandler(GenerationHandler):
     """POST /v1/chat/completions"""
 
     kind = "chat"
-    id_prefix = "chatcmpl-"
 
 
 class CompletionsHandler(GenerationHandler):
     """POST /v1/completions"""
 
     kind = "completion"
-    id_prefix = "cmpl-"
 
 
 ROUTES = [

@@ -3,8 +3,9 @@ protocol reference).
 
 One socket carries several chat requests at once, each tagged with the client's own
 ``id``. Every request runs as its own asyncio task through the same path as the SSE
-API (validation, :class:`gateway.streaming.Generation` admit -> run -> usage), so limits,
-usage recording (``transport="ws"``, metadata only) and error codes match.
+API (:class:`gateway.pipeline.RequestPipeline`: validate -> build -> admit, then
+:class:`gateway.streaming.Generation` run -> usage), so limits, usage recording
+(``transport="ws"``, metadata only) and error codes match.
 
 Client -> server: ``auth``, ``chat``, ``cancel``, ``ping``.
 Server -> client: ``ready``, ``start``, ``delta``, ``done``, ``cancelled``, ``error``, ``pong``.
@@ -20,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import secrets
 import time
 import urllib.parse
 import weakref
@@ -31,11 +31,11 @@ import tornado.web
 import tornado.websocket
 
 from gateway import metrics
-from gateway.errors import APIError
-from gateway.streaming import ClientGone, Generation
-from gateway.types import Chunk, GenerationRequest, Principal
-from gateway.validation import (OFFLOAD_BYTES, check_backend, loads, loads_async,
-                                params_policy, validate_async)
+from gateway.errors import APIError, ErrorRenderer, error_message, internal_error
+from gateway.pipeline import RequestPipeline
+from gateway.streaming import ClientGone
+from gateway.types import Chunk, Principal
+from gateway.validation import OFFLOAD_BYTES, loads, loads_async
 
 log = logging.getLogger("allyoucantoken.ws")
 
@@ -52,9 +52,8 @@ OPEN_SOCKETS: "weakref.WeakSet[ChatSocketHandler]" = weakref.WeakSet()
 
 def _goodbye(handler: "ChatSocketHandler") -> None:
     """Tell the client why (an error message with no id), then close with 1001."""
-    handler._send_nowait({"type": "error", "id": None, "status": 503, "error": {
-        "message": "The server is shutting down; reconnect and retry.",
-        "type": "server_error", "param": None, "code": "server_shutdown"}})
+    handler._send_nowait(error_message(APIError(
+        503, "The server is shutting down; reconnect and retry.", code="server_shutdown")))
     handler.close(CLOSE_GOING_AWAY, "server shutting down")
 
 
@@ -74,7 +73,7 @@ def close_all_sockets() -> None:
     for handler in list(OPEN_SOCKETS):
         running = [(rid, t) for rid, t in handler.tasks.items() if not t.done()]
         for req_id, _task in running:
-            handler._send_nowait(_error_message(shutdown_error(), req_id))
+            handler._send_nowait(error_message(shutdown_error(), req_id))
         _goodbye(handler)
         for _req_id, task in running:
             task.cancel()
@@ -86,11 +85,6 @@ HARD_CAP_FACTOR = 4   # frames above HARD_CAP_FACTOR * max_message_bytes close t
 
 def _dumps(data: Any) -> str:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-
-
-def _error_message(err: APIError, req_id: Any = None) -> dict[str, Any]:
-    """The server's ``error`` message: the OpenAI error body plus the HTTP-like status."""
-    return {"type": "error", "id": req_id, "status": err.status, **err.body()}
 
 
 _DELTA_FIELDS = ("tool_calls", "reasoning_content", "refusal")
@@ -151,8 +145,14 @@ class _StrictUTF8Protocol(tornado.websocket.WebSocketProtocol13):
         return super()._handle_message(opcode, data)
 
 
-class ChatSocketHandler(tornado.websocket.WebSocketHandler):
-    """``/v1/chat/ws``: streaming chat over one WebSocket, several requests in flight."""
+class ChatSocketHandler(ErrorRenderer, tornado.websocket.WebSocketHandler):
+    """``/v1/chat/ws``: streaming chat over one WebSocket, several requests in flight.
+
+    A refused upgrade is answered as the JSON API answers errors (:class:`ErrorRenderer`);
+    errors once the socket is open are ``error`` messages (:func:`error_message`)."""
+
+    error_log = log
+    quiet_errors = (APIError, tornado.web.HTTPError)
 
     def initialize(self, gateway) -> None:
         self.gateway = gateway
@@ -170,30 +170,6 @@ class ChatSocketHandler(tornado.websocket.WebSocketHandler):
     # -- handshake --------------------------------------------------------------
     def set_default_headers(self) -> None:
         self.clear_header("Server")
-
-    def _http_error(self, err: APIError) -> None:
-        """Refuse the upgrade with an OpenAI-style JSON error (before any socket exists)."""
-        self.clear()
-        self.set_status(err.status)
-        for name, value in err.headers.items():
-            self.set_header(name, value)
-        self.set_header("Content-Type", "application/json")
-        self.finish(_dumps(err.body()))
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, APIError):
-            return self._http_error(exc)
-        if isinstance(exc, tornado.web.HTTPError) and status_code < 500:
-            return self._http_error(APIError(status_code, exc.log_message or self._reason))
-        self._http_error(APIError(500, "The server had an error while processing your "
-                                       "request.", code="internal_error"))
-
-    def log_exception(self, typ, value, tb) -> None:
-        if isinstance(value, (APIError, tornado.web.HTTPError)):
-            return
-        # Type and route only: a traceback's locals could hold request content.
-        log.error("unhandled %s on %s", typ.__name__ if typ else "error", self.request.path)
 
     async def prepare(self) -> None:
         """Check the upgrade, the Origin and the credentials before accepting the socket."""
@@ -296,11 +272,9 @@ class ChatSocketHandler(tornado.websocket.WebSocketHandler):
 
     def _message_failed(self, exc: Exception) -> None:
         if isinstance(exc, APIError):
-            return self._send_nowait(_error_message(exc, getattr(exc, "req_id", None)))
+            return self._send_nowait(error_message(exc, getattr(exc, "req_id", None)))
         log.error("WebSocket message failed: %s", type(exc).__name__)
-        self._send_nowait(_error_message(APIError(
-            500, "The server had an error while processing your message.",
-            code="internal_error")))
+        self._send_nowait(error_message(internal_error("message")))
 
     def _check_size(self, message: str | bytes) -> int:
         """The message's size in bytes; 400 for binary, 413 over max_message_bytes."""
@@ -397,29 +371,22 @@ class ChatSocketHandler(tornado.websocket.WebSocketHandler):
 
     async def _generate(self, req_id: Any, body: dict[str, Any], started: float,
                         size: int = 0) -> int:
-        """Validate, authenticate, admit and stream one request; always answer once.
+        """Authenticate, then the shared pipeline (validate, build, admit), then stream one
+        request; always answer once.
 
         Returns the HTTP-like status of the outcome (499 when cancelled)."""
-        gen: Generation | None = None
+        pipeline = RequestPipeline(self.gateway, "chat", "ws", started)
         try:
             try:
                 principal = await self._principal()
                 body = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
-                model = body.get("model")
-                await validate_async("chat", body, size, params_policy(self.gateway)(model)
-                                     if type(model) is str else "refuse")
-                self.models[req_id] = body["model"]
-                max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-                req = GenerationRequest("chat", body["model"], body, max_tokens,
-                                        "chatcmpl-" + secrets.token_hex(12))
-                check_backend(self.gateway.backend_for(req.model), body)
-                gen = Generation(self.gateway, principal, req, "ws", started)
-                await gen.admit()
+                gen = await pipeline.start(principal, body, size)
             except APIError as err:
-                if gen is not None:
-                    gen.record(err.status, err.code)
-                self._send_nowait(_error_message(err, req_id))
+                self._send_nowait(error_message(err, req_id))
                 return err.status
+            finally:
+                self.models[req_id] = pipeline.model
+            req = gen.req
             # No await between admit and run: a cancel lands inside run, which settles.
             self._send_nowait({"type": "start", "id": req_id, "request_id": req.request_id,
                                "model": req.model})
@@ -432,7 +399,7 @@ class ChatSocketHandler(tornado.websocket.WebSocketHandler):
             try:
                 usage = await gen.run(emit)
             except APIError as err:
-                self._send_nowait(_error_message(err, req_id))
+                self._send_nowait(error_message(err, req_id))
                 return err.status
             self._send_nowait({"type": "done", "id": req_id, "request_id": req.request_id,
                                "finish_reason": gen.finish_reason,
@@ -440,15 +407,13 @@ class ChatSocketHandler(tornado.websocket.WebSocketHandler):
             return 200
         except (asyncio.CancelledError, ClientGone):
             if req_id in self.cancel_requested and not self.socket_closed:
-                usage = gen.usage if gen is not None else None
+                usage = pipeline.gen.usage if pipeline.gen is not None else None
                 self._send_nowait({"type": "cancelled", "id": req_id, "usage": {
                     **usage.as_openai(), "estimated": usage.estimated} if usage else None})
             return 499
         except Exception as exc:  # noqa: BLE001 - never a stack trace to the client
             log.error("WebSocket request failed: %s", type(exc).__name__)
-            self._send_nowait(_error_message(APIError(
-                500, "The server had an error while processing your request.",
-                code="internal_error"), req_id))
+            self._send_nowait(error_message(internal_error(), req_id))
             return 500
 
     async def _principal(self) -> Principal:
@@ -485,7 +450,7 @@ class ChatSocketHandler(tornado.websocket.WebSocketHandler):
             if principal is None:
                 raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
         except APIError as err:
-            self._send_nowait(_error_message(err))
+            self._send_nowait(error_message(err))
             self.close(CLOSE_UNAUTHORIZED, "authentication failed")
             return
         self.auth_request, self.auth_via = request, principal.via
@@ -500,7 +465,7 @@ class ChatSocketHandler(tornado.websocket.WebSocketHandler):
             if self.auth_request is None:
                 due = self.opened_at + cfg.auth_timeout
                 if now >= due:
-                    self._send_nowait(_error_message(APIError(
+                    self._send_nowait(error_message(APIError(
                         401, f"Not authenticated within {cfg.auth_timeout:g}s.",
                         code="auth_timeout")))
                     return self.close(CLOSE_UNAUTHORIZED, "authentication timeout")
@@ -509,9 +474,9 @@ class ChatSocketHandler(tornado.websocket.WebSocketHandler):
                 if self.tasks:
                     due = now + cfg.idle_timeout
                 elif now >= due:
-                    self._send_nowait({"type": "error", "id": None, "status": 408, "error": {
-                        "message": f"Closing an idle connection after {cfg.idle_timeout:g}s.",
-                        "type": "timeout_error", "param": None, "code": "idle_timeout"}})
+                    self._send_nowait(error_message(APIError(
+                        408, f"Closing an idle connection after {cfg.idle_timeout:g}s.",
+                        type="timeout_error", code="idle_timeout")))
                     return self.close(CLOSE_IDLE, "idle timeout")
             await asyncio.sleep(max(0.05, due - now))   # one wake-up per deadline
 
