@@ -9,6 +9,7 @@ from typing import Any
 
 from gateway.config import Config, ConfigError
 from gateway.errors import APIError
+from gateway.tier_policy import TierPolicy
 from gateway.types import Principal
 from gateway.usage import UsageRecorder
 
@@ -56,6 +57,7 @@ class Gateway:
         self.config = config
         self.pm = pm
         self.store = store
+        self.tier_policy = TierPolicy.from_config(config)   # the tier limiter's rules too
         self.backend_types: dict[str, Any] = {}
         self.backends: dict[str, Any] = {}       # model name -> backend instance
         self.limiters: list[Any] = []
@@ -153,14 +155,5 @@ class Gateway:
 
     def models_for(self, principal: Principal | None) -> list[str]:
         """The model names this caller may use (all, unless its tier or its key's model
-        list restricts them)."""
-        names = [m.name for m in self.config.models]
-        if principal is None:
-            return names
-        if principal.allowed_models:
-            names = [n for n in names if n in principal.allowed_models]
-        tier = self.config.tiers.get(principal.tier) or \
-            self.config.tiers.get(self.config.limits.default_tier)  # as the tier limiter does
-        if tier is None or "*" in tier.models:
-            return names
-        return [n for n in names if n in tier.models]
+        list restricts them): ``TierPolicy``, the rules the tier limiter admits by."""
+        return self.tier_policy.models_for(principal, [m.name for m in self.config.models])

@@ -17,16 +17,15 @@ import asyncio
 import base64
 import logging
 import secrets
-import time
 
 import numpy as np
 
 from gateway import metrics
 from gateway.errors import APIError
 from gateway.handlers.base import BaseAPIHandler
-from gateway.streaming import admit, estimate_prompt_tokens
+from gateway.pipeline import RequestPipeline
+from gateway.streaming import estimate_prompt_tokens
 from gateway.types import GenerationRequest, Usage
-from gateway.validation import parse_and_validate_async
 
 log = logging.getLogger("allyoucantoken.embeddings")
 
@@ -59,8 +58,35 @@ def encode(vector, fmt: str | None):
     return [float(x) for x in vector]
 
 
+class EmbeddingPipeline(RequestPipeline):
+    """The shared pipeline with the embeddings' own steps: unknown fields are refused,
+    the model must serve embeddings (400 ``model_not_supported``), and the request is an
+    :class:`EmbeddingRequest` with ``max_tokens=1``."""
+
+    def __init__(self, gateway) -> None:
+        super().__init__(gateway, "embedding", "http")
+
+    def policy(self):
+        return None
+
+    def build(self) -> GenerationRequest:
+        data = self.data
+        backend = self.gateway.backend_for(data["model"])
+        if "embeddings" not in capabilities(backend) or not hasattr(backend, "embeddings"):
+            raise APIError(400, f"The model `{data['model']}` does not serve embeddings; "
+                                "see GET /v1/models for the models whose capabilities "
+                                "include \"embeddings\".", param="model",
+                           code="model_not_supported")
+        self.req = EmbeddingRequest("embedding", data["model"], data, 1,
+                                    "emb-" + secrets.token_hex(12))
+        return self.req
+
+
 class EmbeddingsHandler(BaseAPIHandler):
-    """POST /v1/embeddings"""
+    """POST /v1/embeddings: :class:`EmbeddingPipeline` admits the request (the limiters'
+    reservations and a denial's usage event as for completions); the backend's
+    ``embeddings`` runs as a task a disconnect cancels; limits settle and usage is
+    recorded through the request's :class:`gateway.streaming.Generation`."""
 
     def on_finish(self) -> None:
         metrics.count_request(self.gateway, "/v1/embeddings", getattr(self, "metric_model", None),
@@ -72,31 +98,21 @@ class EmbeddingsHandler(BaseAPIHandler):
             task.cancel()
 
     async def post(self) -> None:
-        started = time.perf_counter()
         self._task = None
-        principal = req = None
+        pipeline = EmbeddingPipeline(self.gateway)
         try:
             self.check_body_size()
             principal = await self.require_principal()
-            data = await parse_and_validate_async("embedding", self.request.body)
-            self.metric_model = data["model"]
-            backend = self.gateway.backend_for(data["model"])
-            if "embeddings" not in capabilities(backend) or not hasattr(backend, "embeddings"):
-                raise APIError(400, f"The model `{data['model']}` does not serve embeddings; "
-                                    "see GET /v1/models for the models whose capabilities "
-                                    "include \"embeddings\".", param="model",
-                               code="model_not_supported")
-            req = EmbeddingRequest("embedding", data["model"], data, 1,
-                                   "emb-" + secrets.token_hex(12))
-            admissions = await admit(self.gateway, principal, req)
+            gen = await pipeline.start(principal, self.request.body)
         except APIError as err:
-            if req is not None:
-                self._record(principal, req, Usage(), err.status, err.code, started)
             return self.send_api_error(err)
+        finally:
+            self.metric_model = pipeline.model
+        data, req = pipeline.data, gen.req
+        backend = self.gateway.backend_for(req.model)
         self.request.completion_id = req.request_id
-        for adm in admissions:
-            for name, value in adm.headers.items():
-                self.set_header(name, value)
+        for name, value in gen.headers.items():
+            self.set_header(name, value)
         status, code, outcome, usage, error = 200, None, "ok", None, None
         self._task = asyncio.ensure_future(backend.embeddings(req))
         try:
@@ -117,13 +133,14 @@ class EmbeddingsHandler(BaseAPIHandler):
         if usage is None:   # unknown (cut off, or not reported): the input's estimate
             usage = Usage() if outcome == "error" else \
                 Usage(estimate_prompt_tokens(req), 0, estimated=True)
-        for limiter, adm in zip(self.gateway.limiters, admissions):
+        for limiter, adm in gen.admissions:
             try:
                 await limiter.settle(adm, usage, outcome)
             except Exception:  # noqa: BLE001 - a failing settle must not hide the response
                 log.exception("limiter %s failed to settle", getattr(limiter, "name", limiter))
         metrics.TOKENS.labels(req.model, "in").inc(usage.prompt_tokens)
-        self._record(principal, req, usage, status, code, started)
+        gen.usage = Usage(usage.prompt_tokens, 0, usage.estimated)
+        gen.record(status, code)   # the usage event (metadata only), as completions
         if outcome == "cancelled":
             return
         if error is not None:
@@ -134,18 +151,6 @@ class EmbeddingsHandler(BaseAPIHandler):
                                    "embedding": encode(v, fmt)} for i, v in enumerate(vectors)],
                          "usage": {"prompt_tokens": usage.prompt_tokens,
                                    "total_tokens": usage.prompt_tokens}})
-
-    def _record(self, principal, req, usage: Usage, status: int, code: str | None,
-                started: float) -> None:
-        """Queue the usage event (metadata only), as completions do."""
-        self.gateway.usage.record({
-            "request_id": req.request_id, "account_id": principal.account_id,
-            "key_id": principal.key_id, "model": req.model, "kind": "embedding",
-            "transport": "http", "status": status, "error_code": code,
-            "prompt_tokens": usage.prompt_tokens, "completion_tokens": 0,
-            "estimated": usage.estimated, "ttft_ms": None,
-            "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-        })
 
 
 def _items(inputs) -> list:

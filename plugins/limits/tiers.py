@@ -16,12 +16,14 @@ Per-key limits (requests/tokens per minute, tokens per day, set on the key and c
 the cached principal) are pools of their own (``q:m:key:<key id>``, ``q:d:key:<key id>``)
 reserved in the same all-or-nothing step as the account's; the account's tier limits
 still apply, so a key never gets more than its tier. A key's model list narrows the
-tier's.
+tier's. Which tier an account has and which models it may use is ``TierPolicy``
+(``gateway.tier_policy``), the same object ``/v1/models`` asks.
 """
 from __future__ import annotations
 
 import logging
 import secrets
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from gateway.background import WarnOnce
@@ -30,6 +32,7 @@ from gateway.hookspecs import hookimpl
 from gateway.store import StoreError
 from gateway.store.keys import KEY_LIMITS
 from gateway.streaming import estimate_prompt_tokens
+from gateway.tier_policy import TierPolicy
 from gateway.types import Admission, GenerationRequest, Principal, Usage
 from plugins.limits.quota import DAY_HORIZON_SCALE, LeaseSettings, QuotaLeases
 
@@ -53,6 +56,18 @@ def _deny(limit: str, message: str, status: int = 429, retry_after: float = 0.0,
                      param=param, headers=headers or {})
 
 
+@dataclass
+class Window:
+    """One quota window a request is counted against: a pool of the quota leases (the
+    account's or the key's, per minute or per day) and what the request costs in it."""
+
+    pool_id: str                        # q:m:<account>, q:d:<account>, q:m:key:<key>, ...
+    window: str                         # the window's id: UTC minute or day
+    costs: dict[str, tuple[int, int]]   # field (requests, tokens) -> (cost, limit)
+    reset: float                        # seconds until the window ends
+    names: dict[str, str]               # field -> the limit's name, e.g. tokens_per_minute
+
+
 class TierLimiter:
     """Exact per-account limits shared by every gateway process through MongoDB."""
 
@@ -60,6 +75,7 @@ class TierLimiter:
 
     def __init__(self, config, store) -> None:
         self.config = config
+        self.policy = TierPolicy.from_config(config)
         lim = config.limits
         self.leases = QuotaLeases(store.counters,
                                   LeaseSettings(lim.lease_horizon, lim.lease_max_share,
@@ -67,15 +83,15 @@ class TierLimiter:
                                   "proc_" + secrets.token_hex(8), log)
 
     def tier_for(self, principal: Principal):
-        return self.config.tiers.get(principal.tier) or \
-            self.config.tiers[self.config.limits.default_tier]
+        """The caller's tier (``TierPolicy.tier_for``)."""
+        return self.policy.tier_for(principal)
 
     async def admit(self, principal: Principal, req: GenerationRequest) -> Admission:
         tier = self.tier_for(principal)
-        if "*" not in tier.models and req.model not in tier.models:
+        if not self.policy.tier_allows(tier, req.model):
             return _deny("model_not_allowed", f"Your tier ({principal.tier}) does not include "
                          f"the model `{req.model}`.", status=403, param="model")
-        if principal.allowed_models and req.model not in principal.allowed_models:
+        if not self.policy.key_allows(principal, req.model):
             return _deny("model_not_allowed", f"This API key is not allowed to use the model "
                          f"`{req.model}` (allowed: {', '.join(principal.allowed_models)}).",
                          status=403, param="model")
@@ -109,33 +125,36 @@ class TierLimiter:
         day = now.replace(hour=0, minute=0, second=0, microsecond=0)
         minute_reset = (minute + timedelta(minutes=1) - now).total_seconds()
         day_reset = (day + timedelta(days=1) - now).total_seconds()
-        # (pool id, window, {field: (cost, limit)}, seconds to reset, limit names)
-        windows = []
+        windows: list[Window] = []
         per_minute = {}
         if tier.requests_per_minute:
             per_minute["requests"] = (1, tier.requests_per_minute)
         if tier.tokens_per_minute:
             per_minute["tokens"] = (cost, tier.tokens_per_minute)
         if per_minute:
-            windows.append((f"q:m:{acct}", f"{minute:%Y%m%d%H%M}", per_minute, minute_reset,
-                            {"requests": "requests_per_minute", "tokens": "tokens_per_minute"}))
+            windows.append(Window(f"q:m:{acct}", f"{minute:%Y%m%d%H%M}", per_minute,
+                                  minute_reset, {"requests": "requests_per_minute",
+                                                 "tokens": "tokens_per_minute"}))
         if tier.tokens_per_day:
-            windows.append((f"q:d:{acct}", f"{day:%Y%m%d}", {"tokens": (cost, tier.tokens_per_day)},
-                            day_reset, {"tokens": "tokens_per_day"}))
+            windows.append(Window(f"q:d:{acct}", f"{day:%Y%m%d}",
+                                  {"tokens": (cost, tier.tokens_per_day)}, day_reset,
+                                  {"tokens": "tokens_per_day"}))
         if principal.key_limits and principal.key_id:
             key = principal.key_id
             rpm, tpm, tpd = (principal.key_limit(n) for n in KEY_LIMITS)
             key_minute = {**({"requests": (1, rpm)} if rpm else {}),
                           **({"tokens": (cost, tpm)} if tpm else {})}
             if key_minute:
-                windows.append((f"q:m:key:{key}", f"{minute:%Y%m%d%H%M}", key_minute,
-                                minute_reset, {"requests": "key_requests_per_minute",
-                                               "tokens": "key_tokens_per_minute"}))
+                windows.append(Window(f"q:m:key:{key}", f"{minute:%Y%m%d%H%M}", key_minute,
+                                      minute_reset, {"requests": "key_requests_per_minute",
+                                                     "tokens": "key_tokens_per_minute"}))
             if tpd:
-                windows.append((f"q:d:key:{key}", f"{day:%Y%m%d}", {"tokens": (cost, tpd)},
-                                day_reset, {"tokens": "key_tokens_per_day"}))
-        for _, _, costs, _, names in windows:
-            for field, (c, lim) in costs.items():
+                windows.append(Window(f"q:d:key:{key}", f"{day:%Y%m%d}",
+                                      {"tokens": (cost, tpd)}, day_reset,
+                                      {"tokens": "key_tokens_per_day"}))
+        for w in windows:
+            names = w.names
+            for field, (c, lim) in w.costs.items():
                 if c > lim:
                     whose = ("this key's " + names[field][4:].replace('_', ' ')
                              if names[field].startswith("key_")
@@ -146,14 +165,14 @@ class TierLimiter:
         taken = []     # (pool, window, cost) reserved so far
         slot = None
         try:
-            for pool_id, window, costs, reset, names in windows:
-                pool = self.leases.pool(pool_id, {f: lim for f, (_, lim) in costs.items()},
-                                        DAY_HORIZON_SCALE if pool_id.startswith("q:d:") else 1)
-                want = {f: c for f, (c, _) in costs.items()}
-                reserved_in = await self.leases.acquire(pool, want, window)
+            for w in windows:
+                pool = self.leases.pool(w.pool_id, {f: lim for f, (_, lim) in w.costs.items()},
+                                        DAY_HORIZON_SCALE if w.pool_id.startswith("q:d:") else 1)
+                want = {f: c for f, (c, _) in w.costs.items()}
+                reserved_in = await self.leases.acquire(pool, want, w.window)
                 if reserved_in is None:
                     self._undo(taken, slot)
-                    return self._refused(pool, costs, reset, names, windows)
+                    return self._refused(pool, w, windows)
                 taken.append((pool, reserved_in, want))
             if tier.concurrent_streams:
                 pool = self.leases.slot_pool(f"slots:{acct}")
@@ -173,30 +192,32 @@ class TierLimiter:
                          headers=self._headers(windows, taken),
                          reservation={"taken": taken, "slot": slot})
 
-    def _refused(self, pool, costs, reset, names, windows) -> Admission:
+    def _refused(self, pool, refused: Window, windows: list[Window]) -> Admission:
+        costs, reset = refused.costs, refused.reset
         field = next((f for f, (c, _) in costs.items() if pool.remaining(f) < c),
                      next(iter(costs)))
         c, lim = costs[field]
-        name = names[field]
+        name = refused.names[field]
         what = "requests" if field == "requests" else "tokens"
         label = ("this API key's " + name[4:] if name.startswith("key_") else name)
         return _deny(name, f"Rate limit reached for {label.replace('_', ' ')}: limit {lim}; "
                      f"this request needs {c} {what}. Try again in {_fmt(reset)}.",
                      retry_after=reset, headers=self._headers(windows, []))
 
-    def _headers(self, windows, taken) -> dict[str, str]:
+    def _headers(self, windows: list[Window], taken) -> dict[str, str]:
         """OpenAI's x-ratelimit-* headers from the minute window (as this process sees it:
         its own use exactly, other processes' as of its last contact with the counter)."""
-        if not windows or not windows[0][0].startswith("q:m:"):
+        if not windows or not windows[0].pool_id.startswith("q:m:"):
             return {}
-        pool_id, window, costs, reset, _ = windows[0]
-        pool = self.leases.pools.get(pool_id)
+        first = windows[0]
+        pool = self.leases.pools.get(first.pool_id)
         headers: dict[str, str] = {}
-        for field, (_, limit) in costs.items():
-            left = pool.remaining(field) if pool is not None and pool.window == window else limit
+        for field, (_, limit) in first.costs.items():
+            left = pool.remaining(field) if pool is not None and pool.window == first.window \
+                else limit
             headers[f"x-ratelimit-limit-{field}"] = str(limit)
             headers[f"x-ratelimit-remaining-{field}"] = str(left)
-            headers[f"x-ratelimit-reset-{field}"] = _fmt(reset)
+            headers[f"x-ratelimit-reset-{field}"] = _fmt(first.reset)
         return headers
 
     def _undo(self, taken, slot) -> None:
@@ -226,8 +247,7 @@ class TierLimiter:
         this process's own lease (unused quota it holds, use not yet charged). Blocks
         other processes hold unused count as used until they give them back
         (``lease_idle``). ``None`` for a window without a limit."""
-        tier = self.config.tiers.get(tier_name) or \
-            self.config.tiers[self.config.limits.default_tier]
+        tier = self.policy.tier(tier_name)
         now = datetime.now(UTC)
         minute, day = f"{now:%Y%m%d%H%M}", f"{now:%Y%m%d}"
         key_limits = key_limits or {}
