@@ -1,5 +1,6 @@
 """Built-in backend: any OpenAI-compatible upstream (mlc_llm serve, vLLM, SGLang,
-llama.cpp server), over pooled keep-alive HTTP connections (aiohttp).
+llama.cpp server), over pooled keep-alive HTTP/1.1 connections (a lean client of our
+own, ``plugins.backends.upstream_http``: one pool per replica).
 
 Several replicas may serve one model. Each request goes to the least busy healthy
 replica (ties rotate). A background loop probes every replica's ``/models``; a replica
@@ -28,7 +29,7 @@ Requests are relayed faithfully: the body goes upstream with only ``model``,
 ``stream`` and ``stream_options.include_usage`` set (fields the gateway does not know
 follow the model's ``unknown_params`` policy), and each upstream event comes back as
 Chunks carrying its original bytes (see ``plugins.backends.sse``). Health probes use a
-session and connections of their own, so they never wait behind traffic.
+pool and connections of their own (two per replica), so they never wait behind traffic.
 
 Errors the client gets: 503 ``backend_unavailable`` (no replica reachable, or all
 overloaded), 503 ``backend_busy`` (no connection slot free within ``pool_timeout``), 502 ``backend_error`` (upstream failed or cut the stream), 504
@@ -40,11 +41,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 import time
 from typing import AsyncIterator
-
-import aiohttp
 
 from gateway.background import stop_task
 from gateway import metrics
@@ -52,6 +52,7 @@ from gateway.errors import APIError
 from gateway.hookspecs import hookimpl
 from gateway.types import Chunk, GenerationRequest, Usage
 from plugins.backends.sse import UpstreamError, parse_line
+from plugins.backends.upstream_http import ConnectTimeout, ConnectionClosed, Pool, PoolTimeout
 
 log = logging.getLogger("allyoucantoken.backend.openai")
 
@@ -64,7 +65,8 @@ class Replica:
         self.in_flight = 0
         self.healthy = True
         self.checked = 0.0
-        self.slots: asyncio.Semaphore | None = None   # set by the backend's start()
+        self.pool: Pool | None = None          # set by the backend's start()
+        self.health_pool: Pool | None = None   # the probes' own connections
 
 
 class _Retry(Exception):
@@ -90,9 +92,8 @@ class OpenAICompatibleBackend:
         self.replicas = [Replica(u) for u in urls]
         self.upstream_model = opts.get("upstream_model", model_cfg.name)
         self.api_key = opts.get("api_key", "")
-        self.timeout = aiohttp.ClientTimeout(total=None,
-                                             sock_connect=float(opts.get("connect_timeout", 5)),
-                                             sock_read=float(opts.get("read_timeout", 120)))
+        self.connect_timeout = float(opts.get("connect_timeout", 5))
+        self.read_timeout = float(opts.get("read_timeout", 120))
         self.max_connections = int(opts.get("max_connections", 4096))
         self.pool_timeout = float(opts.get("pool_timeout", 10))
         # below uvicorn's 5 s default (mlc_llm serve, vLLM, llama_cpp.server), so we drop
@@ -101,8 +102,6 @@ class OpenAICompatibleBackend:
         self.health_interval = max(0.05, float(opts.get("health_interval", 5)))
         self.health_timeout = float(opts.get("health_timeout", 2))
         self.max_attempts = int(opts.get("max_attempts", len(self.replicas)))
-        self.session: aiohttp.ClientSession | None = None
-        self.health_session: aiohttp.ClientSession | None = None
         self._health_task: asyncio.Task | None = None
         self._turn = itertools.count()
         self.capabilities = ["chat", "completions"] + \
@@ -111,27 +110,30 @@ class OpenAICompatibleBackend:
     # -- life cycle ---------------------------------------------------------
     async def start(self) -> None:
         """Open the connection pool, probe every replica once, start the health loop."""
-        for replica in self.replicas:
-            replica.slots = asyncio.Semaphore(self.max_connections)
-        # Slots are counted by the semaphores; the connector only pools.
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=self.keepalive_timeout)
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        self.session = aiohttp.ClientSession(connector=connector, timeout=self.timeout,
-                                             headers=headers, auto_decompress=False)
-        self.health_session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=2 * len(self.replicas),
-                                           keepalive_timeout=self.keepalive_timeout),
-            headers=headers)
+        for replica in self.replicas:
+            # The pool bounds the streams per replica (max_connections); a request that
+            # finds no slot within pool_timeout gets 503 backend_busy.
+            replica.pool = Pool(replica.url, limit=self.max_connections,
+                                connect_timeout=self.connect_timeout,
+                                read_timeout=self.read_timeout,
+                                keepalive_timeout=self.keepalive_timeout, headers=headers)
+            replica.health_pool = Pool(replica.url, limit=2,
+                                       connect_timeout=min(self.connect_timeout,
+                                                           self.health_timeout),
+                                       read_timeout=self.health_timeout,
+                                       keepalive_timeout=self.keepalive_timeout,
+                                       headers=headers)
         await self._check_all()
         self._health_task = asyncio.create_task(self._health_loop())
 
     async def close(self) -> None:
         """Stop the health loop and close every pooled connection."""
         await stop_task(self._health_task)
-        if self.session:
-            await self.session.close()
-        if self.health_session:
-            await self.health_session.close()
+        for replica in self.replicas:
+            for pool in (replica.pool, replica.health_pool):
+                if pool is not None:
+                    await pool.close()
 
     # -- health ---------------------------------------------------------------
     async def health(self) -> dict:
@@ -151,13 +153,19 @@ class OpenAICompatibleBackend:
         await asyncio.gather(*(self._check(r) for r in self.replicas))
 
     async def _check(self, replica: Replica) -> None:
+        ok, conn = False, None
         try:
-            async with self.health_session.get(
-                    f"{replica.url}/models",
-                    timeout=aiohttp.ClientTimeout(total=self.health_timeout)) as resp:
-                ok = resp.status < 500
-        except (aiohttp.ClientError, TimeoutError, OSError):
-            ok = False
+            async with asyncio.timeout(self.health_timeout):
+                conn = await replica.health_pool.request("GET", "/models")
+                ok = conn.status < 500
+                await conn.read_all(1 << 20)   # read to the end: the connection is reused
+            conn.release()
+            conn = None
+        except (TimeoutError, OSError, PoolTimeout):
+            pass
+        finally:
+            if conn is not None:
+                conn.close()
         self._set_health(replica, ok)
 
     def _set_health(self, replica: Replica, ok: bool) -> None:
@@ -211,7 +219,7 @@ class OpenAICompatibleBackend:
         return body
 
     async def _stream(self, req: GenerationRequest, path: str, kind: str):
-        payload = self._payload(req)
+        payload = json.dumps(self._payload(req), separators=(",", ":")).encode()
         error = self._unavailable()
         for replica in self._tries():
             state = {"sent": False}
@@ -228,38 +236,35 @@ class OpenAICompatibleBackend:
                 metrics.BACKEND_RETRIES.labels(self.name, error.code or "error").inc()
         raise error
 
-    async def _attempt(self, replica: Replica, path: str, kind: str, payload: dict,
+    async def _attempt(self, replica: Replica, path: str, kind: str, payload: bytes,
                        state: dict):
         """Stream from one replica. Failures before the first chunk raise _Retry."""
-        try:
-            if replica.slots.locked():
-                await asyncio.wait_for(replica.slots.acquire(), self.pool_timeout)
-            else:
-                await replica.slots.acquire()   # free: no timer needed
-        except TimeoutError:
-            metrics.BACKEND_RETRIES.labels(self.name, "backend_busy").inc()
-            raise _Retry(APIError(
-                503, f"The model `{self.name}` is at its connection limit "
-                     f"({self.max_connections} streams per replica); no slot was free "
-                     f"within {self.pool_timeout:g}s. Try again shortly.",
-                code="backend_busy", headers={"Retry-After": "1"})) from None
         replica.in_flight += 1
         resp = None
         try:
             try:
-                resp = await self._post(replica, path, payload)
-            except aiohttp.ConnectionTimeoutError:
+                resp = await replica.pool.request("POST", "/" + path, payload,
+                                                  pool_timeout=self.pool_timeout)
+            except PoolTimeout:
+                metrics.BACKEND_RETRIES.labels(self.name, "backend_busy").inc()
+                raise _Retry(APIError(
+                    503, f"The model `{self.name}` is at its connection limit "
+                         f"({self.max_connections} streams per replica); no slot was free "
+                         f"within {self.pool_timeout:g}s. Try again shortly.",
+                    code="backend_busy", headers={"Retry-After": "1"})) from None
+            except ConnectTimeout:
                 self._failed(replica, "connect timeout")
                 raise _Retry(self._unavailable()) from None
             except TimeoutError:
                 log.warning("model %s: replica %s sent no response headers in time",
                             self.name, replica.url)
                 raise _Retry(self._timeout()) from None
-            except (aiohttp.ClientConnectionError, OSError) as exc:
+            except OSError as exc:
                 self._failed(replica, type(exc).__name__)
                 raise _Retry(self._unavailable()) from None
             if resp.status != 200:
                 err = await self._upstream_error(resp)
+                resp = None   # released by _upstream_error
                 if err.status >= 500:
                     raise _Retry(err)
                 raise err
@@ -268,9 +273,9 @@ class OpenAICompatibleBackend:
                 # Whatever arrived is taken at once and split into lines (C speed): one
                 # await per read from the socket, not one per line.
                 rest, done = b"", False
-                reader = resp.content
+                read = resp.read
                 while not done:
-                    data = await reader.readany()
+                    data = await read()
                     if data:
                         lines = (rest + data if rest else data).split(b"\n")
                         rest = lines.pop()
@@ -291,7 +296,7 @@ class OpenAICompatibleBackend:
                             state["sent"] = True
                             yield chunk
                 if not finished:
-                    raise aiohttp.ClientPayloadError("stream ended without [DONE]")
+                    raise ConnectionClosed("stream ended without [DONE]")
             except UpstreamError:
                 err = APIError(502, "The model backend reported an error while generating.",
                                code="backend_error")
@@ -299,7 +304,7 @@ class OpenAICompatibleBackend:
             except TimeoutError:
                 err = self._timeout()
                 raise (err if state["sent"] else _Retry(err)) from None
-            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError):
+            except OSError:   # closed early, or not valid HTTP (ConnectionError)
                 err = APIError(502, "The model backend closed the stream early.",
                                code="backend_error")
                 if not state["sent"]:
@@ -310,53 +315,49 @@ class OpenAICompatibleBackend:
             resp = None
         finally:
             replica.in_flight -= 1
-            replica.slots.release()
             if resp is not None:
                 resp.close()  # stopped early: close the connection so the upstream stops
-
-    async def _post(self, replica: Replica, path: str, payload: dict):
-        try:
-            return await self.session.post(f"{replica.url}/{path}", json=payload)
-        except aiohttp.ServerDisconnectedError:
-            # Most likely a pooled keep-alive connection that the upstream had just
-            # closed: the request never ran. Try once more on a new connection.
-            return await self.session.post(f"{replica.url}/{path}", json=payload)
 
     # -- embeddings (only with the ``embeddings`` option) -----------------------
     async def embeddings(self, req: GenerationRequest):
         """POST ``/embeddings`` to the least busy replica (another one when it cannot be
         reached or fails with 5xx); always asks for floats. Returns (vectors, Usage or
         None when the upstream reports none)."""
-        payload = {**req.body, "model": self.upstream_model, "encoding_format": "float"}
+        payload = json.dumps({**req.body, "model": self.upstream_model,
+                              "encoding_format": "float"}, separators=(",", ":")).encode()
         error = self._unavailable()
         for replica in self._tries():
-            try:
-                await asyncio.wait_for(replica.slots.acquire(), self.pool_timeout)
-            except TimeoutError:
-                continue
             replica.in_flight += 1
+            resp = None
             try:
-                async with self.session.post(f"{replica.url}/embeddings", json=payload,
-                                             headers={"Accept-Encoding": "identity"}) as resp:
-                    if resp.status != 200:
-                        error = await self._upstream_error(resp)
-                        if error.status >= 500:
-                            continue
-                        raise error
-                    body = await resp.json(content_type=None)
-            except (aiohttp.ClientError, OSError) as exc:
-                self._failed(replica, type(exc).__name__)
+                resp = await replica.pool.request("POST", "/embeddings", payload,
+                                                  pool_timeout=self.pool_timeout)
+                if resp.status != 200:
+                    error = await self._upstream_error(resp)
+                    resp = None   # released by _upstream_error
+                    if error.status >= 500:
+                        continue
+                    raise error
+                raw = await resp.read_all()
+                resp.release()
+                resp = None
+            except PoolTimeout:
                 continue
             except TimeoutError:
                 error = self._timeout()
                 continue
+            except OSError as exc:
+                self._failed(replica, type(exc).__name__)
+                continue
             finally:
                 replica.in_flight -= 1
-                replica.slots.release()
+                if resp is not None:
+                    resp.close()
             try:
+                body = json.loads(raw)
                 data = sorted(body["data"], key=lambda d: d["index"])
                 vectors = [d["embedding"] for d in data]
-            except (KeyError, TypeError):
+            except (KeyError, TypeError, ValueError):
                 raise APIError(502, "The model backend sent an unreadable embeddings "
                                     "response.", code="backend_error") from None
             usage = body.get("usage") or {}
@@ -373,8 +374,9 @@ class OpenAICompatibleBackend:
         return APIError(504, "The model backend stopped responding.", code="backend_timeout")
 
     async def _upstream_error(self, resp) -> APIError:
+        """The client's error for an upstream's non-200 answer (reads and releases it)."""
         try:
-            body = await resp.json(content_type=None)
+            body = json.loads(await resp.read_all(1 << 20))
             message = (body.get("error") or {}).get("message") or str(body)[:300]
         except Exception:  # noqa: BLE001
             message = f"upstream status {resp.status}"

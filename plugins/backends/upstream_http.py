@@ -1,0 +1,638 @@
+"""A lean HTTP/1.1 keep-alive client for the upstreams of ``openai_compatible``.
+
+The relay's upstream side needs little of a general HTTP client: POST a JSON body, read
+the status, then take the response body as it arrives (an SSE stream, or a small JSON
+document), and keep connections alive between requests. This module does just that on
+an ``asyncio.Protocol``, so a request costs a handful of Python calls and an open stream
+a few hundred bytes (one protocol object and its transport), where a general client
+builds request and response objects, header multidicts, a parser, stream readers and
+timers for each request.
+
+- :class:`Pool`: the connections to one upstream (``http://`` or ``https://`` root,
+  with an optional path prefix such as ``/v1``). At most ``limit`` requests run at once
+  (one connection each); a request that finds no free slot waits up to its
+  ``pool_timeout`` and then raises :class:`PoolTimeout`. Idle connections are kept
+  for ``keepalive_timeout`` seconds and reused most-recently-used first; a request sent
+  on a reused connection that the upstream had just closed (nothing came back) is sent
+  once more on a new connection, as the request never ran.
+- :class:`Connection`: the protocol, and the handle of one response: ``status``,
+  ``content_type``, ``await read()`` (the next body bytes, whatever arrived since the
+  last call, with Content-Length or chunked framing removed; ``b""`` at the end),
+  ``await read_all()``, then ``release()`` (back to the pool when the body was read to
+  its end and the upstream keeps the connection alive, else closed) or ``close()``.
+
+Errors: :class:`ConnectTimeout` (no TCP connection within ``connect_timeout``),
+:class:`ConnectionClosed` (the upstream closed the connection before the response was
+complete), :class:`BadResponse` (not parseable as HTTP/1.x), ``TimeoutError`` (no
+response headers, or no body bytes, within ``read_timeout`` of waiting), and the
+``OSError`` of a refused or failed connection. All but ``PoolTimeout`` and
+``TimeoutError`` are ``ConnectionError`` subclasses.
+
+A slow reader pauses the socket (at 256 KiB buffered) instead of buffering without
+bound. Read timeouts use one timer per connection, re-armed only when it fires, not a
+timer per read.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import ssl as ssl_module
+from urllib.parse import unquote, urlsplit
+
+__all__ = ["Pool", "Connection", "PoolTimeout", "ConnectTimeout", "ConnectionClosed",
+           "BadResponse"]
+
+MAX_HEAD = 64 * 1024          # response status line + headers
+HIGH_WATER = 256 * 1024       # body bytes buffered before the socket is paused
+DRAIN_WAIT = 1.0              # seconds a released connection may take to finish its body
+USER_AGENT = "allyoucantoken"
+
+# response parser states
+_HEAD, _LENGTH, _CHUNKED, _UNTIL_CLOSE, _DONE, _IDLE = range(6)
+
+
+class PoolTimeout(Exception):
+    """No connection slot became free within the pool timeout."""
+
+
+class ConnectTimeout(ConnectionError):
+    """The TCP (or TLS) connection was not established within the connect timeout."""
+
+
+class ConnectionClosed(ConnectionError):
+    """The upstream closed the connection before the response was complete."""
+
+
+class BadResponse(ConnectionError):
+    """The upstream's answer is not valid HTTP/1.x."""
+
+
+class Connection(asyncio.Protocol):
+    """One keep-alive connection to an upstream; also the handle of its current response."""
+
+    __slots__ = ("pool", "transport", "status", "content_type", "keep_alive", "idle_since",
+                 "got_bytes", "_state", "_buf", "_remaining", "_crlf", "_trailers",
+                 "_body", "_size", "_paused", "_waiter", "_exc", "_closed", "_timer",
+                 "_deadline", "_held", "_head_only", "_draining")
+
+    def __init__(self, pool: "Pool") -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.status = 0
+        self.content_type = ""
+        self.keep_alive = False
+        self.idle_since = 0.0
+        self.got_bytes = False        # any byte of the current response arrived
+        self._state = _IDLE
+        self._buf = b""               # bytes not parsed yet (head, chunk-size lines)
+        self._remaining = 0           # body bytes left (Content-Length, or current chunk)
+        self._crlf = False            # chunked: the CRLF after a chunk's data is due
+        self._trailers = False        # chunked: the last chunk was seen; trailers follow
+        self._body: list[bytes] = []  # decoded body bytes not read yet
+        self._size = 0
+        self._paused = False
+        self._waiter: asyncio.Future | None = None
+        self._exc: BaseException | None = None
+        self._closed = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
+        self._held = False            # holds one of the pool's slots (a request is on it)
+        self._head_only = False
+        self._draining = False        # released before its body's last bytes came
+
+    # -- asyncio.Protocol ------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def connection_lost(self, exc) -> None:
+        self._closed = True
+        if self._state == _UNTIL_CLOSE:           # the body ends with the connection
+            self._state = _DONE
+        elif self._state not in (_DONE, _IDLE) and self._exc is None:
+            self._exc = ConnectionClosed("the upstream closed the connection"
+                                         + (f" ({exc})" if exc else ""))
+        self._cancel_timer()
+        self._wake()
+
+    def eof_received(self):
+        return False   # close our side too (connection_lost follows)
+
+    def data_received(self, data: bytes) -> None:
+        state = self._state
+        if state == _LENGTH and not self._buf:
+            # the hot path: a piece of a Content-Length body
+            n, remaining = len(data), self._remaining
+            if n < remaining:
+                self._remaining = remaining - n
+                self._push(data)
+                return
+            if n > remaining:                      # more than declared: not reusable
+                self.keep_alive = False
+                data = data[:remaining]
+            self._remaining = 0
+            if data:
+                self._push(data)
+            self._state = _DONE
+            self._wake()
+            return
+        try:
+            if state == _CHUNKED:
+                self._feed_chunked(data)
+            elif state == _HEAD:
+                self.got_bytes = True
+                self._feed_head(data)
+            elif state == _UNTIL_CLOSE:
+                self._push(data)
+            else:   # bytes nobody asked for (idle, or after the end): never reuse this
+                self.keep_alive = False
+                if state == _IDLE and self.transport is not None:
+                    self.transport.close()
+        except BadResponse as exc:
+            self._fail(exc)
+
+    def pause_writing(self) -> None:   # the request body is written in one go
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+    # -- parsing ---------------------------------------------------------------
+    def _feed_head(self, data: bytes) -> None:
+        buf = self._buf + data if self._buf else data
+        while True:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > MAX_HEAD:
+                    raise BadResponse("response headers too large")
+                self._buf = buf
+                return
+            head, buf = buf[:end], buf[end + 4:]
+            lines = head.split(b"\r\n")
+            status_line = lines[0].split(None, 2)
+            if len(status_line) < 2 or not status_line[0].startswith(b"HTTP/1."):
+                raise BadResponse("not an HTTP/1.x response")
+            try:
+                status = int(status_line[1])
+            except ValueError:
+                raise BadResponse("bad status code") from None
+            if 100 <= status < 200:                # 100 Continue, 103 Early Hints
+                continue
+            break
+        length, chunked, keep_alive = None, False, status_line[0] == b"HTTP/1.1"
+        content_type = ""
+        for line in lines[1:]:
+            name, sep, value = line.partition(b":")
+            if not sep:
+                raise BadResponse("malformed header line")
+            name = name.strip().lower()
+            if name == b"content-length":
+                try:
+                    length = int(value.strip())
+                except ValueError:
+                    raise BadResponse("bad Content-Length") from None
+                if length < 0:
+                    raise BadResponse("bad Content-Length")
+            elif name == b"transfer-encoding":
+                chunked = value.strip().lower().endswith(b"chunked")
+            elif name == b"connection":
+                tokens = value.lower()
+                if b"close" in tokens:
+                    keep_alive = False
+                elif b"keep-alive" in tokens:
+                    keep_alive = True
+            elif name == b"content-type":
+                content_type = value.strip().decode("latin-1")
+        self.status, self.content_type = status, content_type
+        self._buf = b""
+        if self._head_only or status in (204, 304):
+            self.keep_alive = keep_alive
+            self._state = _DONE
+            self._wake()
+            return
+        if chunked:
+            self.keep_alive = keep_alive
+            self._state, self._remaining = _CHUNKED, 0
+            self._crlf = self._trailers = False
+            self._wake()
+            if buf:
+                self._feed_chunked(buf)
+            return
+        if length is not None:
+            self.keep_alive = keep_alive
+            self._state, self._remaining = _LENGTH, length
+            self._wake()
+            if length == 0:
+                self._state = _DONE
+                if buf:
+                    self.keep_alive = False
+            elif buf:
+                self.data_received(buf)
+            return
+        self.keep_alive = False                   # the body ends when the connection does
+        self._state = _UNTIL_CLOSE
+        self._wake()
+        if buf:
+            self._push(buf)
+
+    def _feed_chunked(self, data: bytes) -> None:
+        if self._buf:
+            data, self._buf = self._buf + data, b""
+        pos, n = 0, len(data)
+        out = self._body
+        added = 0
+        while pos < n:
+            remaining = self._remaining
+            if remaining:                          # inside a chunk's data
+                end = pos + remaining
+                if end >= n:
+                    piece = data[pos:] if pos else data
+                    self._remaining = end - n
+                    pos = n
+                else:
+                    piece = data[pos:end]
+                    self._remaining = 0
+                    pos = end
+                out.append(piece)
+                added += len(piece)
+                if not self._remaining:
+                    self._crlf = True
+                continue
+            if self._crlf:                         # the line end after a chunk's data
+                if data[pos] == 0x0A:              # a bare LF: tolerated
+                    pos += 1
+                elif n - pos < 2:
+                    break
+                elif data[pos:pos + 2] == b"\r\n":
+                    pos += 2
+                else:
+                    raise BadResponse("chunk not followed by CRLF")
+                self._crlf = False
+                continue
+            eol = data.find(b"\n", pos)
+            if eol < 0:
+                if n - pos > 4096:
+                    raise BadResponse("chunk size line too long")
+                break
+            line = data[pos:eol]
+            pos = eol + 1
+            if self._trailers:                     # trailer lines, then an empty line
+                if not line.strip():
+                    self._state = _DONE
+                    if pos < n:                    # bytes after the response
+                        self.keep_alive = False
+                    pos = n
+                    break
+                continue
+            size_text = line.split(b";", 1)[0].strip()
+            try:
+                size = int(size_text, 16)
+            except ValueError:
+                raise BadResponse("bad chunk size") from None
+            if size < 0:
+                raise BadResponse("bad chunk size")
+            if size == 0:
+                self._trailers = True
+            else:
+                self._remaining = size
+        if pos < n:
+            self._buf = data[pos:]
+        if added:
+            self._size += added
+            if self._size > HIGH_WATER and not self._paused:
+                self._pause()
+            self._wake()
+        elif self._state == _DONE:
+            self._wake()
+
+    def _push(self, data: bytes) -> None:
+        self._body.append(data)
+        self._size += len(data)
+        if self._size > HIGH_WATER and not self._paused:
+            self._pause()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _pause(self) -> None:
+        self._paused = True
+        self.transport.pause_reading()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        elif self._draining and self._state == _DONE:
+            self._drained()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._exc is None:
+            self._exc = exc
+        self.keep_alive = False
+        if self.transport is not None:
+            self.transport.abort()
+        self._wake()
+
+    # -- waiting, with the read timeout ------------------------------------------
+    async def _wait(self) -> None:
+        loop = self.pool.loop
+        waiter = self._waiter = loop.create_future()
+        self._deadline = loop.time() + self.pool.read_timeout
+        if self._timer is None:
+            self._timer = loop.call_at(self._deadline, self._on_timer)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return          # nobody waits: the next wait arms the timer again
+        loop = self.pool.loop
+        if loop.time() >= self._deadline - 0.001:
+            waiter.set_exception(TimeoutError())
+        else:
+            self._timer = loop.call_at(self._deadline, self._on_timer)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # -- the request/response cycle -------------------------------------------------
+    def _start(self, data: bytes, head_only: bool) -> None:
+        self.status, self.content_type = 0, ""
+        self._draining = False
+        self.got_bytes = False
+        self._state, self._buf, self._head_only = _HEAD, b"", head_only
+        self._exc = None
+        self._size = 0
+        self.transport.write(data)
+
+    async def _response(self) -> None:
+        """Wait for the status line and headers."""
+        while self._state == _HEAD:
+            if self._exc is not None:
+                raise self._exc
+            await self._wait()
+        if self._exc is not None and self.status == 0:
+            raise self._exc
+
+    async def read(self) -> bytes:
+        """The body bytes that arrived since the last call (waits for some); ``b""`` once
+        the whole body was read."""
+        while True:
+            body = self._body
+            if body:
+                data = body[0] if len(body) == 1 else b"".join(body)
+                body.clear()
+                self._size = 0
+                if self._paused and not self._closed:
+                    self._paused = False
+                    self.transport.resume_reading()
+                return data
+            if self._state == _DONE:
+                return b""
+            if self._exc is not None:
+                raise self._exc
+            if self._closed:
+                raise ConnectionClosed("the upstream closed the connection")
+            await self._wait()
+
+    async def read_all(self, limit: int | None = None) -> bytes:
+        """The rest of the body (``BadResponse`` beyond ``limit`` bytes)."""
+        parts, size = [], 0
+        while True:
+            data = await self.read()
+            if not data:
+                return b"".join(parts)
+            parts.append(data)
+            size += len(data)
+            if limit is not None and size > limit:
+                raise BadResponse(f"response body larger than {limit} bytes")
+
+    @property
+    def reusable(self) -> bool:
+        return (self._state == _DONE and self.keep_alive and not self._closed
+                and not self._body and not self._buf and self._exc is None)
+
+    def release(self) -> None:
+        """Done with the response: the connection goes back to the pool when its body was
+        read to the end and the upstream keeps it alive; otherwise it is closed.
+
+        A caller may stop at the end of what it wanted (an SSE stream's ``[DONE]``)
+        before the body's last bytes (a chunked body's terminator) arrived: they are
+        awaited in the background, up to ``DRAIN_WAIT`` seconds, and then the connection
+        is pooled (or closed, when they do not come)."""
+        if not self._held:
+            return
+        self._held = False
+        self.pool._release_slot()
+        if self.reusable:
+            self._to_pool()
+        elif (self._state in (_LENGTH, _CHUNKED) and self.keep_alive and not self._closed
+              and self._exc is None):
+            self._draining = True
+            self._body.clear()
+            self._size = 0
+            self._cancel_timer()
+            self._timer = self.pool.loop.call_later(DRAIN_WAIT, self._close_transport)
+            if self._paused:
+                self._paused = False
+                self.transport.resume_reading()
+        else:
+            self._close_transport()
+
+    def _drained(self) -> None:
+        self._draining = False
+        self._body.clear()
+        self._size = 0
+        if self.reusable:
+            self._to_pool()
+        else:
+            self._close_transport()
+
+    def _to_pool(self) -> None:
+        self._cancel_timer()
+        self._state = _IDLE
+        self.pool._put_back(self)
+
+    def close(self) -> None:
+        """Close the connection (the upstream sees the client go) and free its slot."""
+        self._close_transport()
+        if self._held:
+            self._held = False
+            self.pool._release_slot()
+
+    def _close_transport(self) -> None:
+        self.keep_alive = False
+        self._cancel_timer()
+        if self.transport is not None and not self._closed:
+            self._closed = True
+            self.transport.close()
+
+
+class Pool:
+    """Keep-alive connections to one upstream root URL; see the module docstring."""
+
+    def __init__(self, base_url: str, *, limit: int = 4096, connect_timeout: float = 5.0,
+                 read_timeout: float = 120.0, keepalive_timeout: float = 4.0,
+                 headers: dict[str, str] | None = None,
+                 ssl_context: ssl_module.SSLContext | None = None) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https"):
+            raise ValueError(f"unsupported URL scheme in {base_url!r} (http or https)")
+        if not parts.hostname:
+            raise ValueError(f"no host in {base_url!r}")
+        self.url = base_url.rstrip("/")
+        self.https = parts.scheme == "https"
+        self.host = parts.hostname
+        default_port = 443 if self.https else 80
+        self.port = parts.port or default_port
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        host_header = host if self.port == default_port else f"{host}:{self.port}"
+        self.prefix = parts.path.rstrip("/")
+        self.limit = limit
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self._ssl = (ssl_context or ssl_module.create_default_context()) if self.https else None
+        fixed = {"Host": host_header, "User-Agent": USER_AGENT, "Accept": "*/*",
+                 "Accept-Encoding": "identity"}
+        if parts.username is not None:
+            creds = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            fixed["Authorization"] = "Basic " + base64.b64encode(creds.encode()).decode()
+        fixed.update(headers or {})
+        self._fixed = "".join(f"{k}: {v}\r\n" for k, v in fixed.items())
+        self._idle: collections.deque[Connection] = collections.deque()
+        self._slots: asyncio.Semaphore | None = None
+        self._prune_timer: asyncio.TimerHandle | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.in_use = 0       # requests holding a slot (= busy connections)
+        self.opened = 0       # connections opened so far (for tests and stats)
+        self._closing = False
+
+    @property
+    def idle(self) -> int:
+        """Idle connections kept for reuse (some may have been closed by the upstream)."""
+        return len(self._idle)
+
+    async def request(self, method: str, path: str, body: bytes = b"", *,
+                      content_type: str = "application/json",
+                      pool_timeout: float | None = None) -> Connection:
+        """Send a request; returns the connection once the response headers arrived. The
+        caller reads the body and must ``release()`` or ``close()`` it."""
+        if self.loop is None:
+            self.loop = asyncio.get_running_loop()
+            self._slots = asyncio.Semaphore(self.limit)
+        if self._closing:
+            raise ConnectionClosed("the pool is closed")
+        slots = self._slots
+        if slots.locked():
+            try:
+                await asyncio.wait_for(slots.acquire(), pool_timeout)
+            except TimeoutError:
+                raise PoolTimeout(f"no free connection within {pool_timeout}s") from None
+        else:
+            await slots.acquire()          # a slot is free: no timer needed
+        self.in_use += 1
+        head = (f"{method} {self.prefix}{path} HTTP/1.1\r\n{self._fixed}"
+                + (f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+                   if body or method in ("POST", "PUT", "PATCH") else "\r\n")).encode("latin-1")
+        data = head + body if len(body) < 65536 else None
+        conn = None
+        try:
+            conn = self._reuse()
+            if conn is not None:
+                try:
+                    await self._send(conn, data, head, body, method == "HEAD")
+                    return conn
+                except ConnectionError:
+                    if conn.got_bytes:
+                        raise
+                    # The upstream had just closed this idle connection; the request
+                    # never ran. Once more, on a new connection.
+                    conn._close_transport()
+                    conn._held = False
+            conn = await self._connect()
+            await self._send(conn, data, head, body, method == "HEAD")
+            return conn
+        except BaseException:
+            if conn is not None:
+                conn._close_transport()
+                conn._held = False
+            self._release_slot()
+            raise
+
+    async def _send(self, conn: Connection, data, head: bytes, body: bytes,
+                    head_only: bool) -> None:
+        conn._held = True
+        if data is not None:
+            conn._start(data, head_only)
+        else:
+            conn._start(head, head_only)
+            conn.transport.write(body)
+        await conn._response()
+
+    def _reuse(self) -> Connection | None:
+        idle = self._idle
+        if not idle:
+            return None
+        now = self.loop.time()
+        while idle:
+            conn = idle.pop()
+            if conn._closed or now - conn.idle_since > self.keepalive_timeout:
+                conn._close_transport()
+                continue
+            return conn
+        return None
+
+    async def _connect(self) -> Connection:
+        loop = self.loop
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, conn = await loop.create_connection(
+                    lambda: Connection(self), self.host, self.port, ssl=self._ssl,
+                    server_hostname=self.host if self._ssl else None)
+        except TimeoutError:
+            raise ConnectTimeout(f"no connection to {self.host}:{self.port} within "
+                                 f"{self.connect_timeout:g}s") from None
+        self.opened += 1
+        return conn
+
+    def _put_back(self, conn: Connection) -> None:
+        if self._closing:
+            conn._close_transport()
+            return
+        conn.idle_since = self.loop.time()
+        self._idle.append(conn)
+        if self._prune_timer is None:
+            self._prune_timer = self.loop.call_later(self.keepalive_timeout + 0.05,
+                                                     self._prune)
+
+    def _prune(self) -> None:
+        """Close connections idle for longer than the keep-alive timeout (oldest first)."""
+        self._prune_timer = None
+        idle = self._idle
+        limit = self.loop.time() - self.keepalive_timeout
+        while idle and (idle[0]._closed or idle[0].idle_since <= limit):
+            idle.popleft()._close_transport()
+        if idle:
+            self._prune_timer = self.loop.call_at(
+                idle[0].idle_since + self.keepalive_timeout + 0.05, self._prune)
+
+    def _release_slot(self) -> None:
+        self.in_use -= 1
+        self._slots.release()
+
+    async def close(self) -> None:
+        """Close the idle connections; busy ones close when they are released."""
+        self._closing = True
+        if self._prune_timer is not None:
+            self._prune_timer.cancel()
+            self._prune_timer = None
+        while self._idle:
+            self._idle.pop()._close_transport()
+        await asyncio.sleep(0)   # let the transports finish closing
