@@ -46,6 +46,25 @@ def start_gw(mongo, tmp_path):
 
 
 @pytest.fixture
+def inprocess_gw(mongo, tmp_path):
+    """Start gateways in the test process (``tests.inprocess``: the real ``serve`` on a
+    loopback port, no subprocess) with their own config; all stop after the test.
+    ``gw = inprocess_gw(sections)``, then ``gw.fetch(path, method=..., body=...,
+    headers=...)`` or any client on ``gw.url``."""
+    from tests.inprocess import start_inprocess
+    started = []
+
+    def start(sections=None, db_name=None, uri=None, **kw):
+        gw = start_inprocess(tmp_path / f"i{len(started)}", uri or mongo.uri, sections,
+                             db_name, **kw)
+        started.append(gw)
+        return gw
+    yield start
+    for gw in started:
+        gw.stop()
+
+
+@pytest.fixture
 def fake_upstream(tmp_path):
     """A real, controllable OpenAI-compatible HTTP upstream (bench.fake_upstream)."""
     started = []

@@ -142,9 +142,25 @@ class GatewayProcess:
         return self.cli(*args).stdout.strip()
 
 
-def start_gateway(tmp: Path, db_uri: str, sections: dict | None = None,
-                  db_name: str | None = None, timeout: float = 60.0,
-                  serve_args: tuple[str, ...] = ()) -> GatewayProcess:
+@dataclass
+class GatewaySetup:
+    """What a test gateway is started from: its config file (written like a user's),
+    port, URL, database and data folder. Shared by the subprocess gateway
+    (``start_gateway``) and the in-process one (``tests.inprocess``)."""
+
+    config_path: Path
+    port: int
+    url: str
+    db_uri: str
+    db_name: str
+    data_dir: Path
+
+
+def gateway_setup(tmp: Path, db_uri: str, sections: dict | None = None,
+                  db_name: str | None = None) -> GatewaySetup:
+    """Write the config of a test gateway on a free loopback port: ``sections`` plus the
+    database, a data folder under ``tmp`` and a fast usage flush with the per-request
+    usage log (``events_file``)."""
     sections = {k: dict(v) if isinstance(v, dict) else v for k, v in (sections or {}).items()}
     port = free_port()
     db_name = db_name or "t_" + uuid.uuid4().hex[:10]
@@ -154,15 +170,26 @@ def start_gateway(tmp: Path, db_uri: str, sections: dict | None = None,
     sections.setdefault("usage", {"flush_interval": 0.2, "events_file": EVENTS_FILE})
     tmp.mkdir(parents=True, exist_ok=True)
     cfg = write_config(tmp / f"gateway-{port}.toml", sections)
-    log_path = tmp / f"gateway-{port}.log"
-    log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "-c", str(cfg), "serve",
-                             *serve_args],
-                            stdout=log, stderr=subprocess.STDOUT, env=env(), cwd=str(tmp))
     scheme = "https" if server.get("tls_cert") else "http"
-    url = f"{scheme}://127.0.0.1:{port}"
-    wait_http(url + "/healthz", timeout, proc, log_path)
-    return GatewayProcess(url, proc, log_path, cfg, db_uri, db_name, Path(server["data_dir"]))
+    return GatewaySetup(cfg, port, f"{scheme}://127.0.0.1:{port}", db_uri, db_name,
+                        Path(server["data_dir"]))
+
+
+def start_gateway(tmp: Path, db_uri: str, sections: dict | None = None,
+                  db_name: str | None = None, timeout: float = 60.0,
+                  serve_args: tuple[str, ...] = ()) -> GatewayProcess:
+    """A gateway process (``allyoucantoken serve``). Use it where the process matters
+    (several processes, signals, SIGKILL, the process log, ``--workers``); handler-level
+    tests are faster with the in-process gateway of ``tests.inprocess``."""
+    setup = gateway_setup(tmp, db_uri, sections, db_name)
+    log_path = tmp / f"gateway-{setup.port}.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "-c", str(setup.config_path),
+                             "serve", *serve_args],
+                            stdout=log, stderr=subprocess.STDOUT, env=env(), cwd=str(tmp))
+    wait_http(setup.url + "/healthz", timeout, proc, log_path)
+    return GatewayProcess(setup.url, proc, log_path, setup.config_path, db_uri, setup.db_name,
+                          setup.data_dir)
 
 
 def start_process(args: list[str], ready_url: str, log_path: Path,

@@ -1,0 +1,172 @@
+"""An in-process gateway for handler-level tests (in the spirit of pytest_jupyter's
+``jp_fetch``): no Python start-up, no ``keys create`` subprocess, the same code.
+
+``start_inprocess(tmp, db_uri, sections)`` writes the config exactly as
+``tests.helpers.start_gateway`` does, loads it with ``gateway.config.load`` and runs
+``gateway.app.serve`` (the code behind ``allyoucantoken serve``: real store on the given
+MongoDB-wire server, plugins through the same plugin manager, the same Tornado
+application, HTTP server and request guard, drain and shutdown) on its own event loop in
+a thread of the test process, listening on a real loopback port. Tests talk HTTP (and
+WebSocket) to ``gw.url`` as to a process, or call ``gw.fetch(path, method=..., body=...,
+headers=...)``.
+
+What differs from a process: ``serve`` waits for SIGTERM through
+``loop.add_signal_handler``; the loop here records that handler and ``stop()`` calls it
+(no real signal), so the shutdown path is the real one. Process-wide state is shared by
+the in-process gateways of one test run: the Prometheus registry (``/metrics``), the
+drain's in-flight set and the open WebSockets, and the logging configuration. So keep
+``tests.helpers.start_gateway`` (a real process) for tests about processes: several
+processes sharing limits, SIGKILL, SIGTERM and drain, ``--workers``, the embedded
+database child, the process log, metric totals and the database commands one process
+sends.
+"""
+from __future__ import annotations
+
+import asyncio
+import json as jsonlib
+import signal
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+import httpx
+
+from tests.helpers import EVENTS_FILE, GatewaySetup, env, gateway_setup
+
+
+class _TestLoop(asyncio.SelectorEventLoop):
+    """An event loop for a thread that is not the main one: signal handlers are recorded
+    (``serve`` installs them for SIGTERM/SIGINT) so that ``stop()`` can run them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.signal_handlers: dict[int, tuple] = {}
+
+    def add_signal_handler(self, sig, callback, *args) -> None:
+        self.signal_handlers[sig] = (callback, args)
+
+    def remove_signal_handler(self, sig) -> bool:
+        return self.signal_handlers.pop(sig, None) is not None
+
+
+class InProcessGateway:
+    """A real gateway (``gateway.app.serve``) running in a thread of the test process."""
+
+    def __init__(self, setup: GatewaySetup) -> None:
+        self.setup = setup
+        self.url = setup.url
+        self.config_path = setup.config_path
+        self.db_uri = setup.db_uri
+        self.db_name = setup.db_name
+        self.data_dir = setup.data_dir
+        self.gateway = None        # gateway.runtime.Gateway, once started
+        self.server = None         # its tornado HTTPServer
+        self.loop: _TestLoop | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- life cycle ---------------------------------------------------------------------
+    def start(self, timeout: float = 60.0) -> "InProcessGateway":
+        from gateway import config as config_mod
+        from gateway.app import serve
+
+        # As the process gets it (tests.helpers.env drops ALLYOUCANTOKEN_CONFIG).
+        config = config_mod.load(str(self.config_path),
+                                 {k: v for k, v in env().items() if k != "ALLYOUCANTOKEN_CONFIG"})
+        self.config = config
+
+        def ready(gateway, server) -> None:
+            self.gateway, self.server = gateway, server
+            self._ready.set()
+
+        def run() -> None:
+            try:
+                with asyncio.Runner(loop_factory=self._new_loop) as runner:
+                    runner.run(serve(config, ready=ready))
+            except BaseException as exc:  # noqa: BLE001 - reported to start() / stop()
+                self._error = exc
+            finally:
+                self._ready.set()
+
+        self._thread = threading.Thread(target=run, name=f"gateway-{self.setup.port}",
+                                        daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise RuntimeError(f"the in-process gateway did not start within {timeout}s")
+        if self._error is not None or self.gateway is None:
+            raise self._error or RuntimeError("the in-process gateway stopped at start")
+        return self
+
+    def _new_loop(self) -> _TestLoop:
+        self.loop = _TestLoop()
+        return self.loop
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        """Deliver ``sig`` as ``serve`` would receive it (SIGTERM: drain and stop)."""
+        callback, args = self.loop.signal_handlers[sig]
+        self.loop.call_soon_threadsafe(callback, *args)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM: the real drain and shutdown of ``serve``; wait until it has returned."""
+        if self._thread is None or not self._thread.is_alive():
+            return
+        self.signal(signal.SIGTERM)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise RuntimeError(f"the in-process gateway did not stop within {timeout}s")
+
+    # -- helpers ------------------------------------------------------------------------
+    def run(self, fn, timeout: float = 60.0):
+        """Run ``await fn(gateway)`` on the gateway's event loop (its store, backends and
+        limiters live there) and return the result."""
+        async def call():
+            return await fn(self.gateway)
+        return asyncio.run_coroutine_threadsafe(call(), self.loop).result(timeout)
+
+    def fetch(self, path: str, method: str = "GET", body=None, headers: dict | None = None,
+              timeout: float = 60.0, **kw) -> httpx.Response:
+        """One HTTP request to this gateway (``body``: a dict or list is sent as JSON, a
+        str or bytes as is). Returns the ``httpx.Response`` whatever its status."""
+        if isinstance(body, (dict, list)):
+            kw["content"] = jsonlib.dumps(body)
+            headers = {"Content-Type": "application/json", **(headers or {})}
+        elif body is not None:
+            kw["content"] = body
+        return httpx.request(method, self.url + path, headers=headers, timeout=timeout, **kw)
+
+    def create_key(self, account: str | None = None, tier: str | None = None,
+                   name: str = "") -> str:
+        """A new API key, and its account if needed (as ``allyoucantoken keys create``
+        does, through the gateway's own store instead of a CLI process)."""
+        email = account or f"{uuid.uuid4().hex[:8]}@example.com"
+
+        async def create(gateway):
+            store = gateway.store
+            acc = await store.accounts.ensure(email, tier=tier or
+                                              gateway.config.limits.default_tier)
+            assert acc["status"] == "active", f"account {email} is {acc['status']}"
+            return (await store.keys.create(acc["_id"], name))[0]
+        return self.run(create)
+
+    def usage_events(self) -> list[dict]:
+        """The per-request usage log (the opt-in ``events_file`` observer, on in tests)."""
+        path = self.data_dir / EVENTS_FILE
+        if not path.exists():
+            return []
+        return [jsonlib.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def cli(self, *args: str, check: bool = True):
+        """``allyoucantoken -c <this config> ...`` as a process (admin commands)."""
+        import subprocess
+        return subprocess.run([sys.executable, "-m", "gateway.cli", "-c", str(self.config_path),
+                               *args], capture_output=True, text=True, env=env(), check=check,
+                              timeout=60)
+
+
+def start_inprocess(tmp: Path, db_uri: str, sections: dict | None = None,
+                    db_name: str | None = None, timeout: float = 60.0) -> InProcessGateway:
+    """Write the config (``tests.helpers.gateway_setup``) and start ``serve`` in-process."""
+    return InProcessGateway(gateway_setup(tmp, db_uri, sections, db_name)).start(timeout)
+
