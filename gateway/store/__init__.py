@@ -3,6 +3,13 @@
 ``Store`` owns one ``AsyncMongoClient`` and exposes one repository object per
 concern (accounts, API keys, usage, limit counters, ...). Each repository creates
 its own indexes in ``init()``.
+
+The repositories serve every layer, so the dashboard's stay here too: ``sessions``
+(read by the session-auth plugin as well), ``resets``, ``outbox`` (also fed by the
+fair-use monitor), ``audit`` and ``privacy`` (whose export and erasure span the core's
+collections: keys, usage rollups, limit counters and slots). Keeping them here keeps
+storage access in one place: the document layouts, the indexes created at start (with
+or without the dashboard) and the only imports of ``pymongo`` (tests/test_layers.py).
 """
 from __future__ import annotations
 
