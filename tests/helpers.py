@@ -136,10 +136,12 @@ class GatewayProcess:
                               timeout=60)
 
     def create_key(self, account: str | None = None, tier: str | None = None) -> str:
-        args = ["keys", "create", "--account", account or f"{uuid.uuid4().hex[:8]}@example.com"]
-        if tier:
-            args += ["--tier", tier]
-        return self.cli(*args).stdout.strip()
+        """A new key (and account), as ``keys create`` makes it, written through the store
+        (a CLI process per key cost a second; tests/test_keys.py runs the CLI itself)."""
+        from gateway import config as config_mod
+        default_tier = config_mod.load(str(self.config_path), env()).limits.default_tier
+        return db_run(self.db_uri, self.db_name,
+                      lambda store: create_key(store, account, tier or default_tier))
 
 
 @dataclass
@@ -209,6 +211,15 @@ def stop_process(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+async def create_key(store, account: str | None, tier: str, name: str = "") -> str:
+    """What ``allyoucantoken keys create --account ACCOUNT --tier TIER`` does: the account
+    (created if needed, in ``tier``; it must be active) and a new key, returned in clear."""
+    email = account or f"{uuid.uuid4().hex[:8]}@example.com"
+    acc = await store.accounts.ensure(email, tier=tier)
+    assert acc["status"] == "active", f"account {email} is {acc['status']}"
+    return (await store.keys.create(acc["_id"], name))[0]
 
 
 def db_run(uri: str, db_name: str, fn):

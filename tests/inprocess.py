@@ -27,12 +27,11 @@ import json as jsonlib
 import signal
 import sys
 import threading
-import uuid
 from pathlib import Path
 
 import httpx
 
-from tests.helpers import EVENTS_FILE, GatewaySetup, env, gateway_setup
+from tests.helpers import EVENTS_FILE, GatewaySetup, create_key, env, gateway_setup
 
 
 class _TestLoop(asyncio.SelectorEventLoop):
@@ -139,16 +138,9 @@ class InProcessGateway:
     def create_key(self, account: str | None = None, tier: str | None = None,
                    name: str = "") -> str:
         """A new API key, and its account if needed (as ``allyoucantoken keys create``
-        does, through the gateway's own store instead of a CLI process)."""
-        email = account or f"{uuid.uuid4().hex[:8]}@example.com"
-
-        async def create(gateway):
-            store = gateway.store
-            acc = await store.accounts.ensure(email, tier=tier or
-                                              gateway.config.limits.default_tier)
-            assert acc["status"] == "active", f"account {email} is {acc['status']}"
-            return (await store.keys.create(acc["_id"], name))[0]
-        return self.run(create)
+        does), through the gateway's own store."""
+        return self.run(lambda gateway: create_key(
+            gateway.store, account, tier or gateway.config.limits.default_tier, name))
 
     def usage_events(self) -> list[dict]:
         """The per-request usage log (the opt-in ``events_file`` observer, on in tests)."""

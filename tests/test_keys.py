@@ -1,4 +1,6 @@
-"""API keys: the operator CLI, hashing at rest, and revocation across gateway processes."""
+"""API keys: the operator CLI, hashing at rest, and revocation across gateway processes.
+The gateways are in-process (tests.inprocess) except where a second process is the point;
+the CLI runs as a process."""
 import hashlib
 import re
 import time
@@ -18,9 +20,10 @@ def call(gw, key):
                       headers={"Authorization": f"Bearer {key}"}, timeout=30)
 
 
-def test_keys_are_random_prefixed_and_stored_only_as_hashes(start_gw):
-    gw = start_gw(ECHO)
-    keys = [gw.create_key("alice@example.com") for _ in range(3)]
+def test_keys_are_random_prefixed_and_stored_only_as_hashes(inprocess_gw):
+    gw = inprocess_gw(ECHO)
+    keys = [gw.cli("keys", "create", "--account", "alice@example.com").stdout.strip()
+            for _ in range(3)]
     for key in keys:
         assert re.fullmatch(r"ayct_[A-Za-z0-9_-]{43}", key)   # 32 random bytes = 256 bits
     assert len(set(keys)) == 3
@@ -42,8 +45,8 @@ async def _dump_all(store):
     return {n: await store.dump_collection(n) for n in await store.collection_names()}
 
 
-def test_revocation_takes_effect_on_every_process_within_the_cache_ttl(start_gw):
-    first = start_gw(ECHO)
+def test_revocation_takes_effect_on_every_process_within_the_cache_ttl(inprocess_gw, start_gw):
+    first = inprocess_gw(ECHO)
     second = start_gw(ECHO, db_name=first.db_name)   # same database, another process
     key = first.create_key("bob@example.com")
     assert call(first, key).status_code == 200
@@ -66,8 +69,8 @@ def test_revocation_takes_effect_on_every_process_within_the_cache_ttl(start_gw)
     assert call(first, key).json()["error"]["code"] == "invalid_api_key"
 
 
-def test_suspended_account_is_refused(start_gw):
-    gw = start_gw(ECHO)
+def test_suspended_account_is_refused(inprocess_gw):
+    gw = inprocess_gw(ECHO)
     key = gw.create_key("carol@example.com")
     assert call(gw, key).status_code == 200
     gw.cli("admin", "set-status", "carol@example.com", "suspended")
@@ -77,14 +80,14 @@ def test_suspended_account_is_refused(start_gw):
     assert resp.json()["error"]["code"] == "account_inactive"
 
 
-def test_revoking_an_unknown_key_fails_clearly(start_gw):
-    gw = start_gw(ECHO)
+def test_revoking_an_unknown_key_fails_clearly(inprocess_gw):
+    gw = inprocess_gw(ECHO)
     result = gw.cli("keys", "revoke", "ayct_nothere", check=False)
     assert result.returncode != 0 and "no active key" in result.stderr
 
 
-def test_last_use_is_recorded_off_the_hot_path(start_gw):
-    gw = start_gw(ECHO)
+def test_last_use_is_recorded_off_the_hot_path(inprocess_gw):
+    gw = inprocess_gw(ECHO)
     used = gw.create_key("dave@example.com")
     gw.create_key("dave@example.com")            # a second key, never used
     assert call(gw, used).status_code == 200
