@@ -127,10 +127,10 @@ class InProcessGateway:
     def fetch(self, path: str, method: str = "GET", body=None, headers: dict | None = None,
               timeout: float = 60.0, **kw) -> httpx.Response:
         """One HTTP request to this gateway (``body``: a dict or list is sent as JSON, a
-        str or bytes as is). Returns the ``httpx.Response`` whatever its status."""
+        str or bytes as is; no Content-Type is added). Returns the ``httpx.Response`` whatever
+        its status."""
         if isinstance(body, (dict, list)):
             kw["content"] = jsonlib.dumps(body)
-            headers = {"Content-Type": "application/json", **(headers or {})}
         elif body is not None:
             kw["content"] = body
         return httpx.request(method, self.url + path, headers=headers, timeout=timeout, **kw)

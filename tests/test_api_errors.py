@@ -1,7 +1,5 @@
-"""Request validation and error bodies of the OpenAI-compatible API (echo plugin backend)."""
-import json
-
-import httpx
+"""Request validation and error bodies of the OpenAI-compatible API (echo plugin backend),
+against an in-process gateway (tests.inprocess)."""
 import pytest
 
 ECHO = {"plugins": {"modules": ["tests.plugins.echo_backend"]},
@@ -11,8 +9,8 @@ ECHO = {"plugins": {"modules": ["tests.plugins.echo_backend"]},
 
 @pytest.fixture(scope="module")
 def echo_gw(mongo, tmp_path_factory):
-    from tests.helpers import start_gateway
-    gw = start_gateway(tmp_path_factory.mktemp("errors"), mongo.uri, ECHO)
+    from tests.inprocess import start_inprocess
+    gw = start_inprocess(tmp_path_factory.mktemp("errors"), mongo.uri, ECHO)
     gw.key = gw.create_key("errors@example.com")
     yield gw
     gw.stop()
@@ -20,8 +18,7 @@ def echo_gw(mongo, tmp_path_factory):
 
 def post(gw, body, key="default", path="/v1/chat/completions", raw=None):
     headers = {} if key is None else {"Authorization": f"Bearer {gw.key if key == 'default' else key}"}
-    content = raw if raw is not None else json.dumps(body)
-    return httpx.post(gw.url + path, content=content, headers=headers, timeout=30)
+    return gw.fetch(path, "POST", raw if raw is not None else body, headers, timeout=30)
 
 
 def assert_error(resp, status, param=None, code=None):
@@ -74,8 +71,8 @@ def test_invalid_fields_are_400_naming_the_param(echo_gw, body, param):
 def test_unknown_model_is_404(echo_gw):
     assert_error(post(echo_gw, {**OK, "model": "gpt-17"}), 404, param="model",
                  code="model_not_found")
-    assert_error(httpx.get(echo_gw.url + "/v1/models/gpt-17",
-                           headers={"Authorization": f"Bearer {echo_gw.key}"}), 404)
+    assert_error(echo_gw.fetch("/v1/models/gpt-17",
+                               headers={"Authorization": f"Bearer {echo_gw.key}"}), 404)
 
 
 def test_body_over_the_limit_is_413(echo_gw):
@@ -84,7 +81,7 @@ def test_body_over_the_limit_is_413(echo_gw):
 
 
 def test_unknown_route_is_json_404(echo_gw):
-    assert_error(httpx.get(echo_gw.url + "/v1/nothing-here"), 404)
+    assert_error(echo_gw.fetch("/v1/nothing-here"), 404)
 
 
 def test_completions_validation(echo_gw):
