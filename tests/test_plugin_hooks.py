@@ -1,7 +1,7 @@
 """Hook coverage (datasette's rule): every hook of the plugin manager is documented in
 the README's "Writing plugins" chapter and implemented by a test plugin under
 tests/plugins/, and the hooks no other test exercises are shown to be called by a real
-gateway process (``tests/plugins/witness.py``)."""
+gateway (``tests/plugins/witness.py``, in-process: tests.inprocess)."""
 from __future__ import annotations
 
 import pkgutil
@@ -12,6 +12,7 @@ import httpx
 
 from gateway.plugins import get_plugin_manager
 from tests import plugins as test_plugins
+from tests.plugins import witness as witness_plugin
 from tests.helpers import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,19 +60,20 @@ def witness(gw) -> dict:
     return r.json()
 
 
-def test_a_plugins_section_route_and_service_are_live(start_gw):
+def test_a_plugins_section_route_and_service_are_live(inprocess_gw):
     """config_sections: the [witness] section is accepted (an unclaimed one stops the
     gateway) and read; register_routes serves /witness; register_services started."""
-    gw = start_gw(WITNESS)
+    witness_plugin.SERVICE.started = False   # in-process: not started by an earlier gateway
+    gw = inprocess_gw(WITNESS)
     seen = witness(gw)
     assert seen["section"] == "acc_witness01"
     assert seen["service_started"] is True
 
 
-def test_a_plugins_authenticator_and_usage_observer_are_called(start_gw):
+def test_a_plugins_authenticator_and_usage_observer_are_called(inprocess_gw):
     """register_authenticators: the plugin's header admits a request with no API key;
     on_usage: the plugin sees that request's usage event (metadata only)."""
-    gw = start_gw(WITNESS)
+    gw = inprocess_gw(WITNESS)
     body = {"model": "echo", "messages": [{"role": "user", "content": "seen by a witness"}]}
     refused = httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=30,
                          headers={"X-Witness-Token": "wrong"})

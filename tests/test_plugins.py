@@ -11,8 +11,8 @@ from gateway.plugins import DEFAULT_PLUGINS, get_plugin_manager
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_plugin_backend_from_a_test_module_streams(start_gw):
-    gw = start_gw({"plugins": {"modules": ["tests.plugins.echo_backend"]},
+def test_plugin_backend_from_a_test_module_streams(inprocess_gw):
+    gw = inprocess_gw({"plugins": {"modules": ["tests.plugins.echo_backend"]},
                    "models": [{"name": "echo", "backend": "echo"}]})
     client = openai.OpenAI(base_url=gw.url + "/v1", api_key=gw.create_key("plugin@example.com"))
     stream = client.chat.completions.create(

@@ -41,9 +41,10 @@ def test_the_readme_backend_is_about_ten_lines_of_code():
     assert "gateway.sdk" in _readme_plugin_code() or "from gateway import sdk" in code[1]
 
 
-def test_readme_backend_streams_through_a_real_gateway(start_gw, tmp_path, monkeypatch):
+def test_readme_backend_streams_through_a_real_gateway(inprocess_gw, tmp_path, monkeypatch):
     _install_readme_plugin(tmp_path, monkeypatch)
-    gw = start_gw({"plugins": {"modules": ["readme_echo"]},
+    monkeypatch.syspath_prepend(str(tmp_path / "readme_plugins"))   # in-process gateway
+    gw = inprocess_gw({"plugins": {"modules": ["readme_echo"]},
                    "models": [{"name": "echo", "backend": "echo", "options": {"delay": 0.01}}]})
     client = openai.OpenAI(base_url=gw.url + "/v1", api_key=gw.create_key("sdk@example.com"),
                            max_retries=0)
