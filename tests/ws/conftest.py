@@ -22,17 +22,22 @@ def ws_sections(state_dir, **websocket) -> dict:
     }
 
 
-@pytest.fixture(scope="module")
-def ws_gw(mongo, tmp_path_factory):
-    """A gateway with the WebSocket caps lowered for the tests."""
-    tmp = tmp_path_factory.mktemp("ws")
+def start_ws_gw(start, tmp, uri):
+    """A gateway with the WebSocket caps lowered for the tests, started by ``start``
+    (``tests.helpers.start_gateway`` or ``tests.inprocess.start_inprocess``)."""
     state = tmp / "state"
     state.mkdir()
-    gw = start_gateway(tmp, mongo.uri, ws_sections(state, allowed_origins=[
-        "https://app.example.com"]))
+    gw = start(tmp, uri, ws_sections(state, allowed_origins=["https://app.example.com"]))
     gw.state_dir = state
     gw.email = "ws@example.com"
     gw.key = gw.create_key(gw.email)
+    return gw
+
+
+@pytest.fixture(scope="module")
+def ws_gw(mongo, tmp_path_factory):
+    """A gateway process with the WebSocket caps lowered for the tests."""
+    gw = start_ws_gw(start_gateway, tmp_path_factory.mktemp("ws"), mongo.uri)
     yield gw
     gw.stop()
 

@@ -1,5 +1,5 @@
 """WebSocket auth (header, auth message, session cookie), the Origin check, the idle and
-auth timeouts and protocol pings, against real gateway processes."""
+auth timeouts and protocol pings, against real gateways (in-process: tests.inprocess)."""
 import asyncio
 import time
 
@@ -7,9 +7,10 @@ import httpx
 import pytest
 import tornado.httpclient
 
-from tests.helpers import db_run, start_gateway
+from tests.helpers import db_run
+from tests.inprocess import start_inprocess
 from tests.ws.client import HELLO, Client, assert_error, run, text_of
-from tests.ws.conftest import account_id, ws_sections
+from tests.ws.conftest import account_id, start_ws_gw, ws_sections
 from tests.ws.rawsocket import RawSocket
 
 UPGRADE = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
@@ -17,11 +18,19 @@ UPGRADE = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Versi
 
 
 @pytest.fixture(scope="module")
+def ws_gw(mongo, tmp_path_factory):
+    """The WebSocket test gateway (tests.ws.conftest), in-process."""
+    gw = start_ws_gw(start_inprocess, tmp_path_factory.mktemp("ws"), mongo.uri)
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture(scope="module")
 def timer_gw(mongo, tmp_path_factory):
-    """A gateway with short WebSocket timers."""
+    """A gateway with short WebSocket timers (in-process)."""
     tmp = tmp_path_factory.mktemp("wstimers")
     (tmp / "state").mkdir()
-    gw = start_gateway(tmp, mongo.uri, ws_sections(
+    gw = start_inprocess(tmp, mongo.uri, ws_sections(
         tmp / "state", idle_timeout=3.0, auth_timeout=1.0, ping_interval=0.3))
     gw.key = gw.create_key("timers@example.com")
     yield gw
