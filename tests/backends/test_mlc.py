@@ -1,4 +1,5 @@
-"""The in-process ``mlc`` backend, inside a real gateway process, driving a STAND-IN
+"""The in-process ``mlc`` backend, inside a real gateway (in-process: tests.inprocess;
+the shutdown tests start a process), driving a STAND-IN
 for ``mlc_llm.AsyncMLCEngine`` (tests/backends/mlc_standin.py): MLC-LLM cannot be
 installed from PyPI, so the stand-in has the engine's documented shape and behaviour
 (including zero usage for aborted requests). Everything else here is real."""
@@ -29,7 +30,7 @@ def calls(folder) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def mlc_gw(mongo, tmp_path_factory):
-    from tests.helpers import start_gateway
+    from tests.inprocess import start_inprocess
     tmp = tmp_path_factory.mktemp("mlc")
     dirs = {"fast": model_dir(tmp, "fast"),
             "slow": model_dir(tmp, "slow", delay=0.05),
@@ -38,7 +39,7 @@ def mlc_gw(mongo, tmp_path_factory):
                "options": {"model": str(v), "engine_factory": STANDIN, "device": "cuda:0",
                            "engine_config": {"max_num_sequence": 8}}}
               for k, v in dirs.items()]
-    gw = start_gateway(tmp / "gw", mongo.uri, {"models": models})
+    gw = start_inprocess(tmp / "gw", mongo.uri, {"models": models})
     gw.key = gw.create_key()
     gw.dirs = dirs
     yield gw

@@ -2,7 +2,7 @@
 processes): replicas, least-busy selection, health checks, retry before the first
 token only, timeouts, 502/503/504 errors, and the usage recorded in each case.
 
-One gateway serves the whole module. Each test owns one model whose replica ports are
+One gateway (in-process: tests.inprocess) serves the whole module. Each test owns one model whose replica ports are
 reserved up front; the test starts (and kills) real upstream processes on those ports,
 and the gateway's health checks notice them come and go."""
 from __future__ import annotations
@@ -26,13 +26,13 @@ MODELS = {"basic": (1, {}), "midkill": (1, {}), "prekill": (1, {}), "failover": 
 
 @pytest.fixture(scope="module")
 def gw(mongo, tmp_path_factory):
-    from tests.helpers import start_gateway
+    from tests.inprocess import start_inprocess
     ports = {name: [free_port() for _ in range(n)] for name, (n, _) in MODELS.items()}
     models = [{"name": name, "backend": "openai_compatible",
                "options": {"base_urls": [f"http://127.0.0.1:{p}/v1" for p in ports[name]],
                            "health_interval": 0.2, "health_timeout": 1, **extra}}
               for name, (_, extra) in MODELS.items()]
-    g = start_gateway(tmp_path_factory.mktemp("oc"), mongo.uri, {
+    g = start_inprocess(tmp_path_factory.mktemp("oc"), mongo.uri, {
         "models": models, "server": {"metrics_public": True}})
     g.key = g.create_key()
     g.ports = ports

@@ -18,8 +18,9 @@ TIERS = {"free": {}, "tight": {"tokens_per_minute": 60}}
 
 @pytest.fixture(scope="module")
 def gw(mongo, tmp_path_factory):
-    from tests.helpers import start_gateway
-    g = start_gateway(tmp_path_factory.mktemp("emb"), mongo.uri,
+    """The real model in embedding mode, in-process (tests.inprocess)."""
+    from tests.inprocess import start_inprocess
+    g = start_inprocess(tmp_path_factory.mktemp("emb"), mongo.uri,
                       {"tiers": TIERS, "plugins": {"modules": ["tests.plugins.echo_backend"]},
                        "models": [{"name": MODEL, "backend": "llamacpp"},
                                   {"name": "echo", "backend": "echo"}]})

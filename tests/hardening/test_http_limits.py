@@ -13,7 +13,7 @@ import pytest
 
 from tests.hardening.conftest import OK, assert_json_error, sections
 from tests.hardening.rawhttp import connect, exchange, json_error, read_response
-from tests.helpers import start_gateway
+from tests.inprocess import start_inprocess
 from tests.ws.rawsocket import RawSocket
 
 LIMIT = 4096
@@ -22,8 +22,8 @@ HEADER_LIMIT = 8192
 
 @pytest.fixture(scope="module")
 def small_gw(mongo, tmp_path_factory):
-    """Small limits and short timeouts, so the tests need not wait long."""
-    gw = start_gateway(tmp_path_factory.mktemp("limits"), mongo.uri, sections(
+    """Small limits and short timeouts, so the tests need not wait long (in-process)."""
+    gw = start_inprocess(tmp_path_factory.mktemp("limits"), mongo.uri, sections(
         max_body_bytes=LIMIT, max_header_bytes=HEADER_LIMIT, header_timeout=1.0,
         body_timeout=1.0))
     gw.key = gw.create_key("limits@example.com")

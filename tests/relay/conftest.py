@@ -1,5 +1,6 @@
-"""A real fake upstream (bench.fake_upstream) behind one gateway, with a model per
-unknown-parameter policy and an in-process text backend (echo) for comparison."""
+"""A real fake upstream (bench.fake_upstream) behind one gateway (in-process:
+tests.inprocess), with a model per unknown-parameter policy and an in-process text
+backend (echo) for comparison."""
 from __future__ import annotations
 
 import sys
@@ -8,7 +9,8 @@ import httpx
 import openai
 import pytest
 
-from tests.helpers import free_port, start_gateway, start_process, stop_process
+from tests.helpers import free_port, start_process, stop_process
+from tests.inprocess import start_inprocess
 
 PLAIN = {"tokens": 6, "interval": 0.0, "chunk_chars": 4, "tool_calls": [], "reasoning": 0,
          "send_usage": True, "first_delay": 0.0}
@@ -49,7 +51,7 @@ def gw(mongo, upstream, tmp_path_factory):
               {"name": "gpt-refuse", "backend": "openai_compatible", "options": opts,
                "unknown_params": "refuse"},
               {"name": "echo", "backend": "echo"}]
-    g = start_gateway(tmp_path_factory.mktemp("relay"), mongo.uri, {
+    g = start_inprocess(tmp_path_factory.mktemp("relay"), mongo.uri, {
         "models": models, "plugins": {"modules": ["tests.plugins.echo_backend"]}})
     g.key = g.create_key()
     yield g

@@ -10,12 +10,12 @@ import httpx
 import pytest
 
 from tests.backends.test_openai_compatible import replica_up
-from tests.helpers import start_gateway
+from tests.inprocess import start_inprocess
 
 
 @pytest.fixture(scope="module")
 def pool_gw(mongo, upstream, tmp_path_factory):
-    g = start_gateway(tmp_path_factory.mktemp("pool"), mongo.uri, {
+    g = start_inprocess(tmp_path_factory.mktemp("pool"), mongo.uri, {
         "server": {"metrics_public": True},
         "models": [{"name": "tiny", "backend": "openai_compatible",
                     "options": {"base_url": upstream + "/v1", "max_connections": 2,
