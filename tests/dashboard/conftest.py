@@ -33,11 +33,16 @@ def inbox():
     box.stop()
 
 
+def dash_sections(smtp_port: int) -> dict:
+    """The config of ``dash_gw``."""
+    return dashboard_sections(smtp_port, login_max_failures=3, login_max_failures_ip=1000)
+
+
 @pytest.fixture(scope="module")
 def dash_gw(mongo, inbox, tmp_path_factory):
-    gw = start_gateway(tmp_path_factory.mktemp("dash"), mongo.uri,
-                       dashboard_sections(inbox.port, login_max_failures=3,
-                                          login_max_failures_ip=1000))
+    """A gateway process with the dashboard (a module may override it with the
+    in-process one: ``start_inprocess(..., dash_sections(inbox.port))``)."""
+    gw = start_gateway(tmp_path_factory.mktemp("dash"), mongo.uri, dash_sections(inbox.port))
     yield gw
     gw.stop()
 

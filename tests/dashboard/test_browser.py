@@ -2,7 +2,8 @@
 register -> email received -> admin approves -> user signs in -> creates a key -> uses
 it with the API -> sees usage -> exports data -> closes the account. Throughout, the
 browser holds at most one cookie for the site: the session cookie. The overview page
-is saved as docs/dashboard.png for the README."""
+is saved as docs/dashboard.png for the README. The gateway runs in-process
+(tests.inprocess)."""
 from __future__ import annotations
 
 import json
@@ -12,13 +13,18 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.dashboard.conftest import ADMIN
+from tests.dashboard.conftest import ADMIN, dash_sections
 from tests.dashboard.support import wait_until
 from tests.dashboard.test_accounts import PASSWORD
+from tests.inprocess import start_inprocess
 
 
-
-
+@pytest.fixture(scope="module")
+def dash_gw(mongo, inbox, tmp_path_factory):
+    """The dashboard test gateway (tests.dashboard.conftest), in-process."""
+    gw = start_inprocess(tmp_path_factory.mktemp("dash"), mongo.uri, dash_sections(inbox.port))
+    yield gw
+    gw.stop()
 
 
 def one_cookie(context, url: str, exactly: bool = True) -> None:

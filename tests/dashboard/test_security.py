@@ -1,18 +1,28 @@
 """Sessions, cookies, CSRF, headers, admin-only routes, no account enumeration and
-sign-in throttling, against a real gateway over HTTP."""
+sign-in throttling, against a real gateway (in-process: tests.inprocess) over HTTP."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import pytest
 from argon2 import PasswordHasher
 
-from tests.dashboard.conftest import ADMIN
+from tests.dashboard.conftest import ADMIN, dash_sections
 from tests.dashboard.support import HTML, Browserless, assert_api_error
 from tests.dashboard.test_accounts import PASSWORD, active_user, create_key, new_email
 from tests.helpers import db_run
+from tests.inprocess import start_inprocess
 
 COOKIE = "ayct_session"
+
+
+@pytest.fixture(scope="module")
+def dash_gw(mongo, inbox, tmp_path_factory):
+    """The dashboard test gateway (tests.dashboard.conftest), in-process."""
+    gw = start_inprocess(tmp_path_factory.mktemp("dash"), mongo.uri, dash_sections(inbox.port))
+    yield gw
+    gw.stop()
 
 
 def set_cookies(resp: httpx.Response) -> list[str]:
