@@ -208,10 +208,11 @@ def test_tool_result_round_trip(client):
     assert resp.usage.prompt_tokens >= bare.usage.prompt_tokens + 10
 
 
-def test_refusals_come_before_the_limits(start_gw):
+def test_refusals_come_before_the_limits(inprocess_gw):
     """A refused request is refused before admission: it spends no quota. With a chat
-    format that cannot show tools, tool_choice auto is refused too."""
-    gw = start_gw({"tiers": {"free": {}, "tight": {"tokens_per_minute": 200}},
+    format that cannot show tools, tool_choice auto is refused too. (In-process
+    gateway: tests.inprocess.)"""
+    gw = inprocess_gw({"tiers": {"free": {}, "tight": {"tokens_per_minute": 200}},
                    "models": [{"name": MODEL, "backend": "llamacpp", "unknown_params": "pass",
                                "options": {"chat_format": "llama-2"}}]})
     key = gw.create_key(tier="tight")
