@@ -14,8 +14,8 @@ pytest.importorskip("llama_cpp.server.app")
 
 @pytest.fixture(scope="module")
 def smol_gw(mongo, llama_server, tmp_path_factory):
-    from tests.helpers import start_gateway
-    gw = start_gateway(tmp_path_factory.mktemp("llama-upstream"), mongo.uri, {"models": [
+    from tests.inprocess import start_inprocess
+    gw = start_inprocess(tmp_path_factory.mktemp("llama-upstream"), mongo.uri, {"models": [
         {"name": "smol", "backend": "openai_compatible",
          "options": {"base_url": llama_server, "upstream_model": "smol-upstream"}}]})
     gw.key = gw.create_key()

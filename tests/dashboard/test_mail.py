@@ -8,6 +8,7 @@ from tests.dashboard.conftest import dashboard_sections
 from tests.dashboard.support import Browserless, Inbox, wait_until
 from tests.dashboard.test_accounts import PASSWORD, new_email
 from tests.helpers import db_run, free_port, start_gateway
+from tests.inprocess import start_inprocess
 
 
 def outbox(gw, **query):
@@ -17,7 +18,7 @@ def outbox(gw, **query):
 def test_mail_survives_an_smtp_outage(mongo, tmp_path):
     box = Inbox(free_port())
     box.start()
-    gw = start_gateway(tmp_path, mongo.uri, dashboard_sections(box.port))
+    gw = start_inprocess(tmp_path, mongo.uri, dashboard_sections(box.port))
     try:
         first = new_email()
         Browserless(gw.url).register(first, PASSWORD)

@@ -1,5 +1,5 @@
 """HTTPS with a self-signed certificate made by the test, and X-Forwarded-For/-Proto
-believed only from configured proxy addresses."""
+believed only from configured proxy addresses (in-process gateways: tests.inprocess)."""
 from __future__ import annotations
 
 import ssl
@@ -11,7 +11,7 @@ import pytest
 from tests.dashboard.conftest import ADMIN, dashboard_sections
 from tests.dashboard.support import HTML, Browserless, assert_api_error
 from tests.dashboard.test_accounts import new_email
-from tests.helpers import start_gateway
+from tests.inprocess import start_inprocess
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def test_https_with_secure_host_cookie(mongo, inbox, tmp_path, certificate):
     cert, key = certificate
     sections = dashboard_sections(inbox.port)
     sections["server"] = {"tls_cert": str(cert), "tls_key": str(key)}
-    gw = start_gateway(tmp_path, mongo.uri, sections)
+    gw = start_inprocess(tmp_path, mongo.uri, sections)
     try:
         assert gw.url.startswith("https://")
         trust = ssl.create_default_context(cafile=str(cert))
@@ -65,10 +65,10 @@ def failed_logins_until_throttled(gw, forwarded_for: str) -> int:
 
 def test_forwarded_headers_trusted_only_from_configured_proxies(mongo, inbox, tmp_path):
     limits = {"login_max_failures_ip": 3, "login_max_failures": 100, "register_max_per_ip": 2}
-    trusting = start_gateway(tmp_path / "a", mongo.uri, {
+    trusting = start_inprocess(tmp_path / "a", mongo.uri, {
         **dashboard_sections(inbox.port, **limits),
         "server": {"trusted_proxies": ["127.0.0.1/32"]}})
-    untrusting = start_gateway(tmp_path / "b", mongo.uri, {
+    untrusting = start_inprocess(tmp_path / "b", mongo.uri, {
         **dashboard_sections(inbox.port, **limits),
         "server": {"trusted_proxies": ["10.9.0.0/16"]}})
     try:

@@ -1,13 +1,14 @@
 """The dashboard playground in a real browser (Debian chromium through Playwright): a
 signed-in user picks a model, tokens appear as they stream over the WebSocket (session
-cookie + Origin check), and Stop cancels the generation in the backend."""
+cookie + Origin check), and Stop cancels the generation in the backend. The gateway runs
+in-process (tests.inprocess)."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from tests.helpers import start_gateway
+from tests.inprocess import start_inprocess
 from tests.ws.conftest import ws_sections
 
 
@@ -22,7 +23,7 @@ def pg_gw(mongo, tmp_path_factory):
     state.mkdir()
     sections = ws_sections(state)
     sections["dashboard"] = {"admin_email": ADMIN[0], "admin_password": ADMIN[1], **FAST_ARGON2}
-    gw = start_gateway(tmp, mongo.uri, sections)
+    gw = start_inprocess(tmp, mongo.uri, sections)
     gw.state_dir = state
     yield gw
     gw.stop()
