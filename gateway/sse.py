@@ -26,24 +26,40 @@ class ChunkEncoder:
     A Chunk with ``raw`` (an upstream event) is relayed as those bytes with the upstream's
     ``id`` and ``model`` replaced by the gateway's: the patterns are learnt from the first
     event and replaced with C-speed byte operations; an event where a pattern is not found
-    exactly once is decoded and re-encoded instead (always faithful).
+    exactly once is decoded and re-encoded instead (always faithful). When the first
+    event starts with its ``id`` and ``model`` (OpenAI's order; ``created`` constant within
+    a stream), that whole start is learnt too: a later event that begins with the same
+    bytes gets the rewritten start and keeps its rest, with no search at all.
     """
+
+    __slots__ = ("chat", "object", "request_id", "model", "created", "include_usage",
+                 "_head", "_started", "_subs", "_prefix")
 
     def __init__(self, kind: str, request_id: str, model: str, created: int,
                  include_usage: bool) -> None:
         self.chat = kind == "chat"
         self.object = "chat.completion.chunk" if self.chat else "text_completion"
         self.request_id, self.model = request_id, model
-        self._base = {"id": request_id, "object": self.object, "created": created,
-                      "model": model}
-        self._head = "data: " + _dumps(self._base)[:-1] + ',"choices":[{"index":'
-        self._tail = ',"usage":null}\n\n' if include_usage else "}\n\n"
-        self._started: set[int] = set()    # choices that had their first chunk
+        self.created, self.include_usage = created, include_usage
+        # Built at the first event that needs them (a relayed stream never does).
+        self._head: tuple[str, str] | None = None       # event start and end, plain Chunks
+        self._started: set[int] | None = None           # choices that had their first chunk
         self._subs: list[tuple[bytes, bytes]] | None = None
+        self._prefix: tuple[bytes, bytes] | None = None   # (upstream's start, ours)
+
+    @property
+    def _base(self) -> dict:
+        return {"id": self.request_id, "object": self.object, "created": self.created,
+                "model": self.model}
 
     def encode(self, chunk: Chunk) -> str | bytes:
         if chunk.raw is not None:
             return self.encode_raw(chunk.raw)
+        if self._head is None:
+            self._head = ("data: " + _dumps(self._base)[:-1] + ',"choices":[{"index":',
+                          ',"usage":null}\n\n' if self.include_usage else "}\n\n")
+            self._started = set()
+        head, tail = self._head
         index = chunk.index
         first = index not in self._started
         if first:
@@ -62,14 +78,16 @@ class ChunkEncoder:
                 body = '"delta":{}'
         finish = "null" if chunk.finish_reason is None else _dumps(chunk.finish_reason)
         logprobs = "null" if chunk.logprobs is None else _dumps(chunk.logprobs)
-        tail = self._tail
         if chunk.extra:
             tail = "," + _dumps(chunk.extra)[1:-1] + tail
-        return (f'{self._head}{index},{body},"logprobs":{logprobs},'
+        return (f'{head}{index},{body},"logprobs":{logprobs},'
                 f'"finish_reason":{finish}}}]{tail}')
 
     def encode_raw(self, raw: bytes) -> bytes:
         """An upstream event, relayed with the gateway's id and model."""
+        prefix = self._prefix
+        if prefix is not None and raw.startswith(prefix[0]):
+            return prefix[1] + raw[len(prefix[0]):] + b"\n\n"
         subs = self._subs
         if subs is None:
             subs = self._subs = self._learn(raw)
@@ -95,7 +113,25 @@ class ChunkEncoder:
             old = spaced if spaced in raw else b'"' + key.encode() + b'":' + value
             new = b'"' + key.encode() + b'":' + _dumps(ours).encode()
             subs.append((old, new) if theirs is not None else (b"\x00", b""))
+        self._prefix = self._learn_prefix(raw, subs)
         return subs
+
+    @staticmethod
+    def _learn_prefix(raw: bytes, subs: list[tuple[bytes, bytes]]) -> tuple[bytes, bytes] | None:
+        """The event's start up to the end of its last rewritten field, and that start
+        rewritten (``data: `` included), when every field to rewrite is a string found
+        exactly once and the start holds nothing but the envelope."""
+        end = 0
+        for old, _ in subs:
+            if not old.endswith(b'"') or raw.count(old) != 1:
+                return None
+            end = max(end, raw.index(old) + len(old))
+        start = ours = raw[:end]
+        if not subs or b"[" in start or b"{" in start[1:]:
+            return None          # only top-level scalars (id, object, created, model)
+        for old, new in subs:
+            ours = ours.replace(old, new)
+        return start, b"data: " + ours
 
     def _reencode(self, raw: bytes) -> bytes:
         try:
@@ -117,8 +153,15 @@ class ChunkEncoder:
         return f"data: {_dumps(body)}\n\n"
 
 
+def _consume(future: asyncio.Future) -> None:
+    """Mark a flush's outcome as seen (a client that left is noticed at the next write)."""
+    future.cancelled() or future.exception()
+
+
 class Flusher:
     """Flushes a Tornado handler at most once per event-loop pass."""
+
+    __slots__ = ("handler", "_scheduled", "_last")
 
     def __init__(self, handler) -> None:
         self.handler = handler
@@ -140,5 +183,5 @@ class Flusher:
         if self.handler._finished:
             return
         future = self.handler.flush()
-        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        future.add_done_callback(_consume)
         self._last = future

@@ -39,7 +39,6 @@ upstream refused the request itself; never retried).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import logging
@@ -67,14 +66,6 @@ class Replica:
         self.checked = 0.0
         self.pool: Pool | None = None          # set by the backend's start()
         self.health_pool: Pool | None = None   # the probes' own connections
-
-
-class _Retry(Exception):
-    """This attempt failed before anything reached the client; try another replica."""
-
-    def __init__(self, error: APIError) -> None:
-        super().__init__(error.message)
-        self.error = error
 
 
 class OpenAICompatibleBackend:
@@ -219,104 +210,115 @@ class OpenAICompatibleBackend:
         return body
 
     async def _stream(self, req: GenerationRequest, path: str, kind: str):
+        """Stream from the least busy replica; a failure before the first chunk is tried
+        again on another one (up to ``max_attempts``), after it ends the stream."""
         payload = json.dumps(self._payload(req), separators=(",", ":")).encode()
-        error = self._unavailable()
-        for replica in self._tries():
-            state = {"sent": False}
-            try:
-                # aclosing: when our consumer stops early, the attempt (and its
-                # upstream connection) is closed at once, not at garbage collection.
-                async with contextlib.aclosing(
-                        self._attempt(replica, path, kind, payload, state)) as attempt:
-                    async for chunk in attempt:
-                        yield chunk
-                return
-            except _Retry as retry:
-                error = retry.error
+        path = "/" + path
+        error: APIError | None = None
+        tried: tuple[Replica, ...] = ()
+        sent = False
+        while len(tried) < self.max_attempts:
+            replica = self._pick(tried)
+            if replica is None:
+                break
+            tried += (replica,)
+            if error is not None:
                 metrics.BACKEND_RETRIES.labels(self.name, error.code or "error").inc()
-        raise error
-
-    async def _attempt(self, replica: Replica, path: str, kind: str, payload: bytes,
-                       state: dict):
-        """Stream from one replica. Failures before the first chunk raise _Retry."""
-        replica.in_flight += 1
-        resp = None
-        try:
-            try:
-                resp = await replica.pool.request("POST", "/" + path, payload,
-                                                  pool_timeout=self.pool_timeout)
-            except PoolTimeout:
-                metrics.BACKEND_RETRIES.labels(self.name, "backend_busy").inc()
-                raise _Retry(APIError(
-                    503, f"The model `{self.name}` is at its connection limit "
-                         f"({self.max_connections} streams per replica); no slot was free "
-                         f"within {self.pool_timeout:g}s. Try again shortly.",
-                    code="backend_busy", headers={"Retry-After": "1"})) from None
-            except ConnectTimeout:
-                self._failed(replica, "connect timeout")
-                raise _Retry(self._unavailable()) from None
-            except TimeoutError:
-                log.warning("model %s: replica %s sent no response headers in time",
-                            self.name, replica.url)
-                raise _Retry(self._timeout()) from None
-            except OSError as exc:
-                self._failed(replica, type(exc).__name__)
-                raise _Retry(self._unavailable()) from None
-            if resp.status != 200:
-                err = await self._upstream_error(resp)
-                resp = None   # released by _upstream_error
-                if err.status >= 500:
-                    raise _Retry(err)
-                raise err
-            finished = False
-            try:
-                # Whatever arrived is taken at once and split into lines (C speed): one
-                # await per read from the socket, not one per line.
-                rest, done = b"", False
-                read = resp.read
-                while not done:
-                    data = await read()
-                    if data:
-                        lines = (rest + data if rest else data).split(b"\n")
-                        rest = lines.pop()
-                    elif rest:                      # the end, after a line without \n
-                        lines, rest = [rest], b""
-                    else:
-                        break
-                    for line in lines:
-                        chunks = parse_line(line, kind)
-                        if chunks is None:
-                            continue
-                        if chunks is False:
-                            done = finished = True
-                            break
-                        for chunk in chunks:
-                            if chunk.finish_reason:
-                                finished = True
-                            state["sent"] = True
-                            yield chunk
-                if not finished:
-                    raise ConnectionClosed("stream ended without [DONE]")
-            except UpstreamError:
-                err = APIError(502, "The model backend reported an error while generating.",
-                               code="backend_error")
-                raise (err if state["sent"] else _Retry(err)) from None
-            except TimeoutError:
-                err = self._timeout()
-                raise (err if state["sent"] else _Retry(err)) from None
-            except OSError:   # closed early, or not valid HTTP (ConnectionError)
-                err = APIError(502, "The model backend closed the stream early.",
-                               code="backend_error")
-                if not state["sent"]:
-                    self._set_health(replica, False)
-                    raise _Retry(err) from None
-                raise err from None
-            resp.release()   # finished normally: keep the connection for reuse
+            replica.in_flight += 1
             resp = None
-        finally:
-            replica.in_flight -= 1
-            if resp is not None:
-                resp.close()  # stopped early: close the connection so the upstream stops
+            try:
+                try:
+                    resp = await replica.pool.request("POST", path, payload,
+                                                      pool_timeout=self.pool_timeout)
+                except PoolTimeout:
+                    error = self._busy()
+                    continue
+                except ConnectTimeout:
+                    self._failed(replica, "connect timeout")
+                    error = self._unavailable()
+                    continue
+                except TimeoutError:
+                    log.warning("model %s: replica %s sent no response headers in time",
+                                self.name, replica.url)
+                    error = self._timeout()
+                    continue
+                except OSError as exc:
+                    self._failed(replica, type(exc).__name__)
+                    error = self._unavailable()
+                    continue
+                if resp.status != 200:
+                    error = await self._upstream_error(resp)
+                    resp = None   # released by _upstream_error
+                    if error.status >= 500:
+                        continue
+                    raise error
+                finished = False
+                try:
+                    # Whatever arrived is taken at once and split into lines (C speed):
+                    # one await per read from the socket, not one per line.
+                    rest, read = b"", resp.read
+                    while True:
+                        data = await read()
+                        if data:
+                            lines = (rest + data if rest else data).split(b"\n")
+                            rest = lines.pop()
+                        elif rest:                      # the end, after a line without \n
+                            lines, rest = [rest], b""
+                        else:
+                            break
+                        for line in lines:
+                            chunks = parse_line(line, kind)
+                            if chunks is None:
+                                continue
+                            if chunks is False:
+                                finished = True
+                                break
+                            for chunk in chunks:
+                                if chunk.finish_reason:
+                                    finished = True
+                                sent = True
+                                yield chunk
+                        else:
+                            # nothing of this read is kept while waiting for the next
+                            data = lines = chunks = chunk = None
+                            continue
+                        break                           # data: [DONE]
+                    if not finished:
+                        raise ConnectionClosed("stream ended without [DONE]")
+                except UpstreamError:
+                    error = APIError(502, "The model backend reported an error while "
+                                          "generating.", code="backend_error")
+                    if sent:
+                        raise error from None
+                    continue
+                except TimeoutError:
+                    error = self._timeout()
+                    if sent:
+                        raise error from None
+                    continue
+                except OSError:   # closed early, or not valid HTTP (ConnectionError)
+                    error = APIError(502, "The model backend closed the stream early.",
+                                     code="backend_error")
+                    if sent:
+                        raise error from None
+                    self._set_health(replica, False)
+                    continue
+                resp.release()   # finished normally: keep the connection for reuse
+                resp = None
+                return
+            finally:
+                replica.in_flight -= 1
+                if resp is not None:
+                    resp.close()  # stopped early: close the connection so the upstream stops
+        if error is not None:   # the last attempt's failure (earlier ones: above)
+            metrics.BACKEND_RETRIES.labels(self.name, error.code or "error").inc()
+        raise error or self._unavailable()
+
+    def _busy(self) -> APIError:
+        return APIError(503, f"The model `{self.name}` is at its connection limit "
+                             f"({self.max_connections} streams per replica); no slot was "
+                             f"free within {self.pool_timeout:g}s. Try again shortly.",
+                        code="backend_busy", headers={"Retry-After": "1"})
 
     # -- embeddings (only with the ``embeddings`` option) -----------------------
     async def embeddings(self, req: GenerationRequest):

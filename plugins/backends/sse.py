@@ -11,6 +11,10 @@ import json
 
 from gateway.types import Chunk, Usage
 
+# The C scanner alone: ``json.loads`` on bytes first guesses the encoding and matches
+# whitespace with regular expressions, which doubles the cost of a small event.
+_scan = json.JSONDecoder().scan_once
+
 # Top-level fields of a chunk that the gateway owns or reads itself.
 _ENVELOPE = frozenset(("id", "object", "created", "model", "choices", "usage"))
 
@@ -40,9 +44,22 @@ def parse_event(payload: dict, kind: str, raw: bytes | None = None) -> list[Chun
     extra = None
     if len(payload) > 5:   # more than id, object, created, model, choices
         extra = {k: v for k, v in payload.items() if k not in _ENVELOPE} or None
-    usage = _usage(payload.get("usage"))
+    usage = payload.get("usage")
+    if usage:
+        usage = _usage(usage)
     if not choices:
-        return [Chunk(usage=usage, extra=extra, raw=raw)]
+        return [Chunk(usage=usage or None, extra=extra, raw=raw)]
+    if len(choices) == 1:    # the usual event: one choice, relayed as its bytes
+        c = choices[0]
+        if kind == "chat":
+            delta = c.get("delta")
+            if delta is None:
+                delta = {}
+            text = delta.get("content") or ""
+        else:
+            delta, text = None, c.get("text") or ""
+        return [Chunk(text, c.get("finish_reason"), usage or None, c.get("index") or 0,
+                      delta, c.get("logprobs"), extra, raw)]
     chunks = [_choice_chunk(c, kind, extra) for c in choices]
     chunks[0].usage = usage
     if len(chunks) == 1:
@@ -58,8 +75,11 @@ def parse_line(line: bytes, kind: str) -> list[Chunk] | None | bool:
     if data == b"[DONE]":
         return False
     try:
-        payload = json.loads(data)
-    except ValueError:
+        text = data.decode()
+        payload, end = _scan(text, 0)
+        if end != len(text):
+            payload = json.loads(text)   # trailing bytes: let the full parser decide
+    except (ValueError, StopIteration):
         return None
     if not isinstance(payload, dict):
         return None
