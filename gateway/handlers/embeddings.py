@@ -89,7 +89,9 @@ class EmbeddingsHandler(BaseAPIHandler):
     recorded through the request's :class:`gateway.streaming.Generation`."""
 
     def on_finish(self) -> None:
-        metrics.count_request(self.gateway, "/v1/embeddings", getattr(self, "metric_model", None),
+        pipeline = getattr(self, "pipeline", None)   # the model, once the body is valid
+        metrics.count_request(self.gateway, "/v1/embeddings",
+                              pipeline.model if pipeline else None,
                               self.get_status(), task=getattr(self, "_task", None))
 
     def on_connection_close(self) -> None:
@@ -99,15 +101,13 @@ class EmbeddingsHandler(BaseAPIHandler):
 
     async def post(self) -> None:
         self._task = None
-        pipeline = EmbeddingPipeline(self.gateway)
+        pipeline = self.pipeline = EmbeddingPipeline(self.gateway)
         try:
             self.check_body_size()
             principal = await self.require_principal()
             gen = await pipeline.start(principal, self.request.body)
         except APIError as err:
             return self.send_api_error(err)
-        finally:
-            self.metric_model = pipeline.model
         data, req = pipeline.data, gen.req
         backend = self.gateway.backend_for(req.model)
         self.request.completion_id = req.request_id

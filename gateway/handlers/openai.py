@@ -51,15 +51,13 @@ class GenerationHandler(BaseAPIHandler):
 
     async def post(self) -> None:
         self._task: asyncio.Task | None = None
-        pipeline = RequestPipeline(self.gateway, self.kind)
+        pipeline = self.pipeline = RequestPipeline(self.gateway, self.kind)
         try:
             self.check_body_size()
             principal = await self.require_principal()
             gen = await pipeline.start(principal, self.request.body)
         except APIError as err:
             return self.send_api_error(err)
-        finally:
-            self.metric_model = pipeline.model
         data = pipeline.data
         self.request.completion_id = gen.req.request_id  # x-request-id unless the client sent one
         for name, value in gen.headers.items():
@@ -70,8 +68,9 @@ class GenerationHandler(BaseAPIHandler):
             await self._complete(gen)
 
     def on_finish(self) -> None:
+        pipeline = getattr(self, "pipeline", None)   # the model, once the body is valid
         metrics.count_request(self.gateway, self.request.path,
-                              getattr(self, "metric_model", None), self.get_status(),
+                              pipeline.model if pipeline else None, self.get_status(),
                               task=getattr(self, "_task", None))
 
     def on_connection_close(self) -> None:
