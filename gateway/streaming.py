@@ -21,6 +21,18 @@ log = logging.getLogger("allyoucantoken.relay")
 
 Emit = Callable[[Chunk], Awaitable[None]]
 
+_children: dict[tuple, object] = {}
+
+
+def _child(metric, *labels):
+    """``metric.labels(*labels)``, looked up once (labels() validates and locks on every
+    call; the relay uses a few per request)."""
+    key = (metric, labels)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*labels)
+    return child
+
 
 class ClientGone(Exception):
     """The client went away while we were writing to it."""
@@ -214,7 +226,7 @@ class Generation:
         backend = self.gateway.backend_for(self.req.model)
         model = self.req.model
         metrics.OVERHEAD.observe(time.perf_counter() - self.started)
-        metrics.ACTIVE_STREAMS.labels(self.transport).inc()
+        _child(metrics.ACTIVE_STREAMS, self.transport).inc()
         status, error_code, outcome = 200, None, "ok"
         self._relayed, self._chars, self._ttft, self._reported = 0, 0, None, None
         task = asyncio.current_task()
@@ -244,7 +256,7 @@ class Generation:
             raise APIError(502, "The model backend failed while generating.",
                            code="backend_error") from None
         finally:
-            metrics.ACTIVE_STREAMS.labels(self.transport).dec()
+            _child(metrics.ACTIVE_STREAMS, self.transport).dec()
             relayed, ttft, usage = self._relayed, self._ttft, self._reported
             if usage is None or usage.completion_tokens < relayed:
                 # Each output chunk holds at least one token; long pieces (a tool call's
@@ -272,22 +284,28 @@ class Generation:
                     continue
             if chunk.finish_reason:
                 self.finish_reason = chunk.finish_reason
-            chars = output_chars(chunk.text, delta) if delta else len(chunk.text)
+            if not delta:
+                chars = len(chunk.text)
+            elif len(delta) == 1 and "content" in delta:     # the usual delta
+                chars = len(delta["content"] or chunk.text or "")
+            else:
+                chars = output_chars(chunk.text, delta)
             if chars:
                 self._relayed += 1
                 self._chars += chars
                 if self._ttft is None:
                     self._ttft = time.perf_counter() - self.started
-                    metrics.TTFT.labels(self.req.model).observe(self._ttft)
+                    _child(metrics.TTFT, self.req.model).observe(self._ttft)
             elif delta is None and not chunk.finish_reason and chunk.logprobs is None:
                 continue
             await emit(chunk)
+            chunk = delta = None   # not kept (with its parsed event) while waiting
 
     async def _finish(self, usage: Usage, outcome: str, status: int,
                       error_code: str | None, ttft: float | None) -> None:
         await _settle(self.admissions, usage, outcome)
-        metrics.TOKENS.labels(self.req.model, "in").inc(usage.prompt_tokens)
-        metrics.TOKENS.labels(self.req.model, "out").inc(usage.completion_tokens)
+        _child(metrics.TOKENS, self.req.model, "in").inc(usage.prompt_tokens)
+        _child(metrics.TOKENS, self.req.model, "out").inc(usage.completion_tokens)
         self.record(status, error_code, ttft)
 
     def record(self, status: int, error_code: str | None, ttft: float | None = None) -> None:
