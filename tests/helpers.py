@@ -93,6 +93,21 @@ def write_config(path: Path, sections: dict) -> Path:
     return path
 
 
+def read_usage_events(data_dir: Path | None) -> list[dict]:
+    """A test gateway's per-request usage log (``events_file`` in its data folder)."""
+    import json
+    path = data_dir / EVENTS_FILE if data_dir else None
+    if path is None or not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_cli(config_path: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """``allyoucantoken -c CONFIG ARGS...`` as a process."""
+    return subprocess.run([sys.executable, "-m", "gateway.cli", "-c", str(config_path), *args],
+                          capture_output=True, text=True, env=env(), check=check, timeout=60)
+
+
 @dataclass
 class GatewayProcess:
     """A real gateway process started by the tests (``allyoucantoken serve``)."""
@@ -111,11 +126,7 @@ class GatewayProcess:
 
     def usage_events(self) -> list[dict]:
         """The per-request usage log (the opt-in ``events_file`` observer, on in tests)."""
-        import json
-        path = self.data_dir / EVENTS_FILE if self.data_dir else None
-        if path is None or not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return read_usage_events(self.data_dir)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -131,9 +142,7 @@ class GatewayProcess:
         self.proc.wait()
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "gateway.cli", "-c", str(self.config_path),
-                               *args], capture_output=True, text=True, env=env(), check=check,
-                              timeout=60)
+        return run_cli(self.config_path, *args, check=check)
 
     def create_key(self, account: str | None = None, tier: str | None = None) -> str:
         """A new key (and account), as ``keys create`` makes it, written through the store

@@ -25,13 +25,14 @@ from __future__ import annotations
 import asyncio
 import json as jsonlib
 import signal
-import sys
 import threading
+import warnings
 from pathlib import Path
 
 import httpx
 
-from tests.helpers import EVENTS_FILE, GatewaySetup, create_key, env, gateway_setup
+from tests.helpers import (GatewaySetup, create_key, env, gateway_setup, read_usage_events,
+                           run_cli)
 
 
 class _TestLoop(asyncio.SelectorEventLoop):
@@ -71,9 +72,8 @@ class InProcessGateway:
         from gateway import config as config_mod
         from gateway.app import serve
 
-        # As the process gets it (tests.helpers.env drops ALLYOUCANTOKEN_CONFIG).
-        config = config_mod.load(str(self.config_path),
-                                 {k: v for k, v in env().items() if k != "ALLYOUCANTOKEN_CONFIG"})
+        # The environment as the process gets it (tests.helpers.env).
+        config = config_mod.load(str(self.config_path), env())
         self.config = config
 
         def ready(gateway, server) -> None:
@@ -115,6 +115,9 @@ class InProcessGateway:
         self._thread.join(timeout)
         if self._thread.is_alive():
             raise RuntimeError(f"the in-process gateway did not stop within {timeout}s")
+        if self._error is not None:   # a process would have exited with an error code
+            warnings.warn(f"the in-process gateway on port {self.setup.port} stopped with "
+                          f"{self._error!r}", RuntimeWarning, stacklevel=2)
 
     # -- helpers ------------------------------------------------------------------------
     def run(self, fn, timeout: float = 60.0):
@@ -144,17 +147,11 @@ class InProcessGateway:
 
     def usage_events(self) -> list[dict]:
         """The per-request usage log (the opt-in ``events_file`` observer, on in tests)."""
-        path = self.data_dir / EVENTS_FILE
-        if not path.exists():
-            return []
-        return [jsonlib.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return read_usage_events(self.data_dir)
 
     def cli(self, *args: str, check: bool = True):
-        """``allyoucantoken -c <this config> ...`` as a process (admin commands)."""
-        import subprocess
-        return subprocess.run([sys.executable, "-m", "gateway.cli", "-c", str(self.config_path),
-                               *args], capture_output=True, text=True, env=env(), check=check,
-                              timeout=60)
+        """``allyoucantoken -c <this config> ...`` as a process (keys, admin commands)."""
+        return run_cli(self.config_path, *args, check=check)
 
 
 def start_inprocess(tmp: Path, db_uri: str, sections: dict | None = None,
