@@ -194,10 +194,10 @@ class OpenAICompatibleBackend:
 
     # -- generation -----------------------------------------------------------
     def chat(self, req: GenerationRequest) -> AsyncIterator[Chunk]:
-        return self._stream(req, "chat/completions", "chat")
+        return self._stream(req, "/chat/completions", "chat")
 
     def completions(self, req: GenerationRequest) -> AsyncIterator[Chunk]:
-        return self._stream(req, "completions", "completion")
+        return self._stream(req, "/completions", "completion")
 
     def _payload(self, req: GenerationRequest) -> dict:
         body = dict(req.body)
@@ -213,7 +213,6 @@ class OpenAICompatibleBackend:
         """Stream from the least busy replica; a failure before the first chunk is tried
         again on another one (up to ``max_attempts``), after it ends the stream."""
         payload = json.dumps(self._payload(req), separators=(",", ":")).encode()
-        path = "/" + path
         error: APIError | None = None
         tried: tuple[Replica, ...] = ()
         sent = False
@@ -276,7 +275,9 @@ class OpenAICompatibleBackend:
                             for chunk in chunks:
                                 if chunk.finish_reason:
                                     finished = True
-                                sent = True
+                                if not sent:
+                                    sent = True
+                                    payload = None   # no retry from here on
                                 yield chunk
                         else:
                             # nothing of this read is kept while waiting for the next
