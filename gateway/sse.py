@@ -159,7 +159,9 @@ def _consume(future: asyncio.Future) -> None:
 
 
 class Flusher:
-    """Flushes a Tornado handler at most once per event-loop pass."""
+    """Flushes a Tornado handler at most once per event-loop pass; the first event (with
+    the response headers) goes out at once, without waiting for the next pass, as the
+    time to first token counts from it."""
 
     __slots__ = ("handler", "_scheduled", "_last")
 
@@ -172,7 +174,11 @@ class Flusher:
         """Call after each write: waits while the previous flush is still pending
         (raises StreamClosedError when the client is gone), schedules the next one."""
         last = self._last
-        if last is not None and not last.done():
+        if last is None:
+            if not self._scheduled:
+                self._flush()
+            return
+        if not last.done():
             await last
         if not self._scheduled:
             self._scheduled = True
