@@ -28,8 +28,9 @@ class ChunkEncoder:
     event and replaced with C-speed byte operations; an event where a pattern is not found
     exactly once is decoded and re-encoded instead (always faithful). When the first
     event starts with its ``id`` and ``model`` (OpenAI's order; ``created`` constant within
-    a stream), that whole start is learnt too: a later event that begins with the same
-    bytes gets the rewritten start and keeps its rest, with no search at all.
+    a stream), that whole start is learnt instead: a later event that begins with the
+    same bytes gets the rewritten start and keeps its rest, with no search at all (one
+    that does not is learnt from anew).
     """
 
     __slots__ = ("chat", "object", "request_id", "model", "created", "include_usage",
@@ -90,7 +91,12 @@ class ChunkEncoder:
             return prefix[1] + raw[len(prefix[0]):] + b"\n\n"
         subs = self._subs
         if subs is None:
-            subs = self._subs = self._learn(raw)
+            subs = self._learn(raw)          # learns this event's start too, if it can
+            prefix = self._prefix
+            if prefix is None:
+                self._subs = subs            # no start to learn: the patterns are kept
+            elif raw.startswith(prefix[0]):
+                return prefix[1] + raw[len(prefix[0]):] + b"\n\n"
         out = raw
         for old, new in subs:
             if out.count(old) != 1:

@@ -162,6 +162,19 @@ class SocketTransport:
         self.loop.call_soon(self.protocol.connection_lost, exc)
 
 
+_content_types: dict[bytes, str] = {}
+
+
+def _content_type(value: bytes) -> str:
+    """The header's value as a str, one shared object per distinct value (a few)."""
+    text = _content_types.get(value)
+    if text is None:
+        text = value.decode("latin-1")
+        if len(_content_types) < 64:
+            _content_types[value] = text
+    return text
+
+
 def _numeric_address(host: str, port: int):
     """(family, address) when ``host`` is an IP address literal, else None."""
     for family in (socket.AF_INET, socket.AF_INET6):
@@ -307,7 +320,7 @@ class Connection(asyncio.Protocol):
                 elif b"keep-alive" in tokens:
                     keep_alive = True
             elif name == b"content-type":
-                content_type = value.strip().decode("latin-1")
+                content_type = _content_type(value.strip())
         self.status, self.content_type = status, content_type
         self._buf = b""
         if self._head_only or status in (204, 304):
