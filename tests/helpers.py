@@ -146,7 +146,13 @@ class GatewayProcess:
 
     def create_key(self, account: str | None = None, tier: str | None = None) -> str:
         """A new key (and account), as ``keys create`` makes it, written through the store
-        (a CLI process per key cost a second; tests/test_keys.py runs the CLI itself)."""
+        (a CLI process per key cost a second; tests/test_keys.py runs the CLI itself).
+        With the embedded database (no URI) the CLI makes it: it finds the database and
+        its credentials, which the embedded-database tests check."""
+        if not self.db_uri:
+            args = ["keys", "create", "--account",
+                    account or f"{uuid.uuid4().hex[:8]}@example.com"]
+            return self.cli(*args, *(["--tier", tier] if tier else [])).stdout.strip()
         from gateway import config as config_mod
         default_tier = config_mod.load(str(self.config_path), env()).limits.default_tier
         return db_run(self.db_uri, self.db_name,
