@@ -236,7 +236,33 @@ class Generation:
                 backend.completions(self.req)
             try:
                 async with asyncio.timeout(self.gateway.config.server.request_timeout):
-                    await self._pump(stream, emit)
+                    # the pump, inline (no coroutine frame of its own per open stream)
+                    async for chunk in stream:
+                        delta = chunk.delta
+                        if chunk.usage is not None:
+                            self._reported = chunk.usage
+                            if delta is None and not chunk.text and not chunk.finish_reason:
+                                self.usage_raw = chunk.raw   # usage-only: sent at the end
+                                continue
+                        if chunk.finish_reason:
+                            self.finish_reason = chunk.finish_reason
+                        if not delta:
+                            chars = len(chunk.text)
+                        elif len(delta) == 1 and "content" in delta:     # the usual delta
+                            chars = len(delta["content"] or chunk.text or "")
+                        else:
+                            chars = output_chars(chunk.text, delta)
+                        if chars:
+                            self._relayed += 1
+                            self._chars += chars
+                            if self._ttft is None:
+                                self._ttft = time.perf_counter() - self.started
+                                _child(metrics.TTFT, self.req.model).observe(self._ttft)
+                        elif delta is None and not chunk.finish_reason and \
+                                chunk.logprobs is None:
+                            continue
+                        await emit(chunk)
+                        chunk = delta = None   # not kept (nor its parsed event) while waiting
             finally:
                 await stream.aclose()
         except (asyncio.CancelledError, ClientGone):
@@ -273,33 +299,6 @@ class Generation:
             finally:
                 self.gateway.running.discard(task)
         return self.usage
-
-    async def _pump(self, stream, emit: Emit) -> None:
-        async for chunk in stream:
-            delta = chunk.delta
-            if chunk.usage is not None:
-                self._reported = chunk.usage
-                if delta is None and not chunk.text and not chunk.finish_reason:
-                    self.usage_raw = chunk.raw   # a usage-only event: sent at the end
-                    continue
-            if chunk.finish_reason:
-                self.finish_reason = chunk.finish_reason
-            if not delta:
-                chars = len(chunk.text)
-            elif len(delta) == 1 and "content" in delta:     # the usual delta
-                chars = len(delta["content"] or chunk.text or "")
-            else:
-                chars = output_chars(chunk.text, delta)
-            if chars:
-                self._relayed += 1
-                self._chars += chars
-                if self._ttft is None:
-                    self._ttft = time.perf_counter() - self.started
-                    _child(metrics.TTFT, self.req.model).observe(self._ttft)
-            elif delta is None and not chunk.finish_reason and chunk.logprobs is None:
-                continue
-            await emit(chunk)
-            chunk = delta = None   # not kept (with its parsed event) while waiting
 
     async def _finish(self, usage: Usage, outcome: str, status: int,
                       error_code: str | None, ttft: float | None) -> None:

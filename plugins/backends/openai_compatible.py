@@ -255,9 +255,12 @@ class OpenAICompatibleBackend:
                 try:
                     # Whatever arrived is taken at once and split into lines (C speed):
                     # one await per read from the socket, not one per line.
-                    rest, read = b"", resp.read
+                    rest, read, wait = b"", resp.read_nowait, resp.wait
                     while True:
-                        data = await read()
+                        data = read()
+                        if data is None:
+                            await wait()
+                            continue
                         if data:
                             lines = (rest + data if rest else data).split(b"\n")
                             rest = lines.pop()

@@ -505,22 +505,36 @@ class Connection(asyncio.Protocol):
         """The body bytes that arrived since the last call (waits for some); ``b""`` once
         the whole body was read."""
         while True:
-            body = self._body
-            if body:
-                data = body[0] if len(body) == 1 else b"".join(body)
-                body.clear()
-                self._size = 0
-                if self._paused and not self._closed:
-                    self._paused = False
-                    self.transport.resume_reading()
+            data = self.read_nowait()
+            if data is not None:
                 return data
-            if self._state == _DONE:
-                return b""
-            if self._exc is not None:
-                raise self._exc
-            if self._closed:
-                raise ConnectionClosed("the upstream closed the connection")
             await self._waiting()
+
+    def read_nowait(self) -> bytes | None:
+        """Like :meth:`read` without waiting: None when nothing arrived yet (then await
+        :meth:`wait` and call again). A relay loop written this way keeps no coroutine
+        frame per waiting stream."""
+        body = self._body
+        if body:
+            data = body[0] if len(body) == 1 else b"".join(body)
+            body.clear()
+            self._size = 0
+            if self._paused and not self._closed:
+                self._paused = False
+                self.transport.resume_reading()
+            return data
+        if self._state == _DONE:
+            return b""
+        if self._exc is not None:
+            raise self._exc
+        if self._closed:
+            raise ConnectionClosed("the upstream closed the connection")
+        return None
+
+    def wait(self) -> asyncio.Future:
+        """A future done when more of the body (or its end, or an error) arrived, or
+        failed with ``TimeoutError`` after ``read_timeout``."""
+        return self._waiting()
 
     async def read_all(self, limit: int | None = None) -> bytes:
         """The rest of the body (``BadResponse`` beyond ``limit`` bytes)."""
