@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import contextvars
 import socket
 import ssl as ssl_module
 from urllib.parse import unquote, urlsplit
@@ -51,6 +52,10 @@ MAX_HEAD = 64 * 1024          # response status line + headers
 HIGH_WATER = 256 * 1024       # body bytes buffered before the socket is paused
 DRAIN_WAIT = 1.0              # seconds a released connection may take to finish its body
 USER_AGENT = "allyoucantoken"
+
+# The timers of a connection need no context variables: one empty context for them all
+# (call_at otherwise copies the current context for every timer of every stream).
+_TIMER_CONTEXT = contextvars.Context()
 
 # response parser states
 _HEAD, _LENGTH, _CHUNKED, _UNTIL_CLOSE, _DONE, _IDLE = range(6)
@@ -462,7 +467,8 @@ class Connection(asyncio.Protocol):
         waiter = self._waiter = loop.create_future()
         self._deadline = loop.time() + self.pool.read_timeout
         if self._timer is None:
-            self._timer = loop.call_at(self._deadline, self._on_timer)
+            self._timer = loop.call_at(self._deadline, self._on_timer,
+                                      context=_TIMER_CONTEXT)
         return waiter
 
     def _on_timer(self) -> None:
@@ -475,7 +481,8 @@ class Connection(asyncio.Protocol):
             self._waiter = None
             waiter.set_exception(TimeoutError())
         else:
-            self._timer = loop.call_at(self._deadline, self._on_timer)
+            self._timer = loop.call_at(self._deadline, self._on_timer,
+                                      context=_TIMER_CONTEXT)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -573,7 +580,8 @@ class Connection(asyncio.Protocol):
             self._body.clear()
             self._size = 0
             self._cancel_timer()
-            self._timer = self.pool.loop.call_later(DRAIN_WAIT, self._close_transport)
+            self._timer = self.pool.loop.call_later(DRAIN_WAIT, self._close_transport,
+                                                    context=_TIMER_CONTEXT)
             if self._paused:
                 self._paused = False
                 self.transport.resume_reading()
