@@ -170,7 +170,7 @@ def targets(upstream: str, db, tmp: Path, workers: list[int], quick: bool) -> li
     lines = [f"{'32-chunk streams, limits off':<24}{'req/s @1 d/g':>14}{'TTFT p50 @1 d/g':>18}"
              f"{'added':>9}{'req/s @50 d/g':>15}{'% direct':>10}{'CPU/req':>10}"
              f"{'CPU/chunk':>11}"]
-    mem_line, cpu_lines = "", []
+    mem_line, cpu_lines, verdicts = "", [], []
     for n in workers:
         gw = start_gateway(tmp / f"gw-w{n}", db.uri, {
             "models": [model], "tiers": {"off": {}}, "limits": {"default_tier": "off"},
@@ -197,14 +197,21 @@ def targets(upstream: str, db, tmp: Path, workers: list[int], quick: bool) -> li
             cpu_lines.append(f"gateway CPU, {n} worker(s): {split[0]:.2f} ms per request "
                              f"+ {split[1]:.1f} us per relayed chunk (50 streams of 4 and of "
                              f"64 chunks)")
+            added = one["g_p50"] - one["d_p50"]
+            share = fifty["g_rate"] / fifty["d_rate"]
+            verdicts.append(f"{n} worker(s): TTFT added at 1 stream {added:.2f} ms (target "
+                            f"<= 0.5: {'met' if added <= 0.5 else 'not met'}); 50 streams "
+                            f"{100 * share:.0f}% of direct (target >= 60%: "
+                            f"{'met' if share >= 0.6 else 'not met'})")
             if n == workers[0]:
                 set_upstream(upstream, tokens=2, interval=600.0)
                 streams = 200 if quick else 1000
                 base, full = asyncio.run(open_streams(via[0], via[1], streams, pids))
                 set_upstream(upstream, tokens=32, interval=0.0)
+                per = (full - base) / (streams - 10)
                 mem_line = (f"memory per open stream ({streams} open, {n} worker(s)): "
-                            f"{(full - base) / (streams - 10):.1f} KB (RSS {base / 1024:.0f} MB "
-                            f"-> {full / 1024:.0f} MB)")
+                            f"{per:.1f} KB (RSS {base / 1024:.0f} MB -> {full / 1024:.0f} MB; "
+                            f"target <= 20 KB: {'met' if per <= 20 else 'not met'})")
         finally:
             gw.stop()
     lines.append("(d/g: direct and gateway, run in turn three times each, medians; CPU per "
@@ -212,6 +219,8 @@ def targets(upstream: str, db, tmp: Path, workers: list[int], quick: bool) -> li
                  "over the 50-stream runs)")
     lines += cpu_lines
     lines.append(mem_line)
+    lines += ["against the targets (one run; the spread between runs on a shared machine is "
+              "large, compare medians of several):", *("  " + v for v in verdicts)]
     return lines
 
 
