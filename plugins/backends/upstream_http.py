@@ -53,10 +53,6 @@ HIGH_WATER = 256 * 1024       # body bytes buffered before the socket is paused
 DRAIN_WAIT = 1.0              # seconds a released connection may take to finish its body
 USER_AGENT = "allyoucantoken"
 
-# The timers of a connection need no context variables: one empty context for them all
-# (call_at otherwise copies the current context for every timer of every stream).
-_TIMER_CONTEXT = contextvars.Context()
-
 # response parser states
 _HEAD, _LENGTH, _CHUNKED, _UNTIL_CLOSE, _DONE, _IDLE = range(6)
 
@@ -468,7 +464,7 @@ class Connection(asyncio.Protocol):
         self._deadline = loop.time() + self.pool.read_timeout
         if self._timer is None:
             self._timer = loop.call_at(self._deadline, self._on_timer,
-                                      context=_TIMER_CONTEXT)
+                                      context=self.pool.timer_context)
         return waiter
 
     def _on_timer(self) -> None:
@@ -482,7 +478,7 @@ class Connection(asyncio.Protocol):
             waiter.set_exception(TimeoutError())
         else:
             self._timer = loop.call_at(self._deadline, self._on_timer,
-                                      context=_TIMER_CONTEXT)
+                                      context=self.pool.timer_context)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -581,7 +577,7 @@ class Connection(asyncio.Protocol):
             self._size = 0
             self._cancel_timer()
             self._timer = self.pool.loop.call_later(DRAIN_WAIT, self._close_transport,
-                                                    context=_TIMER_CONTEXT)
+                                                    context=self.pool.timer_context)
             if self._paused:
                 self._paused = False
                 self.transport.resume_reading()
@@ -653,6 +649,11 @@ class Pool:
         self._slots: asyncio.Semaphore | None = None
         self._prune_timer: asyncio.TimerHandle | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        # The connections' timers need no context variables: one empty context for them
+        # all (call_at otherwise copies the current one for every timer of every stream).
+        # One per pool, as a pool lives on one event loop (a context cannot be entered
+        # by two threads at once).
+        self.timer_context = contextvars.Context()
         self.in_use = 0       # requests holding a slot (= busy connections)
         self.opened = 0       # connections opened so far (for tests and stats)
         self._closing = False
