@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, AsyncIterator
 
+from gateway.chunks import choice_text, parse_event, usage_of
 from gateway.config import ConfigError, build_section
 from gateway.errors import APIError
 from gateway.hookspecs import hookimpl
@@ -29,7 +30,8 @@ from gateway.types import Admission, Chunk, GenerationRequest, Principal, Usage
 
 __all__ = ["Admission", "APIError", "Authenticator", "Backend", "Chunk", "ConfigError",
            "GenerationRequest", "Limiter", "Options", "Principal", "Service", "Usage",
-           "build_options", "deny", "hookimpl", "section_options"]
+           "build_options", "choice_text", "deny", "hookimpl", "parse_event",
+           "section_options", "usage_of"]
 
 
 def build_options(cls: type, data: Any, where: str) -> Any:

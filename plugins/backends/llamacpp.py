@@ -38,6 +38,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, AsyncIterator
 
+from gateway.chunks import choice_text
 from gateway.errors import APIError
 from gateway.hookspecs import hookimpl
 from gateway.types import Chunk, GenerationRequest, Usage
@@ -369,15 +370,15 @@ class _Instance:
                 reason = choice.get("finish_reason")
                 finish = reason or finish
                 if kind == "completion":
-                    text = choice.get("text") or ""
+                    text, _ = choice_text(choice, "completion")
                     lp = None
                     if probs is not None and text:
                         lp = _Logprobs.completion(probs.take(), offset)
                     offset += len(text)
                     emit(Chunk(text, reason, logprobs=lp))
                     continue
-                text = choice["text"] if "text" in choice else \
-                    (choice.get("delta") or {}).get("content") or ""
+                # A chat delta, or text where tools were offered through a completion.
+                text, _ = choice_text(choice, "completion" if "text" in choice else "chat")
                 if tool is not None:
                     if reason == "stop":
                         reason = "tool_calls"

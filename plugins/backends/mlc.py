@@ -29,12 +29,13 @@ import importlib
 import inspect
 import logging
 import uuid
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
+from gateway.chunks import parse_event
 from gateway.config import ConfigError
 from gateway.errors import APIError
 from gateway.hookspecs import hookimpl
-from gateway.types import Chunk, GenerationRequest, Usage
+from gateway.types import Chunk, GenerationRequest
 
 log = logging.getLogger("allyoucantoken.backend.mlc")
 
@@ -68,11 +69,19 @@ def _engine_config(value, spec: str):
     return EngineConfig(**value)
 
 
-def _field(obj, name: str):
-    """Attribute of an MLC response object (pydantic), or key of a dict."""
+def _as_mapping(obj: Any) -> Any:
+    """An MLC response object (pydantic, or any object with attributes) as plain dicts
+    and lists, without its unset (None) fields, for the shared chunk parser."""
     if isinstance(obj, dict):
-        return obj.get(name)
-    return getattr(obj, name, None)
+        return {k: _as_mapping(v) for k, v in obj.items() if v is not None}
+    if isinstance(obj, (list, tuple)):
+        return [_as_mapping(v) for v in obj]
+    dump = getattr(obj, "model_dump", None)
+    if dump is not None:
+        return _as_mapping(dump())
+    if hasattr(obj, "__dict__"):
+        return _as_mapping(vars(obj))
+    return obj
 
 
 class MLCBackend:
@@ -140,23 +149,12 @@ class MLCBackend:
         finished = completed = False
         try:
             async for response in stream:
-                usage = _field(response, "usage")
-                text, finish = "", None
-                for choice in _field(response, "choices") or []:
-                    if kind == "chat":
-                        text += _field(_field(choice, "delta") or {}, "content") or ""
-                    else:
-                        text += _field(choice, "text") or ""
-                    finish = _field(choice, "finish_reason") or finish
-                if finish == "abort":       # the engine aborted it: not a normal finish
-                    finish = None
-                if finish:
-                    finished = True
-                chunk_usage = Usage(int(_field(usage, "prompt_tokens") or 0),
-                                    int(_field(usage, "completion_tokens") or 0)) \
-                    if usage is not None else None
-                if text or finish or chunk_usage:
-                    yield Chunk(text, finish, chunk_usage)
+                for chunk in parse_event(_as_mapping(response), kind):
+                    if chunk.finish_reason == "abort":  # the engine aborted: not a finish
+                        chunk.finish_reason = None
+                    if chunk.finish_reason:
+                        finished = True
+                    yield chunk
             completed = True
         except Exception as exc:  # noqa: BLE001
             raise _as_api_error(exc) from None
