@@ -55,3 +55,22 @@ def test_a_section_no_plugin_reads_stops_the_gateway(mongo, tmp_path):
     assert result.returncode != 0
     assert "configuration error: unknown config section(s) [smpt]" in result.stderr
     assert "[smtp]" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_mistyped_backend_option_stops_the_gateway_naming_the_key(mongo, tmp_path):
+    """Built-in backends validate their options like the config file (typed sdk.Options)."""
+    import subprocess
+    import sys
+
+    from tests.helpers import env, write_config
+
+    cfg = write_config(tmp_path / "c.toml", {
+        "server": {"port": 1, "data_dir": str(tmp_path / "var")},
+        "database": {"uri": mongo.uri, "name": "cfgtest"},
+        "models": [{"name": "up", "backend": "openai_compatible",
+                    "options": {"base_url": "http://127.0.0.1:9/v1", "read_timout": 5}}]})
+    result = subprocess.run([sys.executable, "-m", "gateway.cli", "-c", str(cfg), "serve"],
+                            capture_output=True, text=True, env=env(), timeout=60)
+    assert result.returncode != 0
+    assert "configuration error: models.up.options: unknown key(s) read_timout" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -43,10 +43,11 @@ import itertools
 import json
 import logging
 import time
+from dataclasses import field
 from typing import AsyncIterator
 
+from gateway import metrics, sdk
 from gateway.background import stop_task
-from gateway import metrics
 from gateway.errors import APIError
 from gateway.hookspecs import hookimpl
 from gateway.types import Chunk, GenerationRequest, Usage
@@ -74,29 +75,43 @@ class OpenAICompatibleBackend:
     unknown_params = "pass"   # default policy for request fields the gateway does not know
     max_n = 128               # several choices: the upstream makes them
 
+    class Options(sdk.Options):
+        """``[models.options]`` of an openai_compatible model (see the README)."""
+
+        base_url: str = "http://127.0.0.1:8000/v1"
+        base_urls: list[str] = field(default_factory=list)   # replicas (wins over base_url)
+        upstream_model: str = ""          # the name the upstream expects (default: ours)
+        api_key: str = ""
+        connect_timeout: float = 5.0
+        read_timeout: float = 120.0
+        max_connections: int = 4096
+        pool_timeout: float = 10.0
+        # below uvicorn's 5 s default (mlc_llm serve, vLLM, llama_cpp.server), so we
+        # drop an idle connection before the upstream does
+        keepalive_timeout: float = 4.0
+        health_interval: float = 5.0
+        health_timeout: float = 2.0
+        max_attempts: int = 0             # replicas tried per request (0: all of them)
+        embeddings: bool = False
+
     def __init__(self, model_cfg, config) -> None:
-        opts = model_cfg.options
+        opts = self.options = self.Options.parse(model_cfg.options,
+                                                 f"models.{model_cfg.name}.options")
         self.name = model_cfg.name
-        urls = opts.get("base_urls") or [opts.get("base_url", "http://127.0.0.1:8000/v1")]
-        if isinstance(urls, str):
-            urls = [urls]
-        self.replicas = [Replica(u) for u in urls]
-        self.upstream_model = opts.get("upstream_model", model_cfg.name)
-        self.api_key = opts.get("api_key", "")
-        self.connect_timeout = float(opts.get("connect_timeout", 5))
-        self.read_timeout = float(opts.get("read_timeout", 120))
-        self.max_connections = int(opts.get("max_connections", 4096))
-        self.pool_timeout = float(opts.get("pool_timeout", 10))
-        # below uvicorn's 5 s default (mlc_llm serve, vLLM, llama_cpp.server), so we drop
-        # an idle connection before the upstream does
-        self.keepalive_timeout = float(opts.get("keepalive_timeout", 4))
-        self.health_interval = max(0.05, float(opts.get("health_interval", 5)))
-        self.health_timeout = float(opts.get("health_timeout", 2))
-        self.max_attempts = int(opts.get("max_attempts", len(self.replicas)))
+        self.replicas = [Replica(u) for u in (opts.base_urls or [opts.base_url])]
+        self.upstream_model = opts.upstream_model or model_cfg.name
+        self.api_key = opts.api_key
+        self.connect_timeout = opts.connect_timeout
+        self.read_timeout = opts.read_timeout
+        self.max_connections = opts.max_connections
+        self.pool_timeout = opts.pool_timeout
+        self.keepalive_timeout = opts.keepalive_timeout
+        self.health_interval = max(0.05, opts.health_interval)
+        self.health_timeout = opts.health_timeout
+        self.max_attempts = opts.max_attempts or len(self.replicas)
         self._health_task: asyncio.Task | None = None
         self._turn = itertools.count()
-        self.capabilities = ["chat", "completions"] + \
-            (["embeddings"] if opts.get("embeddings") else [])
+        self.capabilities = ["chat", "completions"] + (["embeddings"] if opts.embeddings else [])
 
     # -- life cycle ---------------------------------------------------------
     async def start(self) -> None:
