@@ -62,6 +62,9 @@ def _log_request(handler) -> None:
     request = handler.request
     drain.IN_FLIGHT.discard(request)
     status = handler.get_status()
+    level = logging.INFO if status < 500 else logging.ERROR
+    if not _access_log.isEnabledFor(level):
+        return          # the line would be dropped: not built at all
     rid, completion = requestid.of(request), requestid.completion_id(request)
     fields = {"request_id": logredact.redact(rid), "method": request.method,
               "path": logredact.redact(request.path), "status": status,
@@ -71,8 +74,10 @@ def _log_request(handler) -> None:
         fields["completion_id"] = completion
         if completion != rid:
             message += " completion_id=%(completion_id)s"
-    logging.getLogger("allyoucantoken.access").log(
-        logging.INFO if status < 500 else logging.ERROR, message % fields, extra=fields)
+    _access_log.log(level, message % fields, extra=fields)
+
+
+_access_log = logging.getLogger("allyoucantoken.access")
 
 
 def embedded_port_file(config: Config) -> str:

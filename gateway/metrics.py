@@ -45,7 +45,14 @@ def count_request(gateway, route: str, model: str | None, status: int, task=None
     label = model if isinstance(model, str) and model in gateway.backends else "-"
     if task is not None and task.done() and (task.cancelled() or _client_gone(task)):
         status = 499
-    REQUESTS.labels(route, label, str(status)).inc()
+    key = (route, label, status)
+    child = _request_children.get(key)
+    if child is None:   # labels() validates and locks on every call: looked up once
+        child = _request_children[key] = REQUESTS.labels(route, label, str(status))
+    child.inc()
+
+
+_request_children: dict[tuple, object] = {}
 
 
 def _client_gone(task) -> bool:

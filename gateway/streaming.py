@@ -198,6 +198,35 @@ async def _settle(granted, usage: Usage, outcome: str) -> None:
             log.exception("limiter %s failed to settle", getattr(limiter, "name", limiter))
 
 
+class _Running:
+    """What :attr:`Gateway.running` holds for a generation in progress: ``cancel()``
+    cancels the task that runs it (a handler's own task: no task of its own per request),
+    and awaiting it waits until the generation has settled and recorded its usage."""
+
+    __slots__ = ("task", "_settled")
+
+    def __init__(self, task: asyncio.Task) -> None:
+        self.task = task
+        self._settled: asyncio.Future | None = None   # made only when someone waits
+
+    def cancel(self, msg=None) -> bool:
+        return self.task.cancel(msg)
+
+    def done(self) -> bool:
+        return self.task is None
+
+    def settle(self) -> None:
+        self.task = None
+        if self._settled is not None and not self._settled.done():
+            self._settled.set_result(None)
+
+    def __await__(self):
+        if self.task is not None:
+            if self._settled is None:
+                self._settled = asyncio.get_running_loop().create_future()
+            yield from self._settled.__await__()
+
+
 class Generation:
     """One request's trip through a backend, with its accounting."""
 
@@ -229,8 +258,8 @@ class Generation:
         _child(metrics.ACTIVE_STREAMS, self.transport).inc()
         status, error_code, outcome = 200, None, "ok"
         self._relayed, self._chars, self._ttft, self._reported = 0, 0, None, None
-        task = asyncio.current_task()
-        self.gateway.running.add(task)
+        running = _Running(asyncio.current_task())
+        self.gateway.running.add(running)
         try:
             stream = backend.chat(self.req) if self.req.kind == "chat" else \
                 backend.completions(self.req)
@@ -297,7 +326,8 @@ class Generation:
             try:
                 await asyncio.shield(self._finish(usage, outcome, status, error_code, ttft))
             finally:
-                self.gateway.running.discard(task)
+                self.gateway.running.discard(running)
+                running.settle()
         return self.usage
 
     async def _finish(self, usage: Usage, outcome: str, status: int,

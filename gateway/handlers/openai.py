@@ -50,18 +50,22 @@ class GenerationHandler(BaseAPIHandler):
     kind = "chat"
 
     async def post(self) -> None:
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task | None = None   # set while the generation runs
+        self._cut = False                        # the generation was cut off (499)
         pipeline = self.pipeline = RequestPipeline(self.gateway, self.kind)
+        request = self.request
         try:
             self.check_body_size()
             principal = await self.require_principal()
-            gen = await pipeline.start(principal, self.request.body)
+            gen = await pipeline.start(principal, request.body)
         except APIError as err:
             return self.send_api_error(err)
+        request.body = b""              # parsed: not kept while the response streams
         data = pipeline.data
-        self.request.completion_id = gen.req.request_id  # x-request-id unless the client sent one
-        for name, value in gen.headers.items():
-            self.set_header(name, value)
+        request.completion_id = gen.req.request_id  # x-request-id unless the client sent one
+        if gen.headers:
+            for name, value in gen.headers.items():
+                self.set_header(name, value)
         if data.get("stream"):
             await self._stream(gen, data)
         else:
@@ -70,22 +74,35 @@ class GenerationHandler(BaseAPIHandler):
     def on_finish(self) -> None:
         pipeline = getattr(self, "pipeline", None)   # the model, once the body is valid
         metrics.count_request(self.gateway, self.request.path,
-                              pipeline.model if pipeline else None, self.get_status(),
-                              task=getattr(self, "_task", None))
+                              pipeline.model if pipeline else None,
+                              499 if getattr(self, "_cut", False) else self.get_status())
 
     def on_connection_close(self) -> None:
         task = getattr(self, "_task", None)
-        if task is not None and not task.done():
+        if task is not None:
             task.cancel()
 
     async def _run(self, gen: Generation, emit) -> bool:
-        """Run the generation as its own task so a disconnect can cancel it."""
-        self._task = asyncio.ensure_future(gen.run(emit))
+        """Run the generation in this handler's own task (no task per request); a
+        disconnect cancels it while it runs (and only then). False: it was cut off."""
+        self._task = asyncio.current_task()
         try:
-            await self._task
-            return True
+            await gen.run(emit)
         except (asyncio.CancelledError, ClientGone):
+            self._cut_off()
             return False
+        except BaseException:
+            self._task = None
+            raise
+        self._task = None
+        return True
+
+    def _cut_off(self) -> None:
+        """The generation ended because the client left or the drain cut it off: the
+        cancellation is handled (the response is ended by the caller)."""
+        task, self._task, self._cut = self._task, None, True
+        while task.cancelling():
+            task.uncancel()
 
     # -- streaming (SSE) -------------------------------------------------
     async def _stream(self, gen: Generation, data: dict) -> None:
@@ -109,14 +126,22 @@ class GenerationHandler(BaseAPIHandler):
             except StreamClosedError:
                 raise ClientGone() from None
 
+        self._task = asyncio.current_task()   # _run, inline (one coroutine frame fewer)
         try:
-            if not await self._run(gen, emit):
-                return await drain.end_cut_off(self, encoder, sent)
+            await gen.run(emit)
+        except (asyncio.CancelledError, ClientGone):
+            self._cut_off()
+            return await drain.end_cut_off(self, encoder, sent)
         except APIError as err:
+            self._task = None
             if sent == 0:
                 return self.send_api_error(err)
             self.write(encoder.error(err.body()))
             return self.finish()
+        except BaseException:
+            self._task = None
+            raise
+        self._task = None
         if include_usage:
             self.write(encoder.usage(gen.usage, gen.usage_raw))
         self.write("data: [DONE]\n\n")
