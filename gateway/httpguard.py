@@ -75,28 +75,18 @@ class RequestGuard(httputil.HTTPServerConnectionDelegate):
 
 
 def _json_parse_errors(request_conn: Any) -> None:
-    """Give Tornado's bare 400 (malformed request line/headers) a JSON error body: the
-    connection's stream becomes a subclass whose ``write`` swaps that answer (no closure
-    or attribute per connection)."""
+    """Give Tornado's bare 400 (malformed request line/headers) a JSON error body."""
     stream = getattr(request_conn, "stream", None)
-    if stream is None:
+    if stream is None or getattr(stream, "_ayct_json_errors", False):
         return
-    cls = type(stream)
-    if cls in _JSON_STREAMS.values():
-        return
-    json_cls = _JSON_STREAMS.get(cls)
-    if json_cls is None:
-        json_cls = _JSON_STREAMS[cls] = type(cls.__name__, (cls,), {"write": _json_write})
-    stream.__class__ = json_cls
+    write = stream.write
 
-
-_JSON_STREAMS: dict[type, type] = {}   # stream class -> its subclass with _json_write
-
-
-def _json_write(self, data, *args, **kwargs):
-    if data == _BARE_400:
-        data = _JSON_400
-    return super(type(self), self).write(data, *args, **kwargs)
+    def json_write(data, *args, **kwargs):
+        if data == _BARE_400:
+            data = _JSON_400
+        return write(data, *args, **kwargs)
+    stream.write = json_write
+    stream._ayct_json_errors = True
 
 
 class _GuardedRequest(httputil.HTTPMessageDelegate):

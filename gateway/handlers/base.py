@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
+import tornado
 import tornado.web
+from tornado import httputil
 
 from gateway.background import WarnOnce
 from gateway.errors import APIError, ErrorRenderer
@@ -18,12 +21,34 @@ log = logging.getLogger("allyoucantoken.http")
 _db_warning = WarnOnce(log)
 
 
+_SERVER = "TornadoServer/%s" % tornado.version
+_date: list = [0, ""]   # the second and its HTTP date
+
+
+def _http_date() -> str:
+    now = int(time.time())
+    if now != _date[0]:
+        _date[0], _date[1] = now, httputil.format_timestamp(now)
+    return _date[1]
+
+
 class BaseAPIHandler(ErrorRenderer, tornado.web.RequestHandler):
     """Common ground of every JSON API handler."""
 
     def initialize(self, gateway) -> None:
         self.gateway = gateway
         self.principal: Principal | None = None
+
+    def clear(self) -> None:
+        """Tornado's ``clear`` (same headers), with the ``Date`` value formatted once a
+        second rather than per response."""
+        self._headers = httputil.HTTPHeaders({"Server": _SERVER,
+                                              "Content-Type": "text/html; charset=UTF-8",
+                                              "Date": _http_date()})
+        self.set_default_headers()
+        self._write_buffer: list[bytes] = []
+        self._status_code = 200
+        self._reason = "OK"
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json")

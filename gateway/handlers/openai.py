@@ -114,27 +114,16 @@ class GenerationHandler(BaseAPIHandler):
         self.set_header("X-Accel-Buffering", "no")
         # Send each event at once (no Nagle delay); Tornado restores the default afterwards.
         self.request.connection.stream.set_nodelay(True)
-        flusher = Flusher(self)
-        sent = 0
-
-        async def emit(chunk: Chunk) -> None:
-            nonlocal sent
-            self.write(encoder.encode(chunk))
-            sent += 1
-            try:
-                await flusher.written()
-            except StreamClosedError:
-                raise ClientGone() from None
-
+        sink = _SSESink(self, encoder)
         self._task = asyncio.current_task()   # _run, inline (one coroutine frame fewer)
         try:
-            await gen.run(emit)
+            await gen.run(sink.emit)
         except (asyncio.CancelledError, ClientGone):
             self._cut_off()
-            return await drain.end_cut_off(self, encoder, sent)
+            return await drain.end_cut_off(self, encoder, sink.sent)
         except APIError as err:
             self._task = None
-            if sent == 0:
+            if sink.sent == 0:
                 return self.send_api_error(err)
             self.write(encoder.error(err.body()))
             return self.finish()
@@ -166,6 +155,26 @@ class GenerationHandler(BaseAPIHandler):
         self.write_json({"id": gen.req.request_id, "object": obj, "created": int(time.time()),
                          "model": gen.req.model, "choices": acc.result(gen.finish_reason),
                          "usage": gen.usage.as_openai(), **acc.extra})
+
+
+class _SSESink:
+    """Writes a stream's chunks as SSE events: one small object per stream instead of a
+    closure and its cells."""
+
+    __slots__ = ("handler", "encoder", "flusher", "sent")
+
+    def __init__(self, handler: GenerationHandler, encoder: ChunkEncoder) -> None:
+        self.handler, self.encoder = handler, encoder
+        self.flusher = Flusher(handler)
+        self.sent = 0
+
+    async def emit(self, chunk: Chunk) -> None:
+        self.handler.write(self.encoder.encode(chunk))
+        self.sent += 1
+        try:
+            await self.flusher.written()
+        except StreamClosedError:
+            raise ClientGone() from None
 
 
 class ChatCompletionsHandler(GenerationHandler):
