@@ -16,6 +16,7 @@ Errors are OpenAI-style JSON, or a small HTML page for browsers (``Accept: text/
 """
 from __future__ import annotations
 
+import collections
 import html
 import json
 from typing import Any
@@ -74,11 +75,36 @@ class RequestGuard(httputil.HTTPServerConnectionDelegate):
         self.app.on_close(server_conn)
 
 
+class _SmallQueue(list):
+    """A list with ``popleft``: what Tornado's IOStream needs of its write queues, in 56
+    bytes instead of an empty ``collections.deque``'s 760 (two per connection). The
+    queues hold a handful of entries at most (one per pending write)."""
+
+    __slots__ = ()
+
+    def popleft(self):
+        return self.pop(0)
+
+
+def _small_write_queues(stream: Any) -> None:
+    """Swap a new stream's two empty write deques for :class:`_SmallQueue` (a no-op if
+    Tornado's internals differ)."""
+    futures = getattr(stream, "_write_futures", None)
+    if type(futures) is collections.deque and not futures:
+        stream._write_futures = _SmallQueue()
+    buffer = getattr(stream, "_write_buffer", None)
+    buffers = getattr(buffer, "_buffers", None)
+    if type(buffers) is collections.deque and not buffers:
+        buffer._buffers = _SmallQueue()
+
+
 def _json_parse_errors(request_conn: Any) -> None:
-    """Give Tornado's bare 400 (malformed request line/headers) a JSON error body."""
+    """Give Tornado's bare 400 (malformed request line/headers) a JSON error body (and
+    the new connection's stream lighter write queues)."""
     stream = getattr(request_conn, "stream", None)
     if stream is None or getattr(stream, "_ayct_json_errors", False):
         return
+    _small_write_queues(stream)
     write = stream.write
 
     def json_write(data, *args, **kwargs):
