@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from tornado import httputil
 from tornado.iostream import StreamClosedError
 
 from gateway import drain, metrics
@@ -169,12 +170,31 @@ class _SSESink:
         self.sent = 0
 
     async def emit(self, chunk: Chunk) -> None:
-        self.handler.write(self.encoder.encode(chunk))
+        handler = self.handler
+        handler.write(self.encoder.encode(chunk))
         self.sent += 1
         try:
             await self.flusher.written()
         except StreamClosedError:
             raise ClientGone() from None
+        if self.sent == 1 and handler._headers_written:
+            # The response headers are out (the first event is flushed at once): Tornado
+            # no longer reads them; not kept while the stream stays open.
+            handler._headers = _WRITTEN_HEADERS
+
+
+class _WrittenHeaders(httputil.HTTPHeaders):
+    """Stands for a response's headers once written: empty, and anything set later (it
+    could not be sent any more) is dropped."""
+
+    def __setitem__(self, name: str, value: str) -> None:
+        pass
+
+    def add(self, name: str, value: str, *args, **kwargs) -> None:
+        pass
+
+
+_WRITTEN_HEADERS = _WrittenHeaders()
 
 
 class ChatCompletionsHandler(GenerationHandler):
