@@ -441,9 +441,16 @@ class ChatSocketHandler(ErrorRenderer, tornado.websocket.WebSocketHandler):
 
     async def _auth(self, key: str) -> None:
         """Check a key sent in an ``auth`` message exactly as the Authorization header."""
-        headers = tornado.httputil.HTTPHeaders({"Authorization": f"Bearer {key}"})
-        request = tornado.httputil.HTTPServerRequest(method="GET", uri=self.request.uri,
-                                                     headers=headers)
+        headers = tornado.httputil.HTTPHeaders({"Authorization": f"Bearer {key}",
+                                                "Host": self.request.host})
+        # The upgrade request's forwarding header travels along, so a key's IP allowlist
+        # sees the client behind a trusted proxy exactly as for a key in the header.
+        forwarded = self.request.headers.get("X-Forwarded-For")
+        if forwarded is not None:
+            headers["X-Forwarded-For"] = forwarded
+        request = tornado.httputil.HTTPServerRequest(
+            start_line=tornado.httputil.RequestStartLine("GET", self.request.uri, "HTTP/1.1"),
+            headers=headers)
         request.remote_ip = self.request.remote_ip
         try:
             principal = await self.gateway.authenticate(request)

@@ -195,4 +195,13 @@ def test_websocket_applies_the_same_key_controls(admin_gw):
         assert_error(denied, 403, "model_not_allowed", "a", "model")
         assert (await ws.chat("b", {**HELLO, "model": "echo-b"}))[-1]["type"] == "done"
         ws.close()
+        # A key sent in an auth message is checked against the same forwarded address.
+        ws = await Client.connect(admin_gw, None, {"X-Forwarded-For": "10.2.3.4"})
+        await ws.send({"type": "auth", "api_key": key})
+        assert await ws.recv() == {"type": "authenticated"}
+        ws.close()
+        ws = await Client.connect(admin_gw, None, {"X-Forwarded-For": "192.0.2.1"})
+        await ws.send({"type": "auth", "api_key": key})
+        assert_error(await ws.recv(), 403, "ip_not_allowed")
+        ws.close()
     asyncio.run(go())
