@@ -1,6 +1,7 @@
 """A database outage: cached keys keep working, usage waits in the buffer and is written
 once the database is back (nothing lost); requests that need the database get a clean
 503 with Retry-After."""
+import asyncio
 import time
 
 import httpx
@@ -39,6 +40,14 @@ def test_outage_loses_no_usage_and_fails_cleanly(tmp_path):
             assert r.status_code == 503, r.text
             assert r.json()["error"]["code"] == "service_unavailable"
             assert r.headers["Retry-After"] == "5" and "Traceback" not in r.text
+        # The same key in a WebSocket auth message: answered at once, not left to time out.
+        async def ws_auth():
+            from tests.ws.client import Client, assert_error
+            c = await Client.connect(gw)
+            await c.send({"type": "auth", "api_key": other})
+            assert_error(await c.recv(), 503, "service_unavailable")
+            assert await c.recv() is None and c.conn.close_code == 1013
+        asyncio.run(ws_auth())          # (before, no answer: the 401 auth_timeout after 10 s)
         time.sleep(1.5)                                                   # flushes fail meanwhile
 
         db = embedded_db.start("sqlite", path, port=port)                 # the database is back

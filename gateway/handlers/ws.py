@@ -33,6 +33,7 @@ import tornado.websocket
 from gateway import metrics
 from gateway.errors import APIError, ErrorRenderer, error_message, internal_error
 from gateway.pipeline import RequestPipeline
+from gateway.store import StoreError
 from gateway.streaming import ClientGone
 from gateway.types import Chunk, Principal
 from gateway.validation import OFFLOAD_BYTES, loads, loads_async
@@ -45,6 +46,7 @@ CLOSE_IDLE = 4408
 CLOSE_SLOW_READER = 4429
 CLOSE_GOING_AWAY = 1001
 CLOSE_INVALID_DATA = 1007
+CLOSE_TRY_AGAIN_LATER = 1013
 
 # Open sockets of this process, so that a shutdown can say goodbye properly.
 OPEN_SOCKETS: "weakref.WeakSet[ChatSocketHandler]" = weakref.WeakSet()
@@ -459,6 +461,14 @@ class ChatSocketHandler(ErrorRenderer, tornado.websocket.WebSocketHandler):
         except APIError as err:
             self._send_nowait(error_message(err))
             self.close(CLOSE_UNAUTHORIZED, "authentication failed")
+            return
+        except StoreError:
+            # Answered at once (not left to the auth timeout): the key could not be
+            # looked up while the database is unreachable; the client may retry later.
+            self._send_nowait(error_message(APIError(
+                503, "The service is temporarily unavailable; please retry shortly.",
+                code="service_unavailable")))
+            self.close(CLOSE_TRY_AGAIN_LATER, "database unavailable")
             return
         self.auth_request, self.auth_via = request, principal.via
         self._send_nowait({"type": "authenticated"})
