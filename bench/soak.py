@@ -11,7 +11,7 @@ client talking to the upstream) in the same run:
    database commands per request for every window of 10,000;
 3. SIGTERM-to-exit time, then a restart: requests sent vs requests in the rollups.
 
-    python -m bench.soak [--requests 100000] [--concurrency 20] [--quick]
+    python -m bench.soak [--requests 100000] [--concurrency 20] [--quick] [--only-limits]
 """
 from __future__ import annotations
 
@@ -104,6 +104,8 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument("--only-limits", action="store_true",
+                        help="only part 1 (limits on vs off), then stop")
     ns = parser.parse_args()
     if ns.quick:
         ns.requests, ns.window = 4_000, 1_000
@@ -159,6 +161,8 @@ def main() -> None:
                   f"{m['p50']:>8.2f}ms{m['p50'] - o['p50']:>7.2f}ms"
                   f"{o['cpu']:>9.3f}ms{m['cpu']:>9.3f}ms", flush=True)
 
+        if ns.only_limits:
+            return
         print(f"\n2. Soak: {ns.requests:,} streamed requests on the metered tier, "
               f"{ns.concurrency} at a time, embedded database\n")
         print(f"{'window':>16}{'req/s':>9}{'db cmds/req':>13}{'TTFT p50':>10}"

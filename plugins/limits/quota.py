@@ -34,6 +34,7 @@ RECHECK = 0.5          # after a refusal, refuse from memory for this long (seco
 MAX_ROUNDS = 10        # takes one request may wait for while others' demand is served
 DOWN_RETRY = 2.0       # after a database error, fail new takes at once for this long
 DAY_HORIZON_SCALE = 30  # a day's window leases 30x the demand horizon of a minute's
+LOW_WATER_TTL = 0.02   # how long a lease's refill level holds once demand is measured
 
 
 @dataclass
@@ -68,6 +69,8 @@ class QuotaPool:
     since_take: Amounts = field(default_factory=dict)        # used since the last take
     rate_mark: tuple[float, dict] = field(default_factory=lambda: (time.monotonic(), {}))
     peak_cost: Amounts = field(default_factory=dict)   # largest reservation this window
+    low_water_levels: dict[str, float] = field(default_factory=dict)  # see low_water
+    low_water_until: float = -math.inf
 
     def roll(self, window: str) -> None:
         """Start afresh in a newer window (the old lease lapses with its window). Never
@@ -76,17 +79,23 @@ class QuotaPool:
             self.window = window
             self.granted, self.used, self.others, self.demand = {}, {}, {}, {}
             self.since_take, self.peak_cost = {}, {}
-            self.refused_at = -math.inf
+            self.refused_at = self.low_water_until = -math.inf
 
     def fits(self, cost: Amounts) -> bool:
-        return all(self.used.get(f, 0) + c <= self.granted.get(f, 0) for f, c in cost.items())
+        """Whether ``cost`` fits in what the lease has left."""
+        used, granted = self.used, self.granted
+        for f, c in cost.items():
+            if used.get(f, 0) + c > granted.get(f, 0):
+                return False
+        return True
 
     def use(self, cost: Amounts) -> None:
         """Count ``cost`` (negative: give back) as used here, and as recent demand."""
+        used, spent, since = self.used, self.rate_mark[1], self.since_take
         for f, c in cost.items():
-            self.used[f] = self.used.get(f, 0) + c
-            self.rate_mark[1][f] = self.rate_mark[1].get(f, 0) + c
-            self.since_take[f] = self.since_take.get(f, 0) + c
+            used[f] = used.get(f, 0) + c
+            spent[f] = spent.get(f, 0) + c
+            since[f] = since.get(f, 0) + c
 
     def remaining(self, f: str) -> int:
         """What this account may still use in the window, as far as this process knows."""
@@ -97,6 +106,7 @@ class QuotaPool:
         for f, c in cost.items():
             if c > self.peak_cost.get(f, 0):
                 self.peak_cost[f] = c
+                self.low_water_until = -math.inf
         self.use(cost)
         self.inflight += 1
 
@@ -105,6 +115,20 @@ class QuotaPool:
         flight: a reservation (prompt estimate + max_tokens) can be far larger than
         what requests end up using, which is all the demand rate sees."""
         return {f: self.peak_cost.get(f, 0) for f in self.limits}
+
+    def low_water(self, settings: LeaseSettings, now: float) -> dict[str, float]:
+        """Below how much unused lease to take the next block: early enough that the next
+        request's reservation still fits while the take is on its way, with half the
+        demand horizon to spare. Worked out again every ``LOW_WATER_TTL`` seconds once the
+        demand rate is known (every request before that), and after a take, a new window
+        or a new largest reservation."""
+        if now >= self.low_water_until:
+            ahead = self.prefetch(settings)
+            cushion = self.cushion()
+            self.low_water_levels = {f: cushion[f] + (a - cushion[f]) / 2
+                                     for f, a in ahead.items() if a > 0}
+            self.low_water_until = now + LOW_WATER_TTL if self.rate else now
+        return self.low_water_levels
 
     def prefetch(self, settings: LeaseSettings) -> Amounts:
         """Beyond what waits, how much to take: recent (net) demand over the horizon
@@ -155,12 +179,27 @@ class QuotaLeases:
 
     # -- quota -------------------------------------------------------------------------
     def pool(self, pool_id: str, limits: Amounts, horizon_scale: float = 1.0) -> QuotaPool:
+        """This process's lease on ``pool_id`` (made on first use), with current limits."""
         pool = self.pools.get(pool_id)
         if pool is None:
             pool = self.pools[pool_id] = QuotaPool(pool_id, dict(limits), horizon_scale)
-        pool.limits = dict(limits)
-        self._ensure_upkeep()
+        elif pool.limits != limits:
+            pool.limits = dict(limits)
+        if self._upkeep is None or self._upkeep.done():
+            self._ensure_upkeep()
         return pool
+
+    def try_acquire(self, pool: QuotaPool, cost: Amounts, window: str) -> str | None:
+        """The steady state of :meth:`acquire`, without waiting: reserve ``cost`` from the
+        lease if it fits and nobody waits for a block. None: call :meth:`acquire`."""
+        if window > pool.window:
+            pool.roll(window)
+        if pool.waiting or not pool.fits(cost):
+            return None
+        pool.last_active = time.monotonic()
+        pool.reserve(cost)
+        self._refill_early(pool)
+        return pool.window
 
     async def acquire(self, pool: QuotaPool, cost: Amounts, window: str) -> str | None:
         """Reserve ``cost`` in ``window`` (or the pool's newer one): from the lease if it
@@ -213,17 +252,18 @@ class QuotaLeases:
     def _refill_early(self, pool: QuotaPool) -> None:
         """Take the next block in the background before the lease runs out, so steady
         traffic never waits for the database."""
-        if pool.fetch is not None or time.monotonic() - pool.refused_at < RECHECK:
+        if pool.fetch is not None:
             return
-        ahead = pool.prefetch(self.settings)
-        cushion = pool.cushion()
-        # Early enough that the next request's reservation still fits while the take
-        # is on its way, with half the demand horizon to spare.
-        if any(a > 0 and pool.granted.get(f, 0) - pool.used.get(f, 0) <
-               cushion[f] + (a - cushion[f]) / 2 for f, a in ahead.items()):
-            pool.need = {}
-            pool.fetch = asyncio.ensure_future(self._fetch(pool))
-            pool.fetch.add_done_callback(_consume_error)
+        now = time.monotonic()
+        if now - pool.refused_at < RECHECK:
+            return
+        granted, used = pool.granted, pool.used
+        for f, level in pool.low_water(self.settings, now).items():
+            if granted.get(f, 0) - used.get(f, 0) < level:
+                pool.need = {}
+                pool.fetch = asyncio.ensure_future(self._fetch(pool))
+                pool.fetch.add_done_callback(_consume_error)
+                return
 
     async def _fetch(self, pool: QuotaPool) -> bool:
         """Take a block for the pool's window. False only when the shared counter
@@ -248,6 +288,7 @@ class QuotaLeases:
                 pool.granted[f] = pool.granted.get(f, 0) + amount
             if taken:
                 pool.since_take = {}
+                pool.low_water_until = -math.inf
             if shared:
                 pool.others = {f: max(0, shared.get(f, 0) - pool.granted.get(f, 0))
                                for f in pool.limits}
@@ -263,11 +304,23 @@ class QuotaLeases:
 
     # -- stream slots --------------------------------------------------------------------
     def slot_pool(self, subject: str) -> SlotPool:
+        """This process's stream-slot lease on ``subject`` (made on first use)."""
         pool = self.slots.get(subject)
         if pool is None:
             pool = self.slots[subject] = SlotPool(subject)
-        self._ensure_upkeep()
+        if self._upkeep is None or self._upkeep.done():
+            self._ensure_upkeep()
         return pool
+
+    @staticmethod
+    def try_acquire_slot(pool: SlotPool) -> bool:
+        """The steady state of :meth:`acquire_slot`: reuse a slot this process holds, if
+        one is free and nobody waits. False: call :meth:`acquire_slot`."""
+        if pool.waiting or pool.in_use >= pool.held:
+            return False
+        pool.in_use += 1
+        pool.last_active = time.monotonic()
+        return True
 
     async def acquire_slot(self, pool: SlotPool, cap: int) -> bool:
         """One stream slot of ``cap``: reuse one this process holds, or lease more."""

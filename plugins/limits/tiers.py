@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from gateway.background import WarnOnce
 from gateway.errors import APIError
@@ -66,6 +67,40 @@ class Window:
     costs: dict[str, tuple[int, int]]   # field (requests, tokens) -> (cost, limit)
     reset: float                        # seconds until the window ends
     names: dict[str, str]               # field -> the limit's name, e.g. tokens_per_minute
+    limits: dict[str, int] | None = None   # field -> limit (from costs if unset)
+
+    def __post_init__(self) -> None:
+        if self.limits is None:
+            self.limits = {f: lim for f, (_, lim) in self.costs.items()}
+
+
+_HEADER_NAMES = {f: (f"x-ratelimit-limit-{f}", f"x-ratelimit-remaining-{f}",
+                     f"x-ratelimit-reset-{f}") for f in ("requests", "tokens")}
+_MINUTE_NAMES = {"requests": "requests_per_minute", "tokens": "tokens_per_minute"}
+_DAY_NAMES = {"tokens": "tokens_per_day"}
+
+
+class WindowClock:
+    """The current UTC minute and day as window ids (``%Y%m%d%H%M``, ``%Y%m%d``, the
+    format of the shared counters), formatted once a minute instead of per request."""
+
+    __slots__ = ("_minute", "minute_id", "day_id", "_day_end")
+
+    def __init__(self) -> None:
+        self._minute = None
+        self.minute_id = self.day_id = ""
+        self._day_end = 0
+
+    def read(self) -> tuple[float, float]:
+        """Update the ids to now; returns the seconds left in the minute and in the day."""
+        now = time.time()
+        minute = int(now // 60)
+        if minute != self._minute:
+            start = datetime.fromtimestamp(minute * 60, UTC)
+            self.minute_id, self.day_id = f"{start:%Y%m%d%H%M}", f"{start:%Y%m%d}"
+            self._day_end = (minute * 60 // 86400 + 1) * 86400
+            self._minute = minute
+        return (minute + 1) * 60 - now, self._day_end - now
 
 
 class TierLimiter:
@@ -81,6 +116,8 @@ class TierLimiter:
                                   LeaseSettings(lim.lease_horizon, lim.lease_max_share,
                                                 lim.lease_idle, lim.lease_ttl),
                                   "proc_" + secrets.token_hex(8), log)
+        self.clock = WindowClock()
+        self._plans: dict[int, tuple] = {}
 
     def tier_for(self, principal: Principal):
         """The caller's tier (``TierPolicy.tier_for``)."""
@@ -117,39 +154,43 @@ class TierLimiter:
         cost = prompt_estimate + (max_tokens or DEFAULT_COMPLETION_ESTIMATE)
         return await self._reserve(principal, tier, cost, max_tokens)
 
+    def _plan(self, tier) -> tuple:
+        """The tier's windows as (pool prefix, per day, limits, names), worked out once per
+        tier (tiers are a read-only part of the config)."""
+        entry = self._plans.get(id(tier))
+        if entry is None or entry[0] is not tier:
+            plan = []
+            minute = {f: lim for f, lim in (("requests", tier.requests_per_minute),
+                                            ("tokens", tier.tokens_per_minute)) if lim}
+            if minute:
+                plan.append(("q:m:", False, minute, _MINUTE_NAMES))
+            if tier.tokens_per_day:
+                plan.append(("q:d:", True, {"tokens": tier.tokens_per_day}, _DAY_NAMES))
+            entry = self._plans[id(tier)] = (tier, tuple(plan))
+        return entry[1]
+
     async def _reserve(self, principal: Principal, tier, cost: int,
                        max_tokens: int | None) -> Admission:
-        now = datetime.now(UTC)
+        minute_reset, day_reset = self.clock.read()
+        minute_id, day_id = self.clock.minute_id, self.clock.day_id
         acct = principal.account_id
-        minute = now.replace(second=0, microsecond=0)
-        day = now.replace(hour=0, minute=0, second=0, microsecond=0)
-        minute_reset = (minute + timedelta(minutes=1) - now).total_seconds()
-        day_reset = (day + timedelta(days=1) - now).total_seconds()
         windows: list[Window] = []
-        per_minute = {}
-        if tier.requests_per_minute:
-            per_minute["requests"] = (1, tier.requests_per_minute)
-        if tier.tokens_per_minute:
-            per_minute["tokens"] = (cost, tier.tokens_per_minute)
-        if per_minute:
-            windows.append(Window(f"q:m:{acct}", f"{minute:%Y%m%d%H%M}", per_minute,
-                                  minute_reset, {"requests": "requests_per_minute",
-                                                 "tokens": "tokens_per_minute"}))
-        if tier.tokens_per_day:
-            windows.append(Window(f"q:d:{acct}", f"{day:%Y%m%d}",
-                                  {"tokens": (cost, tier.tokens_per_day)}, day_reset,
-                                  {"tokens": "tokens_per_day"}))
+        for prefix, per_day, limits, names in self._plan(tier):
+            windows.append(Window(prefix + acct, day_id if per_day else minute_id,
+                                  {f: (1 if f == "requests" else cost, lim)
+                                   for f, lim in limits.items()},
+                                  day_reset if per_day else minute_reset, names, limits))
         if principal.key_limits and principal.key_id:
             key = principal.key_id
             rpm, tpm, tpd = (principal.key_limit(n) for n in KEY_LIMITS)
             key_minute = {**({"requests": (1, rpm)} if rpm else {}),
                           **({"tokens": (cost, tpm)} if tpm else {})}
             if key_minute:
-                windows.append(Window(f"q:m:key:{key}", f"{minute:%Y%m%d%H%M}", key_minute,
+                windows.append(Window(f"q:m:key:{key}", minute_id, key_minute,
                                       minute_reset, {"requests": "key_requests_per_minute",
                                                      "tokens": "key_tokens_per_minute"}))
             if tpd:
-                windows.append(Window(f"q:d:key:{key}", f"{day:%Y%m%d}",
+                windows.append(Window(f"q:d:key:{key}", day_id,
                                       {"tokens": (cost, tpd)}, day_reset,
                                       {"tokens": "key_tokens_per_day"}))
         for w in windows:
@@ -165,18 +206,22 @@ class TierLimiter:
         taken = []     # (pool, window, cost) reserved so far
         slot = None
         try:
+            leases = self.leases
             for w in windows:
-                pool = self.leases.pool(w.pool_id, {f: lim for f, (_, lim) in w.costs.items()},
-                                        DAY_HORIZON_SCALE if w.pool_id.startswith("q:d:") else 1)
+                pool = leases.pool(w.pool_id, w.limits,
+                                   DAY_HORIZON_SCALE if w.pool_id.startswith("q:d:") else 1)
                 want = {f: c for f, (c, _) in w.costs.items()}
-                reserved_in = await self.leases.acquire(pool, want, w.window)
+                # From the lease in memory (steady state), else wait for a block.
+                reserved_in = leases.try_acquire(pool, want, w.window) or \
+                    await leases.acquire(pool, want, w.window)
                 if reserved_in is None:
                     self._undo(taken, slot)
                     return self._refused(pool, w, windows)
                 taken.append((pool, reserved_in, want))
             if tier.concurrent_streams:
-                pool = self.leases.slot_pool(f"slots:{acct}")
-                if not await self.leases.acquire_slot(pool, tier.concurrent_streams):
+                pool = leases.slot_pool("slots:" + acct)
+                if not (leases.try_acquire_slot(pool) or
+                        await leases.acquire_slot(pool, tier.concurrent_streams)):
                     self._undo(taken, slot)
                     return _deny("concurrent_streams", "Too many concurrent streams: your "
                                  f"tier allows {tier.concurrent_streams}. Try again when one "
@@ -211,13 +256,15 @@ class TierLimiter:
             return {}
         first = windows[0]
         pool = self.leases.pools.get(first.pool_id)
+        if pool is not None and pool.window != first.window:
+            pool = None
+        reset = _fmt(first.reset)
         headers: dict[str, str] = {}
-        for field, (_, limit) in first.costs.items():
-            left = pool.remaining(field) if pool is not None and pool.window == first.window \
-                else limit
-            headers[f"x-ratelimit-limit-{field}"] = str(limit)
-            headers[f"x-ratelimit-remaining-{field}"] = str(left)
-            headers[f"x-ratelimit-reset-{field}"] = _fmt(first.reset)
+        for name, limit in first.limits.items():
+            limit_h, remaining_h, reset_h = _HEADER_NAMES[name]
+            headers[limit_h] = str(limit)
+            headers[remaining_h] = str(limit if pool is None else pool.remaining(name))
+            headers[reset_h] = reset
         return headers
 
     def _undo(self, taken, slot) -> None:
