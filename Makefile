@@ -32,3 +32,4 @@ test: install browser
 bench: install
 	$(PY) -m bench.gateway_vs_direct
 	$(PY) -m bench.soak
+	$(PY) -m bench.limiter_cost
