@@ -10,7 +10,7 @@ import ssl
 import tornado.httpserver
 import tornado.web
 
-from gateway import drain, embedded_db, httpguard, logredact, requestid
+from gateway import accesslog, drain, embedded_db, httpguard, leanhttp, requestid
 from gateway.config import Config
 from gateway.handlers import embeddings, ops, openai, ws
 from gateway.handlers.base import NotFoundHandler
@@ -53,31 +53,7 @@ def make_app(gateway: Gateway) -> tornado.web.Application:
     routes += [(pattern, handler, {**kwargs, **extra}) for pattern, handler, extra in gateway.routes]
     routes.append((r"/v1/.*", NotFoundHandler, kwargs))
     return GatewayApplication(gateway, routes, compress_response=False, autoreload=False,
-                              log_function=_log_request, transforms=[_PerRequest])
-
-
-def _log_request(handler) -> None:
-    """Access log: status, method, path (no query string), duration, request id (and the
-    completion id of a generation). Never bodies. JSON logs get the same as fields."""
-    request = handler.request
-    drain.IN_FLIGHT.discard(request)
-    status = handler.get_status()
-    level = logging.INFO if status < 500 else logging.ERROR
-    if not _access_log.isEnabledFor(level):
-        return          # the line would be dropped: not built at all
-    rid, completion = requestid.of(request), requestid.completion_id(request)
-    fields = {"request_id": logredact.redact(rid), "method": request.method,
-              "path": logredact.redact(request.path), "status": status,
-              "duration_ms": round(1000.0 * request.request_time(), 1)}
-    message = "%(status)d %(method)s %(path)s %(duration_ms).1fms request_id=%(request_id)s"
-    if completion:
-        fields["completion_id"] = completion
-        if completion != rid:
-            message += " completion_id=%(completion_id)s"
-    _access_log.log(level, message % fields, extra=fields)
-
-
-_access_log = logging.getLogger("allyoucantoken.access")
+                              log_function=accesslog.log_request, transforms=[_PerRequest])
 
 
 def embedded_port_file(config: Config) -> str:
@@ -126,7 +102,8 @@ async def serve(config: Config, ready=None, worker: int | None = None,
         app = make_app(gateway)
         server = tornado.httpserver.HTTPServer(
             httpguard.RequestGuard(app, config.server.max_body_bytes,
-                                   config.server.max_header_bytes),
+                                   config.server.max_header_bytes,
+                                   lean=leanhttp.LeanRouter(gateway, openai.LEAN_ROUTES)),
             ssl_options=ssl_context(config), xheaders=False,
             idle_connection_timeout=config.server.header_timeout,
             body_timeout=config.server.body_timeout,

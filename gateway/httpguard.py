@@ -10,9 +10,12 @@ the application (it is the server's request callback) and instead answers:
   limit and at least 64 MiB, so the client can read the answer without a connection reset),
   then the connection closes;
 - 408 when a body has not arrived within ``server.body_timeout`` (Tornado would close the
-  connection without a word; its own body timeout is moved one second later as a backstop);
+  connection without a word; its own body timeout is moved one second later as a backstop
+  for chunked bodies, and left out for the others: our timer covers them);
 - a JSON body for the bare ``400 Bad Request`` Tornado writes for a malformed request.
 Errors are OpenAI-style JSON, or a small HTML page for browsers (``Accept: text/html``).
+A request that passes goes to the lean path when ``lean`` (a
+:class:`gateway.leanhttp.LeanRouter`) takes it, else to the Tornado application.
 """
 from __future__ import annotations
 
@@ -60,16 +63,22 @@ class RequestGuard(httputil.HTTPServerConnectionDelegate):
     """The HTTPServer's request callback: enforces the limits, then hands over to ``app``."""
 
     def __init__(self, app: httputil.HTTPServerConnectionDelegate, max_body_bytes: int,
-                 max_header_bytes: int) -> None:
+                 max_header_bytes: int, lean: Any = None) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.max_header_bytes = max_header_bytes
+        self.lean = lean
 
     def start_request(self, server_conn: object,
                       request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
         _json_parse_errors(request_conn)
-        return _GuardedRequest(self, self.app.start_request(server_conn, request_conn),
-                               request_conn)
+        return _GuardedRequest(self, server_conn, request_conn)
+
+    def delegate_for(self, start_line, server_conn: object,
+                     request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
+        """Who serves a request that passed the limits: the lean path, or the app."""
+        lean = self.lean and self.lean.delegate_for(start_line, server_conn, request_conn)
+        return lean or self.app.start_request(server_conn, request_conn)
 
     def on_close(self, server_conn: object) -> None:
         self.app.on_close(server_conn)
@@ -118,10 +127,10 @@ def _json_parse_errors(request_conn: Any) -> None:
 class _GuardedRequest(httputil.HTTPMessageDelegate):
     """One request: passed through to the application unless a limit answers it first."""
 
-    def __init__(self, guard: RequestGuard, inner: httputil.HTTPMessageDelegate,
-                 conn: Any) -> None:
+    def __init__(self, guard: RequestGuard, server_conn: object, conn: Any) -> None:
         self.guard = guard
-        self.inner = inner
+        self.server_conn = server_conn
+        self.inner: httputil.HTTPMessageDelegate | None = None   # once the headers passed
         self.conn = conn
         self.rejected = False
         self.finished = False
@@ -144,8 +153,12 @@ class _GuardedRequest(httputil.HTTPMessageDelegate):
             return self._reject(headers, self._too_large())
         timeout = getattr(getattr(self.conn, "params", None), "body_timeout", None)
         if timeout and (self.chunked or (declared.isdigit() and int(declared) > 0)):
-            self.conn.set_body_timeout(timeout + 1.0)   # our 408 comes first
+            # Our 408 comes first. Tornado's own timeout (one second later) costs two
+            # event-loop passes per request; it is kept only as the backstop of a chunked
+            # body, whose drain after a refusal midway our timer no longer bounds.
+            self.conn.set_body_timeout(timeout + 1.0 if self.chunked else None)
             self.timer = IOLoop.current().call_later(timeout, self._too_slow, timeout)
+        self.inner = self.guard.delegate_for(start_line, self.server_conn, self.conn)
         return self.inner.headers_received(start_line, headers)
 
     def _too_slow(self, timeout: float) -> None:
@@ -227,5 +240,5 @@ class _GuardedRequest(httputil.HTTPMessageDelegate):
 
     def on_connection_close(self) -> None:
         self._cancel_timer()
-        if not self.rejected:
+        if not self.rejected and self.inner is not None:
             self.inner.on_connection_close()

@@ -25,38 +25,20 @@ _SERVER = "TornadoServer/%s" % tornado.version
 _date: list = [0, ""]   # the second and its HTTP date
 
 
-def _http_date() -> str:
+def http_date() -> str:
+    """The current time as an HTTP ``Date`` value (formatted once a second)."""
     now = int(time.time())
     if now != _date[0]:
         _date[0], _date[1] = now, httputil.format_timestamp(now)
     return _date[1]
 
 
-class BaseAPIHandler(ErrorRenderer, tornado.web.RequestHandler):
-    """Common ground of every JSON API handler."""
-
-    def initialize(self, gateway) -> None:
-        self.gateway = gateway
-        self.principal: Principal | None = None
-
-    def clear(self) -> None:
-        """Tornado's ``clear`` (same headers), with the ``Date`` value formatted once a
-        second rather than per response."""
-        self._headers = httputil.HTTPHeaders({"Server": _SERVER,
-                                              "Content-Type": "text/html; charset=UTF-8",
-                                              "Date": _http_date()})
-        self.set_default_headers()
-        self._write_buffer: list[bytes] = []
-        self._status_code = 200
-        self._reason = "OK"
-
-    def set_default_headers(self) -> None:
-        self.set_header("Content-Type", "application/json")
-        self.set_header("X-Content-Type-Options", "nosniff")
-        self.clear_header("Server")
-
-    def check_xsrf_cookie(self) -> None:
-        """API calls authenticate with bearer keys, not cookies: no CSRF check here."""
+class APIRequestMixin(ErrorRenderer):
+    """What every JSON API request handler does, whatever serves the HTTP: errors
+    (a database outage is a 503), auth, body size, client address. Needs ``gateway``,
+    ``request`` and the handler methods ``ErrorRenderer`` uses (``set_status``,
+    ``set_header``, ``finish``...): a Tornado ``RequestHandler``
+    (:class:`BaseAPIHandler`) or the lean path's :class:`gateway.leanhttp.LeanHandler`."""
 
     def write_json(self, data: Any, status: int = 200) -> None:
         self.set_status(status)
@@ -95,6 +77,33 @@ class BaseAPIHandler(ErrorRenderer, tornado.web.RequestHandler):
 
     def client_ip(self) -> str:
         return client_ip(self.request, self.gateway.config.server.trusted_proxies)
+
+
+class BaseAPIHandler(APIRequestMixin, tornado.web.RequestHandler):
+    """Common ground of every JSON API handler served by the Tornado application."""
+
+    def initialize(self, gateway) -> None:
+        self.gateway = gateway
+        self.principal: Principal | None = None
+
+    def clear(self) -> None:
+        """Tornado's ``clear`` (same headers), with the ``Date`` value formatted once a
+        second rather than per response."""
+        self._headers = httputil.HTTPHeaders({"Server": _SERVER,
+                                              "Content-Type": "text/html; charset=UTF-8",
+                                              "Date": http_date()})
+        self.set_default_headers()
+        self._write_buffer: list[bytes] = []
+        self._status_code = 200
+        self._reason = "OK"
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.clear_header("Server")
+
+    def check_xsrf_cookie(self) -> None:
+        """API calls authenticate with bearer keys, not cookies: no CSRF check here."""
 
 
 class NotFoundHandler(BaseAPIHandler):

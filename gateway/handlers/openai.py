@@ -10,6 +10,7 @@ from tornado.iostream import StreamClosedError
 from gateway import drain, metrics
 from gateway.errors import APIError
 from gateway.handlers.base import BaseAPIHandler
+from gateway.leanhttp import LeanHandler
 from gateway.pipeline import RequestPipeline
 from gateway.sse import ChunkEncoder, Flusher
 from gateway.streaming import Accumulator, ClientGone, Generation
@@ -42,15 +43,17 @@ class ModelsHandler(BaseAPIHandler):
         self.write_json(data[0] if model_id else {"object": "list", "data": data})
 
 
-class GenerationHandler(BaseAPIHandler):
+class GenerationService:
     """POST a chat or text completion; streams SSE when ``stream`` is true.
 
     The body goes through :class:`gateway.pipeline.RequestPipeline` (validate, build,
-    admit); this handler writes the answer: SSE events or one JSON body."""
+    admit); this writes the answer: SSE events or one JSON body. A mixin over the
+    handler that serves the HTTP: a Tornado ``RequestHandler`` (:class:`GenerationHandler`)
+    or the lean path's :class:`gateway.leanhttp.LeanHandler` (:class:`LeanGeneration`)."""
 
     kind = "chat"
 
-    async def post(self) -> None:
+    async def serve(self) -> None:
         self._task: asyncio.Task | None = None   # set while the generation runs
         self._cut = False                        # the generation was cut off (499)
         pipeline = self.pipeline = RequestPipeline(self.gateway, self.kind)
@@ -164,7 +167,7 @@ class _SSESink:
 
     __slots__ = ("handler", "encoder", "flusher", "sent")
 
-    def __init__(self, handler: GenerationHandler, encoder: ChunkEncoder) -> None:
+    def __init__(self, handler: GenerationService, encoder: ChunkEncoder) -> None:
         self.handler, self.encoder = handler, encoder
         self.flusher = Flusher(handler)
         self.sent = 0
@@ -197,6 +200,18 @@ class _WrittenHeaders(httputil.HTTPHeaders):
 _WRITTEN_HEADERS = _WrittenHeaders()
 
 
+class GenerationHandler(GenerationService, BaseAPIHandler):
+    """A completion route on the Tornado application (requests the lean path does not
+    take: while draining, other methods)."""
+
+    async def post(self) -> None:
+        await self.serve()
+
+
+class LeanGeneration(GenerationService, LeanHandler):
+    """A completion route on the lean path (:mod:`gateway.leanhttp`)."""
+
+
 class ChatCompletionsHandler(GenerationHandler):
     """POST /v1/chat/completions"""
 
@@ -209,9 +224,24 @@ class CompletionsHandler(GenerationHandler):
     kind = "completion"
 
 
+class LeanChatCompletions(LeanGeneration):
+    """POST /v1/chat/completions, lean path"""
+
+    kind = "chat"
+
+
+class LeanCompletions(LeanGeneration):
+    """POST /v1/completions, lean path"""
+
+    kind = "completion"
+
+
 ROUTES = [
     (r"/v1/models", ModelsHandler),
     (r"/v1/models/([^/]+)", ModelsHandler),
     (r"/v1/chat/completions", ChatCompletionsHandler),
     (r"/v1/completions", CompletionsHandler),
 ]
+
+LEAN_ROUTES = {"/v1/chat/completions": LeanChatCompletions,
+               "/v1/completions": LeanCompletions}
