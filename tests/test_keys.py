@@ -100,3 +100,24 @@ def test_last_use_is_recorded_off_the_hot_path(inprocess_gw):
         time.sleep(0.2)
     line = next(x for x in listing.splitlines() if x.startswith(used[:13]))
     assert "last used 20" in line
+
+
+def test_a_burst_with_an_uncached_key_makes_one_lookup_not_one_per_request(inprocess_gw):
+    """Fifty requests at once with a key this process has not cached share one database
+    lookup (the key, then its account), instead of making a round trip each."""
+    import asyncio
+
+    from tests.helpers import db_commands
+    gw = inprocess_gw(ECHO)
+    key = gw.create_key("erin@example.com")
+
+    async def burst(n):
+        async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=n)) as c:
+            return await asyncio.gather(*(c.post(
+                gw.url + "/v1/chat/completions", json=BODY,
+                headers={"Authorization": f"Bearer {key}"}) for _ in range(n)))
+
+    before = db_commands(gw.url).get("find", 0)
+    assert [r.status_code for r in asyncio.run(burst(50))] == [200] * 50
+    finds = db_commands(gw.url).get("find", 0) - before
+    assert 2 <= finds <= 4, finds      # key + account (a background refresh may add 2)

@@ -80,6 +80,7 @@ class ApiKeyAuthenticator:
         self.trusted_proxies = list(trusted_proxies or [])
         self.cache = KeyCache(ttl, size, max_stale)
         self._refreshing: dict[str, asyncio.Task] = {}
+        self._lookups: dict[str, asyncio.Future] = {}   # sha -> the lookup in flight
         self._db_down_until = 0.0
         self._probing = False               # a lookup is in flight (while the database is down)
 
@@ -107,7 +108,7 @@ class ApiKeyAuthenticator:
         else:
             self._probing = True
             try:
-                result = await self._lookup(key, sha)
+                result = await self._shared_lookup(key, sha)
             except StoreError:
                 self._db_down_until = time.monotonic() + DOWN_RETRY
                 if cached is None:
@@ -123,6 +124,22 @@ class ApiKeyAuthenticator:
             raise result
         self._check_controls(result, request)
         return result
+
+    async def _shared_lookup(self, key: str, sha: str):
+        """One database lookup per key at a time: requests for a key that is not (or no
+        longer) cached while its lookup is in flight wait for that lookup, instead of
+        each making its own round trip (a burst of 200 streams made 400)."""
+        pending = self._lookups.get(sha)
+        if pending is None:
+            pending = self._lookups[sha] = asyncio.ensure_future(self._lookup(key, sha))
+            pending.add_done_callback(functools.partial(self._lookup_done, sha))
+        return await asyncio.shield(pending)
+
+    def _lookup_done(self, sha: str, future: asyncio.Future) -> None:
+        if self._lookups.get(sha) is future:
+            del self._lookups[sha]
+        if not future.cancelled():
+            future.exception()          # retrieved: each waiter handles it
 
     def _check_controls(self, principal: Principal, request) -> None:
         """Expiry and IP allowlist of the key, from the cached principal."""
