@@ -295,8 +295,8 @@ class TierLimiter:
         other processes hold unused count as used until they give them back
         (``lease_idle``). ``None`` for a window without a limit."""
         tier = self.policy.tier(tier_name)
-        now = datetime.now(UTC)
-        minute, day = f"{now:%Y%m%d%H%M}", f"{now:%Y%m%d}"
+        self.clock.read()
+        minute, day = self.clock.minute_id, self.clock.day_id
         key_limits = key_limits or {}
         plan = [("account", f"q:m:{account_id}", minute, {
                     "requests_per_minute": ("requests", tier.requests_per_minute),
