@@ -26,6 +26,7 @@ from typing import Any
 
 from tornado import httputil
 from tornado.ioloop import IOLoop
+from tornado.iostream import IOStream
 
 from gateway.errors import APIError
 
@@ -107,13 +108,32 @@ def _small_write_queues(stream: Any) -> None:
         buffer._buffers = _SmallQueue()
 
 
+def _nodelay_kept(value: bool) -> None:
+    """A connection's ``set_nodelay`` once :func:`_nodelay_for_good` has run: a no-op."""
+
+
+def _nodelay_for_good(stream: Any) -> None:
+    """Turn TCP_NODELAY on once for a new connection and keep it on (as nginx's
+    ``tcp_nodelay`` and uvicorn do). Tornado turns it on at the end of every response
+    and off again before the next request, and the SSE handler turns it on for each
+    stream: three ``setsockopt`` system calls per request, each resolving the socket's
+    family as an enum first. Every response is written whole or as events meant to go
+    out at once, so Nagle's delay never helps here. Streams whose class has its own
+    ``set_nodelay`` are left alone."""
+    if getattr(type(stream), "set_nodelay", None) is not IOStream.set_nodelay:
+        return
+    stream.set_nodelay(True)
+    stream.set_nodelay = _nodelay_kept
+
+
 def _json_parse_errors(request_conn: Any) -> None:
     """Give Tornado's bare 400 (malformed request line/headers) a JSON error body (and
-    the new connection's stream lighter write queues)."""
+    the new connection's stream lighter write queues, and TCP_NODELAY for good)."""
     stream = getattr(request_conn, "stream", None)
     if stream is None or getattr(stream, "_ayct_json_errors", False):
         return
     _small_write_queues(stream)
+    _nodelay_for_good(stream)
     write = stream.write
 
     def json_write(data, *args, **kwargs):
@@ -157,9 +177,18 @@ class _GuardedRequest(httputil.HTTPMessageDelegate):
             # event-loop passes per request; it is kept only as the backstop of a chunked
             # body, whose drain after a refusal midway our timer no longer bounds.
             self.conn.set_body_timeout(timeout + 1.0 if self.chunked else None)
-            self.timer = IOLoop.current().call_later(timeout, self._too_slow, timeout)
+            if self.chunked or not self._body_buffered(int(declared)):
+                self.timer = IOLoop.current().call_later(timeout, self._too_slow, timeout)
         self.inner = self.guard.delegate_for(start_line, self.server_conn, self.conn)
         return self.inner.headers_received(start_line, headers)
+
+    def _body_buffered(self, length: int) -> bool:
+        """Whether the whole body of ``length`` bytes already arrived with the headers
+        (the usual API request): Tornado then reads it in this same loop pass, so it
+        cannot time out and no 408 timer is armed. False where Tornado's stream does not
+        say."""
+        stream = getattr(self.conn, "stream", None)
+        return getattr(stream, "_read_buffer_size", 0) >= length
 
     def _too_slow(self, timeout: float) -> None:
         """The body did not arrive in time: 408, then close."""

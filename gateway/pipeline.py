@@ -18,11 +18,11 @@ the answer (SSE events, a JSON body, WebSocket messages).
 """
 from __future__ import annotations
 
-import secrets
 import time
 from typing import Any
 
 from gateway.errors import APIError
+from gateway.requestid import token_hex
 from gateway.streaming import Generation
 from gateway.types import GenerationRequest, Principal
 from gateway.validation import (check_backend, params_policy, parse_and_validate_async,
@@ -98,7 +98,7 @@ class RequestPipeline:
         data = self.data
         max_tokens = data.get("max_completion_tokens") or data.get("max_tokens")
         self.req = GenerationRequest(self.kind, data["model"], data, max_tokens,
-                                     ID_PREFIXES[self.kind] + secrets.token_hex(12))
+                                     ID_PREFIXES[self.kind] + token_hex(12))
         check_backend(self.gateway.backend_for(self.req.model), data)
         return self.req
 

@@ -176,19 +176,22 @@ class Flusher:
         self._scheduled = False
         self._last: asyncio.Future | None = None
 
-    async def written(self) -> None:
-        """Call after each write: waits while the previous flush is still pending
-        (raises StreamClosedError when the client is gone), schedules the next one."""
+    def written_nowait(self) -> asyncio.Future | None:
+        """Call after each write: schedules the next flush and returns None, or returns
+        the previous flush, still pending, for the writer to await (it raises
+        StreamClosedError when the client is gone) before calling this again. Not a
+        coroutine: an event written while the client keeps up costs no await."""
         last = self._last
         if last is None:
             if not self._scheduled:
                 self._flush()
-            return
+            return None
         if not last.done():
-            await last
+            return last
         if not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
+        return None
 
     def _flush(self) -> None:
         self._scheduled = False

@@ -34,6 +34,15 @@ def _child(metric, *labels):
     return child
 
 
+def _shielded(coro) -> Awaitable:
+    """``asyncio.shield(coro)`` with the coroutine started eagerly: when it completes
+    without suspending (limiters that settle synchronously, the usual case), the done
+    task is awaited as is: no event-loop pass, no outer future. A coroutine that does
+    suspend is shielded as before (a cancellation never interrupts it)."""
+    task = asyncio.Task(coro, loop=asyncio.get_running_loop(), eager_start=True)
+    return task if task.done() else asyncio.shield(task)
+
+
 class ClientGone(Exception):
     """The client went away while we were writing to it."""
 
@@ -324,7 +333,7 @@ class Generation:
             if self.finish_reason is None and status == 200:
                 self.finish_reason = "stop"
             try:
-                await asyncio.shield(self._finish(usage, outcome, status, error_code, ttft))
+                await _shielded(self._finish(usage, outcome, status, error_code, ttft))
             finally:
                 self.gateway.running.discard(running)
                 running.settle()

@@ -61,6 +61,13 @@ class Batch:
                    spooled=True)
 
 
+def _implemented(hook) -> bool:
+    """False for a pluggy hook no plugin implements: calling it would copy the event
+    and run pluggy's dispatch for nothing (on every request)."""
+    impls = getattr(hook, "get_hookimpls", None)
+    return impls is None or bool(impls())
+
+
 class UsageRecorder:
     """Folds usage events into rollups and writes them in the background."""
 
@@ -91,7 +98,7 @@ class UsageRecorder:
         if key_id and ts > self.pending_last_used.get(key_id, ts.min.replace(tzinfo=UTC)):
             self.pending_last_used[key_id] = ts
         metrics.USAGE_RECORDED.inc()
-        if self.observers:
+        if self.observers and _implemented(self.observers):
             try:
                 self.observers(event=dict(event))
             except Exception:  # noqa: BLE001 - an observer plugin must not break requests

@@ -178,6 +178,11 @@ def _int(text: str) -> int:
     return int(text)
 
 
+# The event loop's decoders, built once (json.loads with hooks builds one per call).
+_STRICT = json.JSONDecoder(parse_constant=_no_constant)
+_OVERFLOW_CHECKED = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_float)
+
+
 def _containers(raw: bytes) -> int:
     """How many objects/arrays ``raw`` holds: brackets outside strings (C-speed)."""
     naive = raw.count(b"[") + raw.count(b"{")
@@ -211,13 +216,14 @@ def loads(raw: bytes | str, what: str = "body of your request",
     containers = _containers(raw)
     if containers > MAX_CONTAINERS:
         raise _invalid_json(f"more than {MAX_CONTAINERS} objects and arrays", what)
-    hooks: dict[str, Any] = {"parse_constant": _no_constant}
-    if preemptible:
-        hooks.update(parse_float=_finite_float, parse_int=_int)
-    elif _may_overflow(raw):
-        hooks["parse_float"] = _finite_float
+    if preemptible:   # a worker thread: a decoder of its own
+        decoder = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_float,
+                                   parse_int=_int)
+    else:
+        decoder = _OVERFLOW_CHECKED if _may_overflow(raw) else _STRICT
     try:
-        data = json.loads(raw, **hooks)
+        # what json.loads does with bytes, without building a decoder per call
+        data = decoder.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
     except RecursionError:
         raise _invalid_json(f"nested more than {MAX_DEPTH} levels deep", what) from None
     except (ValueError, UnicodeDecodeError) as exc:
@@ -233,11 +239,16 @@ def loads(raw: bytes | str, what: str = "body of your request",
 
 def parse_json(body: bytes, preemptible: bool = False) -> dict[str, Any]:
     """Decode a JSON object body or raise a 400 that says what is wrong."""
+    with _gc_paused():
+        return _parse_json(body, preemptible)
+
+
+def _parse_json(body: bytes, preemptible: bool) -> dict[str, Any]:
+    """:func:`parse_json` without pausing the garbage collector (the caller does)."""
     if not body:
         raise APIError(400, "We could not parse the JSON body of your request: the body is "
                             "empty. Send a JSON object.", code="invalid_json")
-    with _gc_paused():
-        data = loads(body, preemptible=preemptible)
+    data = loads(body, preemptible=preemptible)
     if not isinstance(data, dict):
         raise APIError(400, "The request body must be a JSON object.", code="invalid_json")
     return data
@@ -248,7 +259,7 @@ def parse_and_validate(kind: str, body: bytes, preemptible: bool = False,
     """:func:`parse_json` then :func:`validate`, with the garbage collector paused once.
     ``policy(model)`` says what to do with unknown fields (default: refuse)."""
     with _gc_paused():
-        data = parse_json(body, preemptible)
+        data = _parse_json(body, preemptible)
         model = data.get("model")
         validate(kind, data, policy(model) if policy and type(model) is str else "refuse")
     return data

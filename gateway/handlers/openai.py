@@ -116,7 +116,8 @@ class GenerationService:
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")
-        # Send each event at once (no Nagle delay); Tornado restores the default afterwards.
+        # Send each event at once (no Nagle delay): a no-op where RequestGuard already
+        # turned it on for the connection's lifetime.
         self.request.connection.stream.set_nodelay(True)
         sink = _SSESink(self, encoder)
         self._task = asyncio.current_task()   # _run, inline (one coroutine frame fewer)
@@ -176,8 +177,13 @@ class _SSESink:
         handler = self.handler
         handler.write(self.encoder.encode(chunk))
         self.sent += 1
+        # backpressure: wait while the previous flush is pending (no await otherwise)
+        flusher = self.flusher
         try:
-            await self.flusher.written()
+            pending = flusher.written_nowait()
+            while pending is not None:
+                await pending
+                pending = flusher.written_nowait()
         except StreamClosedError:
             raise ClientGone() from None
         if self.sent == 1 and handler._headers_written:
