@@ -51,7 +51,7 @@ from gateway.background import stop_task
 from gateway.errors import APIError
 from gateway.hookspecs import hookimpl
 from gateway.types import Chunk, GenerationRequest, Usage
-from plugins.backends.sse import UpstreamError, parse_line
+from plugins.backends.sse import EventShape, UpstreamError, parse_line
 from plugins.backends.upstream_http import ConnectTimeout, ConnectionClosed, Pool, PoolTimeout
 
 log = logging.getLogger("allyoucantoken.backend.openai")
@@ -271,6 +271,7 @@ class OpenAICompatibleBackend:
                     # Whatever arrived is taken at once and split into lines (C speed):
                     # one await per read from the socket, not one per line.
                     rest, read, wait = b"", resp.read_nowait, resp.wait
+                    shape = EventShape(kind)    # its usual event is not decoded
                     while True:
                         data = read()
                         if data is None:
@@ -284,7 +285,7 @@ class OpenAICompatibleBackend:
                         else:
                             break
                         for line in lines:
-                            chunks = parse_line(line, kind)
+                            chunks = parse_line(line, kind, shape)
                             if chunks is None:
                                 continue
                             if chunks is False:

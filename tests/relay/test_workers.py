@@ -98,7 +98,10 @@ def test_two_workers_share_the_port_and_the_work(workers, up):
     responses = asyncio.run(burst(workers.url, key, 120, BODY))
     assert {r.status_code for r in responses} == {200}
     used = {p: cpu(p) - before[p] for p in pids}
-    assert all(u > 0.05 for u in used.values()), used
+    total = sum(used.values())
+    # Each worker did a real part of the work: shares of the CPU (counted in clock ticks),
+    # not absolute seconds, which shrink as the relay gets cheaper.
+    assert total > 0.03 and all(u > 0.2 * total for u in used.values()), used
 
 
 def test_limits_are_exact_across_workers(workers, up):
