@@ -285,6 +285,8 @@ class OpenAICompatibleBackend:
                         else:
                             break
                         for line in lines:
+                            if not line:                # the blank line after an event
+                                continue
                             chunks = parse_line(line, kind, shape)
                             if chunks is None:
                                 continue

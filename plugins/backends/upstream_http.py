@@ -412,6 +412,14 @@ class Connection(asyncio.Protocol):
                 raise BadResponse("bad chunk size")
             if size == 0:
                 self._trailers = True
+                continue
+            end = pos + size
+            if end + 2 <= n and data[end] == 0x0D and data[end + 1] == 0x0A:
+                # the whole chunk and its CRLF are here (an SSE event, usually): taken in
+                # this pass instead of two more
+                out.append(data[pos:end])
+                added += size
+                pos = end + 2
             else:
                 self._remaining = size
         if pos < n:
