@@ -23,6 +23,7 @@ sends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json as jsonlib
 import signal
 import threading
@@ -158,4 +159,16 @@ def start_inprocess(tmp: Path, db_uri: str, sections: dict | None = None,
                     db_name: str | None = None, timeout: float = 60.0) -> InProcessGateway:
     """Write the config (``tests.helpers.gateway_setup``) and start ``serve`` in-process."""
     return InProcessGateway(gateway_setup(tmp, db_uri, sections, db_name)).start(timeout)
+
+
+@contextlib.contextmanager
+def keyed_inprocess(tmp_path_factory, db_uri: str, sections: dict, name: str):
+    """An in-process gateway with one API key (``gw.key``, account ``NAME@example.com``),
+    stopped on exit: the body of a module-scoped fixture."""
+    gw = start_inprocess(tmp_path_factory.mktemp(name), db_uri, sections)
+    try:
+        gw.key = gw.create_key(f"{name}@example.com")
+        yield gw
+    finally:
+        gw.stop()
 

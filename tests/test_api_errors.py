@@ -9,11 +9,9 @@ ECHO = {"plugins": {"modules": ["tests.plugins.echo_backend"]},
 
 @pytest.fixture(scope="module")
 def echo_gw(mongo, tmp_path_factory):
-    from tests.inprocess import start_inprocess
-    gw = start_inprocess(tmp_path_factory.mktemp("errors"), mongo.uri, ECHO)
-    gw.key = gw.create_key("errors@example.com")
-    yield gw
-    gw.stop()
+    from tests.inprocess import keyed_inprocess
+    with keyed_inprocess(tmp_path_factory, mongo.uri, ECHO, "errors") as gw:
+        yield gw
 
 
 def post(gw, body, key="default", path="/v1/chat/completions", raw=None):

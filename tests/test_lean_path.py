@@ -17,11 +17,9 @@ BODY = {"model": "echo", "messages": [{"role": "user", "content": "hello lean"}]
 
 @pytest.fixture(scope="module")
 def lean_gw(mongo, tmp_path_factory):
-    from tests.inprocess import start_inprocess
-    gw = start_inprocess(tmp_path_factory.mktemp("lean"), mongo.uri, ECHO)
-    gw.key = gw.create_key("lean@example.com")
-    yield gw
-    gw.stop()
+    from tests.inprocess import keyed_inprocess
+    with keyed_inprocess(tmp_path_factory, mongo.uri, ECHO, "lean") as gw:
+        yield gw
 
 
 @pytest.fixture
