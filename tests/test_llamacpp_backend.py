@@ -56,13 +56,25 @@ def test_concurrent_requests_queue_fairly_without_blocking_the_loop(gateway, api
             "messages": [{"role": "user", "content": f"Name a colour. ({i})"}]})
         return r.status_code, time.monotonic()
 
+    async def backend_state(client):
+        return (await client.get("/healthz")).json()["backends"][MODEL]
+
     async def main():
         async with httpx.AsyncClient(base_url=gateway.url, timeout=120,
                                      headers={"Authorization": f"Bearer {api_key}"}) as client:
             tasks = []
+            base = (await backend_state(client))["started"]
             for i in range(4):
                 tasks.append(asyncio.create_task(one(client, i)))
-                await asyncio.sleep(0.05)       # arrival order 0, 1, 2, 3
+                # Arrival order 0, 1, 2, 3: the next is sent once this one holds the
+                # model or waits for it (a fixed sleep let a loaded machine reorder them).
+                deadline = time.monotonic() + 60
+                while True:
+                    state = await backend_state(client)
+                    if state["started"] - base + state["waiting"] > i:
+                        break
+                    assert time.monotonic() < deadline, f"request {i} never reached the model"
+                    await asyncio.sleep(0.005)
             # While they run, the event loop still answers other requests.
             health = await client.get("/healthz")
             done = await asyncio.gather(*tasks)

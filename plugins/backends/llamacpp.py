@@ -513,6 +513,8 @@ class LlamaCppBackend:
         self.name = model_cfg.name
         self.options = dict(model_cfg.options)
         self._free: asyncio.Queue[_Instance] | None = None
+        self._waiting = 0                      # requests queued for an instance
+        self._started = 0                      # requests that got one, since start
         self._instances: list[_Instance] = []
         self._embedder: _Instance | None = None
         self._embedder_lock = asyncio.Lock()
@@ -553,7 +555,8 @@ class LlamaCppBackend:
 
     async def health(self) -> dict:
         return {"ok": bool(self._instances), "instances": len(self._instances),
-                "idle": self._free.qsize() if self._free else 0}
+                "idle": self._free.qsize() if self._free else 0, "waiting": self._waiting,
+                "started": self._started}
 
     def check(self, body: dict) -> None:
         """A 400 for what this backend cannot honour, before the limiters count the
@@ -602,7 +605,12 @@ class LlamaCppBackend:
     async def _stream(self, kind: str, req: GenerationRequest):
         plan_ = plan(kind, req.body, self._chatml)   # on the loop (~0.1 ms): FIFO holds
         loop = asyncio.get_running_loop()
-        inst = await self._free.get()          # FIFO: requests are served in arrival order
+        self._waiting += 1
+        try:
+            inst = await self._free.get()      # FIFO: requests are served in arrival order
+        finally:
+            self._waiting -= 1
+        self._started += 1
         queue: asyncio.Queue = asyncio.Queue()
         cancel = threading.Event()
 
