@@ -28,6 +28,7 @@ from tornado import httputil
 from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream
 
+from gateway import headerparse, headerwait
 from gateway.errors import APIError
 
 HEADER_HARD_CAP_FACTOR = 4
@@ -69,10 +70,12 @@ class RequestGuard(httputil.HTTPServerConnectionDelegate):
         self.max_body_bytes = max_body_bytes
         self.max_header_bytes = max_header_bytes
         self.lean = lean
+        headerwait.install()   # the wait for each request's headers: one loop pass fewer
 
     def start_request(self, server_conn: object,
                       request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
         _json_parse_errors(request_conn)
+        headerparse.speed_up(request_conn)   # its request headers: one regex, not several a line
         return _GuardedRequest(self, server_conn, request_conn)
 
     def delegate_for(self, start_line, server_conn: object,
