@@ -28,7 +28,7 @@ from tornado import httputil
 from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream
 
-from gateway import headerparse, headerwait
+from gateway import headerparse
 from gateway.errors import APIError
 
 HEADER_HARD_CAP_FACTOR = 4
@@ -70,7 +70,6 @@ class RequestGuard(httputil.HTTPServerConnectionDelegate):
         self.max_body_bytes = max_body_bytes
         self.max_header_bytes = max_header_bytes
         self.lean = lean
-        headerwait.install()   # the wait for each request's headers: one loop pass fewer
 
     def start_request(self, server_conn: object,
                       request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
