@@ -6,7 +6,8 @@ One gateway on the embedded default (``[database] uri = ""``, SQLite under a fre
 far above the load) and ``open`` (no limits). Printed, against the direct path (the
 client talking to the upstream) in the same run:
 
-1. limits on vs off at 1, 50 and 200 concurrent streams: requests/s and TTFT p50;
+1. limits on vs off at 1, 50 and 200 concurrent streams: requests/s and TTFT p50; on/off
+   is the median (and range) of 10 paired rounds, each running both sides back to back;
 2. the soak: N streamed requests (default 100,000) on the metered tier, throughput and
    database commands per request for every window of 10,000;
 3. SIGTERM-to-exit time, then a restart: requests sent vs requests in the rollups.
@@ -36,7 +37,7 @@ from tests.helpers import (db_commands, db_run, free_port, start_gateway,  # noq
 
 BODY = {"model": "fake", "stream": True,
         "messages": [{"role": "user", "content": "soak benchmark prompt"}]}
-ROUNDS = 5            # alternating off/on runs per concurrency level
+ROUNDS = 10           # paired off/on rounds per concurrency level
 METERED = {"requests_per_minute": 10_000_000, "tokens_per_minute": 10**10,
            "tokens_per_day": 10**12, "concurrent_streams": 100_000}
 
@@ -125,8 +126,8 @@ def main() -> None:
     ns = parser.parse_args()
     if ns.quick:
         ns.requests, ns.window = 4_000, 1_000
-    per_level = {1: 1000, 50: 5000, 200: 10000} if not ns.quick else \
-        {1: 250, 50: 1000, 200: 2000}
+    per_level = {1: 2000, 50: 5000, 200: 10000} if not ns.quick else \
+        {1: 500, 50: 1000, 200: 2000}
 
     tmp = Path(tempfile.mkdtemp(prefix="ayct-soak-"))
     port = free_port()
@@ -151,7 +152,7 @@ def main() -> None:
 
         print("\n1. Limits on vs off (and the direct path), 32-chunk streams\n")
         print(f"{'streams':>8}{'direct r/s':>12}{'off r/s':>10}{'on r/s':>10}{'on/off':>8}"
-              f"{'direct p50':>12}{'off p50':>10}{'on p50':>10}{'on-off':>9}"
+              f"{'(range)':>11}{'direct p50':>12}{'off p50':>10}{'on p50':>10}{'on-off':>9}"
               f"{'off CPU/req':>12}{'on CPU/req':>11}")
         mixes = []
         for conc, n in per_level.items():
@@ -162,19 +163,27 @@ def main() -> None:
             # interleaving spreads any background load over both sides alike.
             # The gateway's own CPU per request is measured too: unlike the rates, it
             # hardly moves with whatever else the machine is doing.
+            # Paired rounds: each round runs both sides back to back (the order swapped
+            # every round), and on/off is the median of the rounds' ratios, so a slow
+            # stretch of the shared machine hits both sides of a pair alike.
             runs = {"off": [], "on": []}
-            for _ in range(ROUNDS):
-                for name, headers in (("off", off), ("on", on)):
+            ratios = []
+            for i in range(ROUNDS):
+                pair = {}
+                for name in (("off", "on") if i % 2 == 0 else ("on", "off")):
                     cpu = cpu_seconds(gw.proc.pid)
-                    r = asyncio.run(load(url, headers, n // ROUNDS, conc))
+                    r = asyncio.run(load(url, on if name == "on" else off, n // ROUNDS, conc))
                     r["cpu"] = (cpu_seconds(gw.proc.pid) - cpu) / (n // ROUNDS) * 1000
-                    runs[name].append(r)
-            o, m = ({k: statistics.median(r[k] for r in runs[side]) for k in ("rps", "p50",
-                                                                                "cpu")}
+                    runs[name].append(pair.setdefault(name, r))
+                ratios.append(pair["on"]["rps"] / pair["off"]["rps"])
+            o, m = ({k: statistics.median(r[k] for r in runs[side]) for k in ("rps", "p50")}
                     for side in ("off", "on"))
+            for side, agg in (("off", o), ("on", m)):    # CPU over all rounds, not a median
+                agg["cpu"] = statistics.fmean(r["cpu"] for r in runs[side])
             sent += 2 * conc + 2 * ROUNDS * (n // ROUNDS)
             print(f"{conc:>8}{d['rps']:>12.0f}{o['rps']:>10.0f}{m['rps']:>10.0f}"
-                  f"{m['rps'] / o['rps']:>8.2f}{d['p50']:>10.2f}ms{o['p50']:>8.2f}ms"
+                  f"{statistics.median(ratios):>8.2f}{min(ratios):>6.2f}-{max(ratios):<5.2f}"
+                  f"{d['p50']:>8.2f}ms{o['p50']:>8.2f}ms"
                   f"{m['p50']:>8.2f}ms{m['p50'] - o['p50']:>7.2f}ms"
                   f"{o['cpu']:>9.3f}ms{m['cpu']:>9.3f}ms", flush=True)
             mixes.append((conc, asyncio.run(mixed(url, on, off, n, conc))))
