@@ -139,6 +139,21 @@ async def open_streams(url: str, headers: dict, n: int, pids: list[int]) -> tupl
     return base, full
 
 
+def pin_away(pids: list[int], client_cpu: int | None) -> None:
+    """With ``--client-cpu``, keep these processes off the client's core (as if the
+    client ran on another machine); no-op otherwise."""
+    import os
+    if client_cpu is None:
+        return
+    others = set(range(os.cpu_count() or 1)) - {client_cpu}
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").glob("*"):   # every thread of the process
+            try:
+                os.sched_setaffinity(int(task.name), others)
+            except ProcessLookupError:
+                pass
+
+
 def alternate(direct, via, conc: int, rounds: int, pids: list[int], reps: int = 3) -> dict:
     """Direct and gateway runs taken in turn (``reps`` each), so a machine whose load
     changes during the run affects both alike; medians, and the gateway's CPU summed
@@ -160,7 +175,8 @@ def alternate(direct, via, conc: int, rounds: int, pids: list[int], reps: int = 
             "cpu_req_ms": cpu / n * 1000, "cpu_chunk_us": cpu / max(1, chunks) * 1e6}
 
 
-def targets(upstream: str, db, tmp: Path, workers: list[int], quick: bool) -> list[str]:
+def targets(upstream: str, db, tmp: Path, workers: list[int], quick: bool,
+            client_cpu: int | None = None) -> list[str]:
     """The relay issue's targets, measured against the direct path in the same run."""
     model = {"name": "fake", "backend": "openai_compatible",
              "options": {"base_url": upstream + "/v1"}}
@@ -182,6 +198,7 @@ def targets(upstream: str, db, tmp: Path, workers: list[int], quick: bool) -> li
             key = gw.create_key(f"bench-w{n}@example.com", tier="off")
             via = (gw.url + "/v1/chat/completions", {"Authorization": f"Bearer {key}"})
             pids = tree_pids(gw.proc.pid)
+            pin_away(pids, client_cpu)
             asyncio.run(run_load(*via, 50, 1, BODY))           # warm up
             one = alternate(direct, via, 1, rounds1, pids)
             fifty = alternate(direct, via, 50, rounds50, pids)
@@ -264,6 +281,9 @@ def main() -> None:
                         help="also measure the targets with this many gateway workers")
     parser.add_argument("--only-targets", action="store_true",
                         help="measure only the relay targets")
+    parser.add_argument("--client-cpu", type=int, default=None,
+                        help="pin the client to this core and every other process off it "
+                             "(a client on another machine, as in production)")
     ns = parser.parse_args()
     workers = [1] + ([ns.workers] if ns.workers > 1 else [])
     rounds = {1: 5 if ns.quick else 200, 50: 2 if ns.quick else 10, 200: 1 if ns.quick else 3}
@@ -274,9 +294,14 @@ def main() -> None:
                                   tmp / "upstream.log")
     upstream = f"http://127.0.0.1:{port}"
     db = embedded_db.start("memory")
+    if ns.client_cpu is not None:
+        import os
+        pin_away([upstream_proc.pid, db.process.pid], ns.client_cpu)
+        os.sched_setaffinity(0, {ns.client_cpu})
     if ns.only_targets:
         try:
-            print("\n".join(["", *targets(upstream, db, tmp, workers, ns.quick)]))
+            print("\n".join(["", *targets(upstream, db, tmp, workers, ns.quick,
+                                          ns.client_cpu)]))
         finally:
             stop_process(upstream_proc)
             db.stop()

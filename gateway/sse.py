@@ -16,8 +16,13 @@ import json
 from gateway.types import Chunk, Usage
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def _dumps(data) -> str:
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    """``json.dumps(data, separators=(",", ":"), ensure_ascii=False)`` with one encoder
+    made once (``json.dumps`` builds a new one per call when given options)."""
+    return _COMPACT.encode(data)
 
 
 class ChunkEncoder:

@@ -207,6 +207,29 @@ async def _settle(granted, usage: Usage, outcome: str) -> None:
             log.exception("limiter %s failed to settle", getattr(limiter, "name", limiter))
 
 
+class _Observations:
+    """A generation's overhead and time-to-first-token histogram observations, taken
+    when :meth:`flush` is called (after the first chunk is written, or at the end) rather
+    than when measured. Each is observed once."""
+
+    __slots__ = ("model", "overhead", "ttft", "pending")
+
+    def __init__(self, model: str, overhead: float) -> None:
+        self.model = model
+        self.overhead: float | None = overhead
+        self.ttft: float | None = None
+        self.pending = True
+
+    def flush(self) -> None:
+        if self.overhead is not None:
+            metrics.OVERHEAD.observe(self.overhead)
+            self.overhead = None
+        if self.ttft is not None:
+            _child(metrics.TTFT, self.model).observe(self.ttft)
+            self.ttft = None
+            self.pending = False
+
+
 class _Running:
     """What :attr:`Gateway.running` holds for a generation in progress: ``cancel()``
     cancels the task that runs it (a handler's own task: no task of its own per request),
@@ -263,7 +286,9 @@ class Generation:
         """Stream the backend to ``emit``; always settle and record, however it ends."""
         backend = self.gateway.backend_for(self.req.model)
         model = self.req.model
-        metrics.OVERHEAD.observe(time.perf_counter() - self.started)
+        # Histograms are observed once the first chunk is out (or at the end, if none
+        # is): their bookkeeping is not on the way to the upstream or the first token.
+        observe = _Observations(self.req.model, time.perf_counter() - self.started)
         _child(metrics.ACTIVE_STREAMS, self.transport).inc()
         status, error_code, outcome = 200, None, "ok"
         self._relayed, self._chars, self._ttft, self._reported = 0, 0, None, None
@@ -294,12 +319,13 @@ class Generation:
                             self._relayed += 1
                             self._chars += chars
                             if self._ttft is None:
-                                self._ttft = time.perf_counter() - self.started
-                                _child(metrics.TTFT, self.req.model).observe(self._ttft)
+                                self._ttft = observe.ttft = time.perf_counter() - self.started
                         elif delta is None and not chunk.finish_reason and \
                                 chunk.logprobs is None:
                             continue
                         await emit(chunk)
+                        if observe.pending:
+                            observe.flush()
                         chunk = delta = None   # not kept (nor its parsed event) while waiting
             finally:
                 await stream.aclose()
@@ -320,6 +346,7 @@ class Generation:
             raise APIError(502, "The model backend failed while generating.",
                            code="backend_error") from None
         finally:
+            observe.flush()
             _child(metrics.ACTIVE_STREAMS, self.transport).dec()
             relayed, ttft, usage = self._relayed, self._ttft, self._reported
             if usage is None or usage.completion_tokens < relayed:

@@ -56,6 +56,10 @@ from plugins.backends.upstream_http import ConnectTimeout, ConnectionClosed, Poo
 
 log = logging.getLogger("allyoucantoken.backend.openai")
 
+# json.dumps(..., separators=(",", ":")) with one encoder made once (json.dumps builds a
+# new one per call when given options)
+_compact = json.JSONEncoder(separators=(",", ":")).encode
+
 
 class Replica:
     """One upstream server: its URL, in-flight count and last known health."""
@@ -199,7 +203,10 @@ class OpenAICompatibleBackend:
     def _pick(self, exclude: set[Replica]) -> Replica | None:
         """The least busy healthy replica not yet tried (ties rotate); if none is
         healthy, the least busy untried one anyway (health may be stale)."""
-        left = [r for r in self.replicas if r not in exclude]
+        replicas = self.replicas
+        if len(replicas) == 1:              # one replica: the choice is made
+            return None if exclude else replicas[0]
+        left = [r for r in replicas if r not in exclude]
         if not left:
             return None
         candidates = [r for r in left if r.healthy] or left
@@ -227,7 +234,7 @@ class OpenAICompatibleBackend:
     async def _stream(self, req: GenerationRequest, path: str, kind: str):
         """Stream from the least busy replica; a failure before the first chunk is tried
         again on another one (up to ``max_attempts``), after it ends the stream."""
-        payload = json.dumps(self._payload(req), separators=(",", ":")).encode()
+        payload = _compact(self._payload(req)).encode()
         error: APIError | None = None
         tried: tuple[Replica, ...] = ()
         sent = False
@@ -287,12 +294,15 @@ class OpenAICompatibleBackend:
                         for line in lines:
                             if not line:                # the blank line after an event
                                 continue
-                            chunks = parse_line(line, kind, shape)
+                            # Until the first chunk is out, its event's shape is
+                            # learnt after it is yielded, not on the way to the client.
+                            chunks = parse_line(line, kind, shape if sent else None)
                             if chunks is None:
                                 continue
                             if chunks is False:
                                 finished = True
                                 break
+                            learn = not sent and len(chunks) == 1
                             for chunk in chunks:
                                 if chunk.finish_reason:
                                     finished = True
@@ -300,6 +310,8 @@ class OpenAICompatibleBackend:
                                     sent = True
                                     payload = None   # no retry from here on
                                 yield chunk
+                            if learn and chunks[0].raw is not None:
+                                shape.learn(chunks[0].raw, chunks[0])
                         else:
                             # nothing of this read is kept while waiting for the next
                             data = lines = chunks = chunk = None

@@ -143,13 +143,17 @@ class TierLimiter:
                     return _deny("max_tokens", f"max_tokens is {max_tokens}, but your tier "
                                  f"allows at most {tier.max_tokens}.", status=400,
                                  param="max_tokens")
+        counted = (tier.requests_per_minute or tier.tokens_per_minute or tier.tokens_per_day
+                   or tier.concurrent_streams or principal.key_limits)
+        if not (counted or tier.max_prompt_chars):
+            # nothing to count or check: the prompt estimate is not needed
+            return Admission(limiter=self.name, max_tokens=max_tokens)
         prompt_estimate = estimate_prompt_tokens(req)
         if tier.max_prompt_chars and prompt_estimate * 4 > tier.max_prompt_chars:
             return _deny("prompt_too_large", f"The prompt is larger than your tier allows "
                          f"({tier.max_prompt_chars} characters).", status=400,
                          param={"chat": "messages", "embedding": "input"}.get(req.kind, "prompt"))
-        if not (tier.requests_per_minute or tier.tokens_per_minute or tier.tokens_per_day
-                or tier.concurrent_streams or principal.key_limits):
+        if not counted:
             return Admission(limiter=self.name, max_tokens=max_tokens)  # nothing to count
         cost = prompt_estimate + (max_tokens or DEFAULT_COMPLETION_ESTIMATE)
         return await self._reserve(principal, tier, cost, max_tokens)
