@@ -11,6 +11,11 @@ limits off: requests per second and time-to-first-token overhead at 1 and 50 str
 memory per open stream with 1,000 streams open at once.
 
     python -m bench.gateway_vs_direct [--quick] [--workers 2] [--only-targets]
+                                      [--client-cpu 1]
+
+``--client-cpu N`` keeps the client on core N and every other process off it, as a
+client on another machine would be (with two cores, the gateway, the upstream and the
+database then share the other one: a pessimistic figure for requests per second).
 """
 from __future__ import annotations
 
@@ -314,6 +319,7 @@ def main() -> None:
                                             "limits": {"default_tier": "off"},
                                             "server": {"log_level": "WARNING"},
                                             "usage": {"flush_interval": 1.0}})
+    pin_away(tree_pids(gw.proc.pid), ns.client_cpu)
     try:
         key_off = gw.create_key("bench-off@example.com", tier="off")
         key_on = gw.create_key("bench-on@example.com", tier="on")
@@ -329,6 +335,7 @@ def main() -> None:
                                     str(relay_port), "--upstream-port", str(port)],
                                    f"http://127.0.0.1:{relay_port}/v1/models",
                                    tmp / "relay.log")
+        pin_away([relay_proc.pid], ns.client_cpu)
         d = asyncio.run(run_load(*direct, 1, rounds[1], BODY))
         r = asyncio.run(run_load(f"http://127.0.0.1:{relay_port}/v1/chat/completions", {}, 1,
                                  rounds[1], BODY))
@@ -351,7 +358,7 @@ def main() -> None:
             adm.append((conc, off, on))
         trips = round_trips(gw, via_on, 100 if ns.quick else 300)
         gw.stop()
-        target_lines = targets(upstream, db, tmp, workers, ns.quick)
+        target_lines = targets(upstream, db, tmp, workers, ns.quick, ns.client_cpu)
     finally:
         gw.stop()
         stop_process(upstream_proc)
