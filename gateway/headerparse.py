@@ -29,6 +29,25 @@ _CLEAN_BLOCK = re.compile(
     r"[ \t]*\r\n)*\r\n")                                  # OWS CRLF ... CRLF
 
 
+class RequestHeaders(httputil.HTTPHeaders):
+    """``HTTPHeaders`` whose ``get`` is a dictionary lookup: the inherited ``Mapping.get``
+    goes through ``__getitem__`` and raises and catches a ``KeyError`` for every absent
+    header (most of the ten or so a request is asked for)."""
+
+    def get(self, name, default=None):
+        """The header's value (repeated headers joined by commas), else ``default``."""
+        if type(name) is not str:
+            return super().get(name, default)
+        header = _normalize(name)
+        value = self._combined_cache.get(header)
+        if value is None:
+            values = self._as_list.get(header)
+            if values is None:
+                return default
+            value = self._combined_cache[header] = ",".join(values)
+        return value
+
+
 def parse_headers(data: bytes) -> tuple[str, httputil.HTTPHeaders] | None:
     """(start line, headers) as Tornado's ``_parse_headers`` returns them, or None when
     the block is not plain CRLF-terminated lines that follow the rules (then Tornado's
@@ -43,7 +62,7 @@ def parse_headers(data: bytes) -> tuple[str, httputil.HTTPHeaders] | None:
     block = text[lf + 1:]
     if _CLEAN_BLOCK.fullmatch(block) is None:
         return None
-    headers = httputil.HTTPHeaders()
+    headers = RequestHeaders()
     if len(block) > 2:
         as_list, combined = headers._as_list, headers._combined_cache
         for line in block[:-4].split("\r\n"):

@@ -93,3 +93,19 @@ def test_speed_up_only_plain_connections():
     speed_up(plain)
     speed_up(other)
     assert type(plain) is FastHeaderConnection and type(other) is Other
+
+
+@pytest.mark.parametrize("data", [USUAL, b"GET / HTTP/1.1\r\nX-A: 1\r\nx-a: 2\r\nX-Empty:\r\n\r\n"])
+def test_get_answers_as_tornados_headers_do(data):
+    """RequestHeaders.get (a dictionary lookup) gives what HTTPHeaders.get gives, for
+    present, repeated, empty and absent headers in any case, also after add()."""
+    _, fast = parse_headers(data)
+    _, slow = HTTP1Connection._parse_headers(None, data)
+    names = ["Host", "host", "AUTHORIZATION", "Content-Length", "x-a", "X-Empty", "Accept",
+             "Transfer-Encoding", "Expect", "X-Request-Id", "connection"]
+    for _ in range(2):   # the second time from the combined-value cache
+        assert [fast.get(n) for n in names] == [slow.get(n) for n in names]
+        assert [fast.get(n, "d") for n in names] == [slow.get(n, "d") for n in names]
+    fast.add("X-A", "3")
+    slow.add("X-A", "3")
+    assert fast.get("X-A") == slow.get("X-A")
