@@ -206,6 +206,12 @@ def targets(upstream: str, db, tmp: Path, workers: list[int], quick: bool,
             pin_away(pids, client_cpu)
             asyncio.run(run_load(*via, 50, 1, BODY))           # warm up
             one = alternate(direct, via, 1, rounds1, pids)
+            # The same with 1-chunk streams: no rest of the stream is relayed right behind
+            # the first token (with 32 chunks sent at once, client, gateway and upstream
+            # all want a core at that moment; a model's paced tokens do not do that).
+            set_upstream(upstream, tokens=1, interval=0.0)
+            lone = alternate(direct, via, 1, rounds1, pids)
+            set_upstream(upstream, tokens=32, interval=0.0)
             fifty = alternate(direct, via, 50, rounds50, pids)
             split = cpu_split(upstream, via, pids, rounds50)
             lines.append(
@@ -216,6 +222,9 @@ def targets(upstream: str, db, tmp: Path, workers: list[int], quick: bool,
                 f"{fifty['d_rate']:>8.0f}/{fifty['g_rate']:<6.0f}"
                 f"{100 * fifty['g_rate'] / fifty['d_rate']:>9.0f}%"
                 f"{fifty['cpu_req_ms']:>8.2f}ms{fifty['cpu_chunk_us']:>9.1f}us")
+            cpu_lines.append(f"TTFT added at 1 stream, 1-chunk streams, {n} worker(s): "
+                             f"{lone['g_p50'] - lone['d_p50']:.2f} ms (direct "
+                             f"{lone['d_p50']:.2f} ms, gateway {lone['g_p50']:.2f} ms)")
             cpu_lines.append(f"gateway CPU, {n} worker(s): {split[0]:.2f} ms per request "
                              f"+ {split[1]:.1f} us per relayed chunk (50 streams of 4 and of "
                              f"64 chunks)")
