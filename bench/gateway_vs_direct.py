@@ -299,6 +299,11 @@ def main() -> None:
                         help="pin the client to this core and every other process off it "
                              "(a client on another machine, as in production)")
     ns = parser.parse_args()
+    import os
+    cores = os.cpu_count() or 1
+    if ns.client_cpu is not None and (cores < 2 or not 0 <= ns.client_cpu < cores):
+        parser.error(f"--client-cpu needs at least two cores and a core number from 0 to "
+                     f"{cores - 1}")
     workers = [1] + ([ns.workers] if ns.workers > 1 else [])
     rounds = {1: 5 if ns.quick else 200, 50: 2 if ns.quick else 10, 200: 1 if ns.quick else 3}
     tmp = Path(tempfile.mkdtemp(prefix="ayct-bench-"))
