@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import tempfile
 import time
@@ -86,7 +87,6 @@ def tree_pids(pid: int) -> list[int]:
 
 
 def cpu_seconds(pids: list[int]) -> float:
-    import os
     total = 0.0
     for pid in pids:
         try:
@@ -147,7 +147,6 @@ async def open_streams(url: str, headers: dict, n: int, pids: list[int]) -> tupl
 def pin_away(pids: list[int], client_cpu: int | None) -> None:
     """With ``--client-cpu``, keep these processes off the client's core (as if the
     client ran on another machine); no-op otherwise."""
-    import os
     if client_cpu is None:
         return
     others = set(range(os.cpu_count() or 1)) - {client_cpu}
@@ -299,7 +298,6 @@ def main() -> None:
                         help="pin the client to this core and every other process off it "
                              "(a client on another machine, as in production)")
     ns = parser.parse_args()
-    import os
     cores = os.cpu_count() or 1
     if ns.client_cpu is not None and (cores < 2 or not 0 <= ns.client_cpu < cores):
         parser.error(f"--client-cpu needs at least two cores and a core number from 0 to "
@@ -314,7 +312,6 @@ def main() -> None:
     upstream = f"http://127.0.0.1:{port}"
     db = embedded_db.start("memory")
     if ns.client_cpu is not None:
-        import os
         pin_away([upstream_proc.pid, db.process.pid], ns.client_cpu)
         os.sched_setaffinity(0, {ns.client_cpu})
     if ns.only_targets:
