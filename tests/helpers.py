@@ -18,10 +18,21 @@ ROOT = Path(__file__).resolve().parent.parent
 EVENTS_FILE = "usage-events.jsonl"
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port that is free now and was not handed out before in this test run.
+    Tests reserve ports up front and bind them later (a module's upstream replicas), so
+    the kernel may offer a reserved port again meanwhile: once it was another gateway's
+    port, and a replica's requests reached that gateway."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_until(fn, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
