@@ -190,7 +190,7 @@ def targets(upstream: str, db, tmp: Path, workers: list[int], quick: bool,
     lines = [f"{'32-chunk streams, limits off':<24}{'req/s @1 d/g':>14}{'TTFT p50 @1 d/g':>18}"
              f"{'added':>9}{'req/s @50 d/g':>15}{'% direct':>10}{'CPU/req':>10}"
              f"{'CPU/chunk':>11}"]
-    mem_line, cpu_lines, verdicts = "", [], []
+    mem_line, detail_lines, verdicts = "", [], []
     for n in workers:
         gw = start_gateway(tmp / f"gw-w{n}", db.uri, {
             "models": [model], "tiers": {"off": {}}, "limits": {"default_tier": "off"},
@@ -221,10 +221,10 @@ def targets(upstream: str, db, tmp: Path, workers: list[int], quick: bool,
                 f"{fifty['d_rate']:>8.0f}/{fifty['g_rate']:<6.0f}"
                 f"{100 * fifty['g_rate'] / fifty['d_rate']:>9.0f}%"
                 f"{fifty['cpu_req_ms']:>8.2f}ms{fifty['cpu_chunk_us']:>9.1f}us")
-            cpu_lines.append(f"TTFT added at 1 stream, 1-chunk streams, {n} worker(s): "
+            detail_lines.append(f"TTFT added at 1 stream, 1-chunk streams, {n} worker(s): "
                              f"{lone['g_p50'] - lone['d_p50']:.2f} ms (direct "
                              f"{lone['d_p50']:.2f} ms, gateway {lone['g_p50']:.2f} ms)")
-            cpu_lines.append(f"gateway CPU, {n} worker(s): {split[0]:.2f} ms per request "
+            detail_lines.append(f"gateway CPU, {n} worker(s): {split[0]:.2f} ms per request "
                              f"+ {split[1]:.1f} us per relayed chunk (50 streams of 4 and of "
                              f"64 chunks)")
             added = one["g_p50"] - one["d_p50"]
@@ -247,7 +247,7 @@ def targets(upstream: str, db, tmp: Path, workers: list[int], quick: bool,
     lines.append("(d/g: direct and gateway, run in turn three times each, medians; CPU per "
                  "request and per relayed chunk: the gateway processes' user+system CPU "
                  "over the 50-stream runs)")
-    lines += cpu_lines
+    lines += detail_lines
     lines.append(mem_line)
     lines += ["against the targets (one run; the spread between runs on a shared machine is "
               "large, compare medians of several):", *("  " + v for v in verdicts)]
