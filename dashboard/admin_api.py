@@ -4,7 +4,6 @@ authenticated by admin API keys with scopes (``admin:read`` for GET, ``admin:wri
 for changes). Errors are OpenAI-style JSON. Neither is on the request hot path."""
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,6 +13,7 @@ from dashboard.pages_admin import (PAGE_SIZE, action_for_status, apply_action, a
                                    change_email)
 from dashboard.usage_view import FIELDS
 from dashboard.web import PageError
+from gateway import validation
 from gateway.errors import APIError
 from gateway.handlers.base import BaseAPIHandler
 from gateway.store.accounts import STATUSES
@@ -96,10 +96,8 @@ class AdminAPIHandler(BaseAPIHandler):
 
     def json_body(self, allowed: set[str]) -> dict[str, Any]:
         self.check_body_size()
-        try:
-            body = json.loads(self.request.body or b"null")
-        except (ValueError, UnicodeDecodeError):
-            raise APIError(400, "The body is not valid JSON.", code="invalid_json") from None
+        # bounded depth, container count and finite numbers (a 400, never a 500)
+        body = validation.loads(self.request.body or b"null")
         if not isinstance(body, dict) or not body:
             raise APIError(400, "The body must be a non-empty JSON object.",
                            code="invalid_body")
@@ -143,7 +141,7 @@ class AccountsAPI(AdminAPIHandler):
             docs, cursor = await self.gateway.store.accounts.search(
                 q=q, status=status, tier=tier, limit=limit,
                 cursor=self.get_query_argument("cursor", "") or None)
-        except ValueError:
+        except (ValueError, OverflowError):   # a date beyond what can be stored
             raise APIError(400, "Malformed cursor.", param="cursor",
                            code="invalid_cursor") from None
         self.write_json({"object": "list", "data": [account_info(d) for d in docs],
@@ -165,6 +163,14 @@ class AccountAPI(AdminAPIHandler):
                 raise APIError(400, f"`{name}` must be a string.", param=name,
                                code="invalid_type")
         doc = await self.target(account_id)
+        if "email" in body and "admin" in (doc.get("roles") or ()):
+            # A leaked admin:write key must not take over an admin (new address, reset
+            # to it, sign in, mint a key): an admin's address changes only on the
+            # dashboard, with the acting admin's password.
+            raise APIError(403, "API keys cannot change an admin account (email, "
+                                "password or roles). An admin changes it on the dashboard "
+                                "and confirms with their password.", param="email",
+                           code="admin_account_protected")
         if "email" in body:
             doc = await change_email(self.gateway, self.dash, self.actor, doc,
                                      body["email"].strip().lower())

@@ -19,6 +19,7 @@ class DashboardConfig:
     login_window: float = 900.0     # seconds
     register_max_per_ip: int = 10   # registrations (and reset requests) per IP per hour
     reset_ttl: float = 3600.0       # seconds a password-reset code works
+    email_undo_ttl: float = 604800.0  # seconds the old address can undo an email change
     password_min_length: int = 10
     argon2_time_cost: int = 3
     argon2_memory_cost: int = 65536  # KiB
@@ -38,6 +39,8 @@ class DashboardConfig:
         if min(cfg.login_max_failures, cfg.login_max_failures_ip) < 1 or cfg.login_window <= 0:
             raise ConfigError("dashboard: login_max_failures(_ip) must be >= 1 and "
                               "login_window > 0")
+        if cfg.email_undo_ttl <= 0:
+            raise ConfigError("dashboard.email_undo_ttl: must be > 0 (seconds)")
         if cfg.admin_email and "@" not in cfg.admin_email:
             raise ConfigError(f"dashboard.admin_email: {cfg.admin_email!r} is not an email")
         return cfg

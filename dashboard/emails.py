@@ -12,6 +12,8 @@ _SUBJECTS = {
     "password_changed": "Your {site} password was changed",
     "reset": "Reset your {site} password",
     "email_changed": "The email address of your {site} account was changed",
+    "email_changed_old": "The email address of your {site} account was changed",
+    "email_change_undone": "The email change of your {site} account was undone",
 }
 
 _BODIES = {
@@ -32,6 +34,17 @@ _BODIES = {
     "email_changed": "An administrator changed the email address of your account from "
                      "{old} to {new}. Sign in with {new} from now on. If this is not "
                      "what you asked for, contact the operator.",
+    "email_changed_old": "An administrator changed the email address of your account from "
+                         "{old} to {new}. Mail about the account now goes to {new}.\n\n"
+                         "If this is not what you asked for, undo it: {how}\n\nUndoing "
+                         "gives the account this address back, signs out every session, "
+                         "cancels password-reset codes and revokes the API keys created "
+                         "since the change. This works for {days} days.",
+    "email_change_undone": "The change of your account's email address to {new} was "
+                           "undone: the account has this address again. Every session was "
+                           "signed out, pending password-reset codes were cancelled and "
+                           "{revoked} API key(s) created since the change were revoked."
+                           "{password}",
     "reset": "Someone (hopefully you) asked to reset the password of your account.\n\n"
              "{how}\n\nThe code works once, for {minutes} minutes. If you did not ask for "
              "this, ignore this message: your password stays as it is.",

@@ -5,6 +5,7 @@ import re
 
 from dashboard import notify
 from dashboard.deferred import defer
+from dashboard.email_change import undo_email_change
 from dashboard.passwords import policy_error
 from dashboard.throttle import email_key, take_slot
 from dashboard.web import DashboardHandler, PageError
@@ -210,3 +211,33 @@ class ResetHandler(DashboardHandler):
         self.render("message.html", title="Password changed",
                     message="Your password is changed and every session was signed out. "
                             "Sign in with the new password.")
+
+
+class EmailUndoHandler(DashboardHandler):
+    """Undo an email change with the code mailed to the old address (GET: the form,
+    filled from the link; POST: undo). Public: the old address's owner may no longer be
+    able to sign in."""
+
+    access = "public"
+
+    async def get(self) -> None:
+        await self.ensure_session()
+        self.render("email_undo.html", token=self.get_query_argument("token", "")[:200])
+
+    async def post(self) -> None:
+        token = self.arg("token", 200).strip()
+        if not await take_slot(self.store.counters, "email-undo-ip", self.client_ip(),
+                               self.dash.cfg.register_max_per_ip, 3600):
+            raise PageError(429, "Too many requests from your network; try again later.",
+                            code="too_many_requests", template="email_undo.html",
+                            token=token)
+        try:
+            account = await undo_email_change(self.gateway, self.dash, token)
+        except PageError as exc:
+            exc.template, exc.context = "email_undo.html", {"token": token}
+            raise
+        await self.end_session()
+        self.render("message.html", title="Email change undone",
+                    message=f"The account has the address {account['email']} again. Every "
+                            "session was signed out. If its password was changed meanwhile, "
+                            "choose a new one with \"Forgot password\".")

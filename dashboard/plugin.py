@@ -22,6 +22,7 @@ PAGES = [
     (r"/dashboard/logout", pages_auth.LogoutHandler),
     (r"/dashboard/forgot", pages_auth.ForgotHandler),
     (r"/dashboard/reset", pages_auth.ResetHandler),
+    (r"/dashboard/email/undo", pages_auth.EmailUndoHandler),
     (r"/dashboard/keys", pages_user.KeysHandler),
     (r"/dashboard/playground", playground.PlaygroundHandler),
     (r"/dashboard/keys/revoke", pages_user.KeyRevokeHandler),

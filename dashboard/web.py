@@ -182,6 +182,29 @@ class DashboardHandler(ErrorRenderer, tornado.web.RequestHandler):
         if self.session:
             await self.store.sessions.set_flash(self.session["_id"], message)
 
+    async def reauthenticate(self, password: str) -> None:
+        """The signed-in account's current password, checked again before a sensitive
+        change (a stolen session cookie alone is not enough). Throttled with the
+        sign-in counters. PageError: 401 without a password, 400 for a wrong one, 429."""
+        if not password:
+            raise PageError(401, "Enter your current password to confirm this change.",
+                            param="current_password", code="reauthentication_required")
+        throttle = self.dash.throttle(self.store)
+        attempt = await throttle.reserve(self.account["email"], self.client_ip())
+        if not attempt.allowed:
+            raise PageError(429, "Too many wrong passwords. Try again later.",
+                            code="too_many_attempts")
+        try:
+            ok, _ = await self.dash.passwords.verify(self.account.get("password_hash"),
+                                                     password)
+        except BaseException:
+            await throttle.release(attempt)
+            raise
+        if not ok:                                   # the reservation stays counted
+            raise PageError(400, "Your current password is not correct.",
+                            param="current_password", code="invalid_password")
+        await throttle.release(attempt)
+
     def arg(self, name: str, max_len: int = 1024) -> str:
         value = self.get_body_argument(name, "") or ""
         if len(value) > max_len:
