@@ -47,7 +47,7 @@ def parse_expiry(value: Any, now: datetime | None = None) -> datetime | None:
         else:
             when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
             when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
-    except ValueError:
+    except (ValueError, OverflowError):   # OverflowError: 9999-12-31T23:59-01:00
         raise ControlError("expires_at", "expires_at must be a date (YYYY-MM-DD) or an ISO "
                                          "8601 date-time.") from None
     if when <= (now or datetime.now(UTC)):

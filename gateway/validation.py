@@ -338,9 +338,26 @@ def validate(kind: str, data: dict[str, Any], unknown: str = "refuse") -> None:
         _FAST[kind](checked)
     except fastjsonschema.JsonSchemaValueException as exc:
         raise _explain(exc) from None
+    if kind == "embedding":
+        _check_token_ids(checked["input"])
     if extra and unknown == "drop":
         for name in extra:
             del data[name]
+
+
+def _check_token_ids(value: Any) -> None:
+    """Token ids are integers: JSON Schema's "integer" also takes 1.0, which the
+    embeddings code cannot use (a TypeError, a 500, before this check)."""
+    if type(value) is not list or type(value[0]) is str:
+        return
+    rows = value if type(value[0]) is list else [value]
+    for i, row in enumerate(rows):
+        if float in set(map(type, row)):     # C speed: bodies hold up to ~500k ids
+            j = next(j for j, t in enumerate(row) if type(t) is float)
+            param = f"input[{i}][{j}]" if rows is value else f"input[{j}]"
+            raise APIError(400, f"Invalid type for '{param}': expected an integer (a token "
+                                f"id), but got a number instead.", param=param,
+                           code="invalid_type")
 
 
 def _unknown(extra: set[str], prefix: str) -> APIError:

@@ -170,3 +170,18 @@ def test_openai_compatible_upstream_serves_embeddings(gw, start_gw):
     r = httpx.post(front.url + "/v1/embeddings", headers={"Authorization": f"Bearer {key}"},
                    json={"model": "remote", "input": "hi", "dimensions": 3}, timeout=60)
     assert r.status_code == 400 and r.json()["error"]["code"] == "upstream_rejected"
+
+
+def test_token_ids_that_are_floats_are_a_400_not_a_500(gw):
+    """Issue 22, security 6: JSON Schema's "integer" takes 1.0; the prompt estimate then
+    raised a TypeError (500) for [1.0], with any model."""
+    key = gw.create_key()
+    for model in (MODEL, "echo"):
+        for body, param in (([1.0], "input[0]"), ([3, 2.0], "input[1]"),
+                            ([[1], [4, 5.0]], "input[1][2]" if False else "input[1][1]")):
+            r = httpx.post(gw.url + "/v1/embeddings", headers={"Authorization": f"Bearer {key}"},
+                           json={"model": model, "input": body}, timeout=60)
+            assert r.status_code == 400, (model, body, r.status_code, r.text[:300])
+            err = r.json()["error"]
+            assert err["param"] == param and err["code"] == "invalid_type", err
+            assert "token id" in err["message"] and "Traceback" not in r.text
