@@ -20,8 +20,11 @@ def log_request(handler) -> None:
     if not _access_log.isEnabledFor(level):
         return          # the line would be dropped: not built at all
     rid, completion = requestid.of(request), requestid.completion_id(request)
-    fields = {"request_id": logredact.redact(rid), "method": request.method,
-              "path": logredact.redact(request.path), "status": status,
+    # The path and method are escaped (no line breaks, controls or "x=y" look-alikes
+    # in a text line) and redacted.
+    fields = {"request_id": logredact.redact(rid),
+              "method": logredact.escape_path(request.method),
+              "path": logredact.redact(logredact.escape_path(request.path)), "status": status,
               "duration_ms": round(1000.0 * request.request_time(), 1)}
     message = "%(status)d %(method)s %(path)s %(duration_ms).1fms request_id=%(request_id)s"
     if completion:
