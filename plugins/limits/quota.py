@@ -15,8 +15,18 @@ refused while other processes still hold unused quota, at most their unused bloc
 for at most ``idle`` seconds after they stop using it.
 
 Concurrent-stream slots work the same way (``SlotPool``): a process leases slots and
-reuses them for its streams; its holding expires ``lease_ttl`` seconds after the
-process dies, because only a living process renews it.
+reuses them for its streams.
+
+**Holdings are fenced.** Every block and slot lease is recorded under this process (its
+*holder* id) with an expiry, which the process renews while it lives (every
+``lease_ttl / 3``, and its use of each quota window with it, every upkeep round). A
+holding that has expired is taken back by the others after a further ``grace``
+(``Counters``): what a dead process did not report as used returns within ``lease_ttl``.
+A process that could not renew stops admitting on its holdings ``margin`` before they
+expire, by its own monotonic clock; it renews before admitting on them again, and if they
+were taken back meanwhile it records again only what it still uses (its running streams,
+its use beyond its last report), even past the limit, so that nothing new is admitted for
+that account until it is under its limit again.
 """
 from __future__ import annotations
 
@@ -35,6 +45,7 @@ MAX_ROUNDS = 10        # takes one request may wait for while others' demand is 
 DOWN_RETRY = 2.0       # after a database error, fail new takes at once for this long
 DAY_HORIZON_SCALE = 30  # a day's window leases 30x the demand horizon of a minute's
 LOW_WATER_TTL = 0.02   # how long a lease's refill level holds once demand is measured
+MAX_GRACE = 2.0        # an expired holding is taken back this long after it is first seen
 
 
 @dataclass
@@ -44,7 +55,33 @@ class LeaseSettings:
     horizon: float = 2.0       # a new block covers this many seconds of recent demand
     max_share: float = 0.25    # ...but at most this share of the limit (beyond what waits)
     idle: float = 2.0          # an idle account's unused quota goes back after this long
-    lease_ttl: float = 15.0    # stream slots of a dead process free themselves after this
+    lease_ttl: float = 15.0    # a dead process's slots and unused quota return after this
+
+    @property
+    def grace(self) -> float:
+        """Between finding a holding expired and taking it back: its holder's time to
+        renew once the database is back after an outage."""
+        return min(MAX_GRACE, self.lease_ttl / 3)
+
+    @property
+    def hold(self) -> float:
+        """How far ahead a holding's expiry is set (with ``grace``: ``lease_ttl``)."""
+        return self.lease_ttl - self.grace
+
+    @property
+    def margin(self) -> float:
+        """How long before its holdings expire a process that could not renew them stops
+        admitting on them (by its own clock: room for clock drift between processes)."""
+        return self.lease_ttl / 5
+
+    @property
+    def valid_for(self) -> float:
+        """How long after a renewal was sent this process admits on its holdings."""
+        return self.hold - self.margin
+
+    @property
+    def renew_every(self) -> float:
+        return min(self.lease_ttl / 3, self.valid_for / 2)
 
 
 @dataclass
@@ -71,6 +108,9 @@ class QuotaPool:
     peak_cost: Amounts = field(default_factory=dict)   # largest reservation this window
     low_water_levels: dict[str, float] = field(default_factory=dict)  # see low_water
     low_water_until: float = -math.inf
+    holding: bool = False                             # recorded under this process
+    reported: Amounts = field(default_factory=dict)   # the use it last recorded there
+    confirmed: float = -math.inf                      # when its last take was sent
 
     def roll(self, window: str) -> None:
         """Start afresh in a newer window (the old lease lapses with its window). Never
@@ -80,6 +120,7 @@ class QuotaPool:
             self.granted, self.used, self.others, self.demand = {}, {}, {}, {}
             self.since_take, self.peak_cost = {}, {}
             self.refused_at = self.low_water_until = -math.inf
+            self.holding, self.reported, self.confirmed = False, {}, -math.inf
 
     def fits(self, cost: Amounts) -> bool:
         """Whether ``cost`` fits in what the lease has left."""
@@ -161,6 +202,7 @@ class SlotPool:
     fetch: asyncio.Future | None = None
     refused_at: float = -math.inf
     last_active: float = field(default_factory=time.monotonic)
+    confirmed: float = -math.inf      # when its last lease was sent
 
 
 class QuotaLeases:
@@ -174,7 +216,10 @@ class QuotaLeases:
         self.pools: dict[str, QuotaPool] = {}
         self.slots: dict[str, SlotPool] = {}
         self._upkeep: asyncio.Task | None = None
-        self._renewed = time.monotonic()
+        self._renewed = -math.inf        # when the last full renewal was sent
+        self._renewed_ok = -math.inf     # ...the last one that succeeded
+        self._renewing: asyncio.Future | None = None
+        self._valid_for = settings.valid_for
         self._down_until = 0.0
 
     # -- quota -------------------------------------------------------------------------
@@ -196,7 +241,10 @@ class QuotaLeases:
             pool.roll(window)
         if pool.waiting or not pool.fits(cost):
             return None
-        pool.last_active = time.monotonic()
+        now = time.monotonic()
+        if now >= max(pool.confirmed, self._renewed_ok) + self._valid_for:
+            return None                                  # fenced: renew first
+        pool.last_active = now
         pool.reserve(cost)
         self._refill_early(pool)
         return pool.window
@@ -212,6 +260,10 @@ class QuotaLeases:
             # First come, first served: a newcomer does not take what a block just taken
             # for the requests waiting on it was meant for.
             if (waited or not pool.waiting) and pool.fits(cost):
+                if self.fenced(pool.confirmed):
+                    await self.renew_now()
+                    waited = True
+                    continue
                 pool.reserve(cost)
                 self._refill_early(pool)
                 return pool.window
@@ -233,6 +285,23 @@ class QuotaLeases:
         if pool.window == window:
             pool.use({f: actual.get(f, 0) - c for f, c in reserved.items()})
         pool.last_active = time.monotonic()
+
+    def fenced(self, confirmed: float) -> bool:
+        """Whether a holding last confirmed at ``confirmed`` (or by the last full renewal)
+        may no longer be admitted on without renewing it first."""
+        return time.monotonic() >= max(confirmed, self._renewed_ok) + self._valid_for
+
+    async def renew_now(self) -> None:
+        """Renew every holding of this process (one renewal at a time; joins the one on
+        its way). Raises StoreError at once while the database is known to be down."""
+        self._check_database()
+        await self._renew_shared(full=True)
+
+    async def _renew_shared(self, full: bool) -> None:
+        if self._renewing is None or self._renewing.done():
+            self._renewing = asyncio.ensure_future(self._renew(full))
+            self._renewing.add_done_callback(_consume_error)
+        await asyncio.shield(self._renewing)
 
     def _check_database(self) -> None:
         """Fail at once (503) while the database is known to be unreachable, instead of
@@ -278,8 +347,10 @@ class QuotaLeases:
                            - pool.granted.get(f, 0)) for f in pool.limits}
             need = {f: max(0, pool.used.get(f, 0) + c - pool.granted.get(f, 0))
                     for f, c in pool.need.items()}
+            sent, used = time.monotonic(), dict(pool.used)
             taken, shared, current = await self.counters.lease_quota(
-                pool.pool_id, window, want, need, pool.limits)
+                pool.pool_id, window, want, need, pool.limits, self.holder,
+                self.settings.hold, self.settings.grace, used)
             if current > pool.window:        # another process's clock is ahead: join it
                 pool.roll(current)
             elif pool.window != current:     # the window ended meanwhile: try afresh
@@ -289,6 +360,7 @@ class QuotaLeases:
             if taken:
                 pool.since_take = {}
                 pool.low_water_until = -math.inf
+                pool.holding, pool.reported, pool.confirmed = True, used, sent
             if shared:
                 pool.others = {f: max(0, shared.get(f, 0) - pool.granted.get(f, 0))
                                for f in pool.limits}
@@ -312,14 +384,17 @@ class QuotaLeases:
             self._ensure_upkeep()
         return pool
 
-    @staticmethod
-    def try_acquire_slot(pool: SlotPool) -> bool:
+    def try_acquire_slot(self, pool: SlotPool) -> bool:
         """The steady state of :meth:`acquire_slot`: reuse a slot this process holds, if
-        one is free and nobody waits. False: call :meth:`acquire_slot`."""
+        one is free, nobody waits and the holding is not fenced. False: call
+        :meth:`acquire_slot`."""
         if pool.waiting or pool.in_use >= pool.held:
             return False
+        now = time.monotonic()
+        if now >= max(pool.confirmed, self._renewed_ok) + self._valid_for:
+            return False
         pool.in_use += 1
-        pool.last_active = time.monotonic()
+        pool.last_active = now
         return True
 
     async def acquire_slot(self, pool: SlotPool, cap: int) -> bool:
@@ -328,6 +403,10 @@ class QuotaLeases:
         for _ in range(MAX_ROUNDS):
             pool.last_active = time.monotonic()
             if (waited or not pool.waiting) and pool.in_use < pool.held:
+                if self.fenced(pool.confirmed):
+                    await self.renew_now()
+                    waited = True
+                    continue
                 pool.in_use += 1
                 return True
             if time.monotonic() - pool.refused_at < RECHECK:
@@ -353,9 +432,12 @@ class QuotaLeases:
         try:
             await asyncio.sleep(0)
             demand, pool.demand = pool.demand, 0
+            sent = time.monotonic()
             got = await self.counters.lease_slots(pool.subject, self.holder, demand, 1, cap,
-                                                  self.settings.lease_ttl)
+                                                  self.settings.hold, self.settings.grace)
             pool.held += got
+            if got:
+                pool.confirmed = sent
             if not got:
                 pool.refused_at = time.monotonic()
             return bool(got)
@@ -380,10 +462,81 @@ class QuotaLeases:
                 self.log.warning("quota lease upkeep failed (%s); retrying",
                                  type(exc).__name__)
 
+    async def _renew(self, full: bool) -> None:
+        """Renew the holdings of this process (``full``: all of them, else the quota
+        windows whose use changed since it was last reported), reporting its use; restore
+        what was taken back meanwhile (see the module's docstring)."""
+        sent = time.monotonic()
+        if full:
+            self._renewed = sent
+        # A take on its way reports the use itself (the two must not cross): only renewed.
+        pools = {pid: (p.window, dict(p.used) if p.fetch is None else {})
+                 for pid, p in self.pools.items()
+                 if p.holding and (full or (p.fetch is None and p.used != p.reported))}
+        slots = {s for s, p in self.slots.items() if p.held > 0} if full else set()
+        try:
+            lost_pools, lost_slots = await self.counters.renew(
+                self.holder, self.settings.hold, slots, pools)
+            for pool_id, (window, used) in pools.items():
+                pool = self.pools.get(pool_id)
+                if pool is None or pool.window != window:
+                    continue
+                if pool_id in lost_pools:
+                    await self._restore_pool(pool)
+                    continue
+                if used:
+                    pool.reported = used
+                pool.confirmed = max(pool.confirmed, sent)
+            for subject in lost_slots:
+                slots_pool = self.slots.get(subject)
+                if slots_pool is not None:
+                    await self._restore_slots(slots_pool)
+        except StoreError:
+            self._down_until = time.monotonic() + DOWN_RETRY
+            raise
+        if full:
+            self._renewed_ok = sent
+        self._down_until = 0.0
+
+    async def _restore_pool(self, pool: QuotaPool) -> None:
+        """The pool's holding was taken back while this process lived: what it used beyond
+        what it had reported is charged now, and it holds exactly its use (no more
+        admissions on the old block)."""
+        used, granted = dict(pool.used), pool.granted
+        charge = {f: used.get(f, 0) - min(pool.reported.get(f, 0), granted.get(f, 0))
+                  for f in pool.limits}
+        sent = time.monotonic()
+        pool.granted = dict(used)
+        pool.holding = await self.counters.restore_quota(
+            pool.pool_id, pool.window, self.holder, charge, used, self.settings.hold)
+        if pool.holding:
+            pool.reported, pool.confirmed = used, sent
+        self.log.warning("quota leases of this process were taken back while it could not "
+                         "reach the database; it admits no more on them and charged %s "
+                         "used since its last report", charge)
+
+    async def _restore_slots(self, pool: SlotPool) -> None:
+        """The pool's slots were taken back while this process lived: its running streams
+        are recorded again (even past the cap), the rest is gone."""
+        sent = time.monotonic()
+        if pool.in_use:
+            await self.counters.restore_slots(pool.subject, self.holder, pool.in_use,
+                                              self.settings.hold)
+            pool.confirmed = sent
+        gone, pool.held = pool.held - pool.in_use, pool.in_use
+        self.log.warning("stream slots of this process were taken back while it could not "
+                         "reach the database: %d given up, %d running streams recorded again",
+                         gone, pool.in_use)
+
     async def upkeep(self, everything: bool = False) -> None:
-        """Charge overuse, give back idle accounts' unused quota and slots, renew slot
-        holdings, forget what is settled. ``everything``: give all back now (shutdown)."""
+        """Renew this process's holdings, charge overuse, give back idle accounts' unused
+        quota and slots, forget what is settled. ``everything``: give all back now
+        (shutdown)."""
         now = time.monotonic()
+        if not everything:
+            full = (now - self._renewed >= self.settings.renew_every
+                    or self._renewed_ok < self._renewed)      # the last one failed: again
+            await self._renew_shared(full)
         idle = self.settings.idle
         for pool_id, pool in list(self.pools.items()):
             if pool.fetch is not None:
@@ -392,12 +545,21 @@ class QuotaLeases:
             over = {f: -s for f, s in spare.items() if s < 0}
             quiet = everything or now - pool.last_active >= idle
             back = {f: -s for f, s in spare.items() if s > 0} if quiet else {}
-            if over or back:
-                await self.counters.adjust_quota(pool_id, pool.window, {**over, **back})
+            forget = quiet and pool.inflight == 0
+            if pool.holding and (over or back or forget):
+                used = dict(pool.used)
+                if not await self.counters.adjust_quota(pool_id, pool.window,
+                                                        {**over, **back}, self.holder,
+                                                        used, forget):
+                    await self._restore_pool(pool)     # taken back meanwhile (or passed)
+                    continue
+                pool.reported = used
+                if forget:
+                    pool.holding = False
                 for f, s in spare.items():
                     if s < 0 or quiet:
                         pool.granted[f] = pool.used.get(f, 0)
-            if quiet and pool.inflight == 0 and self.pools.get(pool_id) is pool:
+            if forget and self.pools.get(pool_id) is pool:
                 del self.pools[pool_id]
         for subject, slots in list(self.slots.items()):
             if slots.fetch is not None:
@@ -409,13 +571,6 @@ class QuotaLeases:
                 slots.held = slots.in_use
             if slots.held == 0 and slots.in_use == 0 and self.slots.get(subject) is slots:
                 del self.slots[subject]
-        held = sum(1 for s in self.slots.values() if s.held)
-        if held and now - self._renewed >= self.settings.lease_ttl / 3:
-            self._renewed = now
-            still = await self.counters.renew_slots(self.holder, self.settings.lease_ttl)
-            if still < held:
-                self.log.warning("stream slots of this process expired while it was busy; "
-                                 "they were taken back")
 
     async def close(self) -> None:
         """Give back everything this process holds (at shutdown)."""
