@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from dashboard import notify
+from dashboard import first_admin, notify
 from dashboard.deferred import defer
 from dashboard.email_change import undo_email_change
 from dashboard.passwords import policy_error
@@ -206,6 +206,8 @@ class ResetHandler(DashboardHandler):
                                  "new one.", param="token", code="invalid_token", **form)
         await self.store.accounts.update(account["_id"],
                                          password_hash=await self.dash.passwords.hash(password))
+        await first_admin.forget_if_changed(self.gateway.config, self.dash.passwords,
+                                            account.get("password_hash"))
         await self.store.sessions.delete_for_account(account["_id"])
         await notify.send(self, self.dash, "password_changed", account)
         self.render("message.html", title="Password changed",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-from dashboard import key_controls, notify
+from dashboard import first_admin, key_controls, notify
 from dashboard.passwords import policy_error
 from dashboard.usage_view import usage_summary
 from dashboard.web import DashboardHandler, PageError
@@ -148,6 +148,8 @@ class PasswordHandler(DashboardHandler):
                             template="account.html")
         await self.store.accounts.update(self.account["_id"],
                                          password_hash=await self.dash.passwords.hash(new))
+        await first_admin.forget_if_changed(self.gateway.config, self.dash.passwords,
+                                            self.account.get("password_hash"))
         await self.store.sessions.delete_for_account(self.account["_id"])
         await self.start_session(self.account["_id"])
         await notify.send(self, self.dash, "password_changed", self.account)
