@@ -11,6 +11,7 @@ import sys
 
 from gateway import config as config_mod
 from gateway import embedded_db
+from gateway import model_workers
 from gateway import logredact
 
 
@@ -179,6 +180,8 @@ def main(argv: list[str] | None = None) -> None:
             asyncio.run(serve(cfg))
         except config_mod.ConfigError as exc:  # plugin sections are validated at start
             sys.exit(f"configuration error: {exc}")
+        except model_workers.WorkerStartError as exc:
+            sys.exit(f"cannot start: {exc}")
     elif ns.cmd == "keys":
         asyncio.run(_keys(ns, cfg))
     elif ns.cmd == "db":

@@ -29,9 +29,22 @@ LIMIT_REJECTIONS = Counter("ayct_limit_rejections_total", "Requests denied by a 
 USAGE_RECORDED = Counter("ayct_usage_recorded_total", "Requests counted into usage rollups")
 USAGE_SPOOLED = Counter("ayct_usage_spooled_batches_total",
                         "Usage batches written to the spool file at exit (database unreachable)")
+USAGE_PERSISTING = Gauge("ayct_usage_persisting",
+                         "1 while usage reaches the database; 0 while its writes fail (database "
+                         "down, full or read-only): usage is then held in memory only")
+USAGE_UNWRITTEN = Gauge("ayct_usage_unwritten_requests",
+                        "Requests counted in memory and not yet written to the database")
+USAGE_WRITE_FAILURES = Counter("ayct_usage_write_failures_total",
+                               "Usage batch writes that failed (retried)")
+USAGE_LOST = Counter("ayct_usage_lost_requests_total",
+                     "Requests whose usage could be written neither to the database nor to "
+                     "the spool file at exit")
 BACKEND_RETRIES = Counter("ayct_backend_retries_total",
                           "Upstream attempts that failed before the first token (then retried "
                           "on another replica, or given up), by error code", ["model", "reason"])
+MODEL_CAPACITY = Gauge("ayct_model_capacity", "Sequences a model's workers run at once "
+                       "(what they report: llama.cpp instances, MLC max_num_sequence)",
+                       ["model"])
 REPLICA_UP = Gauge("ayct_backend_replica_up", "Upstream replica health (1 up, 0 down)",
                    ["model", "replica"])
 

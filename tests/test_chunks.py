@@ -4,7 +4,7 @@ from __future__ import annotations
 from types import SimpleNamespace as NS
 
 from gateway import sdk
-from plugins.backends.mlc import _as_mapping
+from plugins.backends.mlc_engine import _as_mapping
 
 
 def test_every_choice_and_field_of_an_event_becomes_a_chunk():

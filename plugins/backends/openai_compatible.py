@@ -99,11 +99,15 @@ class OpenAICompatibleBackend:
         embeddings: bool = False
 
     def __init__(self, model_cfg, config) -> None:
-        opts = self.options = self.Options.parse(model_cfg.options,
-                                                 f"models.{model_cfg.name}.options")
-        self.name = model_cfg.name
+        self._configure(model_cfg.name, self.Options.parse(model_cfg.options,
+                                                           f"models.{model_cfg.name}.options"))
+
+    def _configure(self, name: str, opts: "OpenAICompatibleBackend.Options") -> None:
+        """Take the relay's settings from ``opts`` (local model workers make their own)."""
+        self.options = opts
+        self.name = name
         self.replicas = [Replica(u) for u in (opts.base_urls or [opts.base_url])]
-        self.upstream_model = opts.upstream_model or model_cfg.name
+        self.upstream_model = opts.upstream_model or name
         self.api_key = opts.api_key
         self.connect_timeout = opts.connect_timeout
         self.read_timeout = opts.read_timeout
@@ -331,8 +335,7 @@ class OpenAICompatibleBackend:
                         raise error from None
                     continue
                 except OSError:   # closed early, or not valid HTTP (ConnectionError)
-                    error = APIError(502, "The model backend closed the stream early.",
-                                     code="backend_error")
+                    error = self._closed_early()
                     if sent:
                         raise error from None
                     self._set_health(replica, False)
@@ -400,6 +403,10 @@ class OpenAICompatibleBackend:
             tokens = usage.get("prompt_tokens")
             return vectors, (Usage(int(tokens), 0) if isinstance(tokens, int) else None)
         raise error
+
+    def _closed_early(self) -> APIError:
+        return APIError(502, "The model backend closed the stream early.",
+                        code="backend_error")
 
     def _unavailable(self) -> APIError:
         return APIError(503, f"The model `{self.name}` is unavailable right now; "
