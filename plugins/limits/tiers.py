@@ -18,6 +18,10 @@ reserved in the same all-or-nothing step as the account's; the account's tier li
 still apply, so a key never gets more than its tier. A key's model list narrows the
 tier's. Which tier an account has and which models it may use is ``TierPolicy``
 (``gateway.tier_policy``), the same object ``/v1/models`` asks.
+
+Model lists are authorisation, not limits: with ``[limits] enabled = false`` the limiter
+is still registered and still refuses a model outside the tier's or the key's list, and
+still applies the key's own limits (which its owner set); only the tiers' limits are off.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from gateway.background import WarnOnce
+from gateway.config import TierConfig
 from gateway.errors import APIError
 from gateway.hookspecs import hookimpl
 from gateway.store import StoreError
@@ -40,6 +45,7 @@ from plugins.limits.quota import DAY_HORIZON_SCALE, LeaseSettings, QuotaLeases
 log = logging.getLogger("allyoucantoken.limits")
 warn = WarnOnce(log)
 DEFAULT_COMPLETION_ESTIMATE = 1024
+NO_TIER_LIMITS = TierConfig()     # the tiers' limits with [limits] enabled = false
 
 
 def _fmt(seconds: float) -> str:
@@ -118,6 +124,7 @@ class TierLimiter:
                                   "proc_" + secrets.token_hex(8), log)
         self.clock = WindowClock()
         self._plans: dict[int, tuple] = {}
+        self.tier_limits = lim.enabled      # off: model lists and per-key limits only
 
     def tier_for(self, principal: Principal):
         """The caller's tier (``TierPolicy.tier_for``)."""
@@ -132,6 +139,8 @@ class TierLimiter:
             return _deny("model_not_allowed", f"This API key is not allowed to use the model "
                          f"`{req.model}` (allowed: {', '.join(principal.allowed_models)}).",
                          status=403, param="model")
+        if not self.tier_limits:
+            tier = NO_TIER_LIMITS
         max_tokens = req.max_tokens
         if tier.max_tokens:
             if max_tokens is None:
@@ -298,7 +307,7 @@ class TierLimiter:
         this process's own lease (unused quota it holds, use not yet charged). Blocks
         other processes hold unused count as used until they give them back
         (``lease_idle``). ``None`` for a window without a limit."""
-        tier = self.policy.tier(tier_name)
+        tier = self.policy.tier(tier_name) if self.tier_limits else NO_TIER_LIMITS
         self.clock.read()
         minute, day = self.clock.minute_id, self.clock.day_id
         key_limits = key_limits or {}
@@ -341,6 +350,6 @@ class TierLimiter:
 
 @hookimpl
 def register_limiters(register, config, store):
-    """Register the tier limiter (permissive when the tier sets no limits)."""
-    if config.limits.enabled:
-        register(TierLimiter(config, store))
+    """Register the tier limiter (permissive when the tier sets no limits; with
+    ``[limits] enabled = false`` it enforces model lists and per-key limits only)."""
+    register(TierLimiter(config, store))
