@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import uuid
 
 import httpx
@@ -28,8 +27,6 @@ FUZZ = settings(derandomize=True, deadline=None, database=None, print_blob=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.function_scoped_fixture])
 MAX_LAG_MS = 100
-CSRF = re.compile(r'name="_csrf" value="([^"]+)"')
-NEW_KEY = re.compile(r'id="new-key">([^<]+)<')
 
 
 @pytest.fixture(scope="module")
