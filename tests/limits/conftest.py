@@ -14,6 +14,7 @@ TIERS = {
     "streams2": {"concurrent_streams": 2},
     "streams1": {"concurrent_streams": 1},
     "streams3": {"concurrent_streams": 3},
+    "daily": {"tokens_per_day": 20000, "max_tokens": 20},
     "tokens": {"tokens_per_minute": 400, "tokens_per_day": 100000, "max_tokens": 20},
     "clamp": {"max_tokens": 3, "max_tokens_policy": "clamp"},
     "narrow": {"models": ["echo"], "max_prompt_chars": 200},

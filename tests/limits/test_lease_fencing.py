@@ -11,7 +11,7 @@ import uuid
 import httpx
 
 from tests.db_proxy import DelayProxy
-from tests.helpers import start_gateway
+from tests.helpers import db_run, start_gateway
 from tests.limits.conftest import Account, body, limits_config
 
 CAP = 3
@@ -107,3 +107,54 @@ def test_stream_cap_holds_through_an_outage_longer_than_the_lease(mongo, tmp_pat
         a.stop()
         b.stop()
         proxy.close()
+
+
+def test_quota_leased_by_a_killed_process_comes_back(start_gw):
+    """A gateway holding a block of an account's daily quota is SIGKILLed: what it leased
+    but did not use returns once its holding has expired (``lease_ttl``), so the account
+    can use its whole day's quota through another gateway: no more, and no less than
+    one request's reservation below it (before: the killed process's unused block, a
+    quarter of the day, was gone until midnight)."""
+    cfg = outage_config(ttl=3.0, lease_idle=5.0)     # no idle give-back before the kill
+    doomed = start_gw(cfg)
+    other = start_gw(cfg, db_name=doomed.db_name)
+    acct = Account(doomed, "daily")
+    limit = 20000
+    text = " ".join(["word"] * 150)
+    cost = 150 + 20                                  # echo: 150 prompt + 20 completion
+
+    def run(gw, n=None, until=None):
+        used = refused = 0
+        with httpx.Client(base_url=gw.url, timeout=30, headers=acct.headers) as c:
+            while (n is None or used < n * cost) and (until is None or time.monotonic() < until):
+                r = c.post("/v1/chat/completions", json=body("echo", text, max_tokens=20))
+                if r.status_code == 200:
+                    used += r.json()["usage"]["total_tokens"]
+                    refused = 0
+                elif r.status_code == 429:
+                    refused += 1
+                    if n is not None or refused > 20:     # refused for ~4 s: the limit
+                        break
+                    time.sleep(0.2)
+                else:
+                    raise AssertionError(r.text)
+        return used
+
+    used_a = run(doomed, n=20)
+    time.sleep(1.5)                  # its use is reported (each upkeep round), then...
+    doomed.kill()                    # ...SIGKILL: no settle, no give-back
+
+    def day_counter():
+        from datetime import UTC, datetime
+        day = f"{datetime.now(UTC):%Y%m%d}"
+        return db_run(other.db_uri, other.db_name,
+                      lambda s: s.counters.quota_values(f"q:d:{acct.id}", day)).get("tokens", 0)
+    stranded = day_counter() - used_a
+    print(f"killed holder: {used_a} tokens used, the day's counter says {used_a + stranded}")
+    used_b = run(other, until=time.monotonic() + 60)
+    lost = limit - used_a - used_b
+    print(f"quota lost to the killed holder: {lost} tokens ({lost / limit:.1%} of the day), "
+          f"stranded at the kill: {stranded} ({stranded / limit:.1%})")
+    assert stranded > cost                            # it did hold an unused block
+    assert used_a + used_b <= limit                   # never over-admitted
+    assert lost < 2 * cost                            # and its block came back
