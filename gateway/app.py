@@ -11,6 +11,7 @@ import tornado.httpserver
 import tornado.web
 
 from gateway import accesslog, drain, embedded_db, httpguard, leanhttp, requestid
+from gateway import model_workers
 from gateway.config import Config
 from gateway.handlers import embeddings, ops, openai, ws
 from gateway.handlers.base import NotFoundHandler
@@ -150,8 +151,19 @@ def serve_workers(config: Config, workers: int) -> int:
             fh.write(str(embedded.port))
         config.database.uri = uri   # the workers connect to this one server
         log.info("embedded database on port %d for %d workers", embedded.port, workers)
+    # Model workers (local runtimes) once for all the gateway processes, before the fork.
+    pm = get_plugin_manager(config.plugins.modules, config.plugins.disabled)
+    backend_types: dict = {}
+    pm.hook.register_backends(register=backend_types.__setitem__, config=config)
+    try:
+        model_workers.start_for_config(config, backend_types)
+    except model_workers.WorkerStartError:
+        if embedded:
+            embedded.stop(timeout=embedded_db.EXIT_GRACE + 1)
+        raise
     children: dict[int, int] = {}   # pid -> worker index
     stopping = False
+    parent = os.getpid()
 
     def spawn(index: int) -> None:
         pid = os.fork()
@@ -159,6 +171,11 @@ def serve_workers(config: Config, workers: int) -> int:
             code = 0   # only the parent, which forwards one SIGTERM
             try:
                 os.setpgid(0, 0)
+                # Die with the parent, even when it is SIGKILLed: a worker left behind
+                # keeps the port with no database and answers 503.
+                embedded_db._die_with_parent()
+                if os.getppid() != parent:
+                    os._exit(1)
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     signal.signal(sig, signal.SIG_DFL)
                 asyncio.run(serve(config, worker=index, workers=workers))
@@ -198,6 +215,7 @@ def serve_workers(config: Config, workers: int) -> int:
                 if not stopping:
                     spawn(index)
     finally:
+        model_workers.stop_workers()
         if embedded:
             embedded.stop(timeout=embedded_db.EXIT_GRACE + 1)
             if os.path.exists(port_file):

@@ -34,7 +34,8 @@ class ModelsHandler(BaseAPIHandler):
             healths = await asyncio.gather(*(self.gateway.backends[n].health() for n in wanted))
             data = [{"id": n, "object": "model", "created": 0, "owned_by": "allyoucantoken",
                      "backend": self.gateway.config.model(n).backend,
-                     "health": "ok" if h.get("ok") else "unavailable",
+                     "health": "ok" if h.get("ok") else
+                     "restarting" if h.get("state") == "restarting" else "unavailable",
                      "capabilities": list(getattr(self.gateway.backends[n], "capabilities",
                                                   ("chat", "completions")))}
                     for n, h in zip(wanted, healths)]

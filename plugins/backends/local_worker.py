@@ -76,7 +76,8 @@ class LocalWorkerBackend(OpenAICompatibleBackend):
 
     async def close(self) -> None:
         await super().close()
-        model_workers.stop_workers(self.name)    # only if this process started them
+        # only if this process started them; off the loop (it waits for the processes)
+        await asyncio.to_thread(model_workers.stop_workers, self.name)
 
     def _up(self) -> bool:
         return any(w.state == model_workers.UP for w in self.workers)

@@ -31,6 +31,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 from types import SimpleNamespace
 
@@ -44,6 +45,7 @@ from gateway.types import GenerationRequest
 
 log = logging.getLogger("allyoucantoken.worker")
 TOKEN_ENV = "AYCT_WORKER_TOKEN"   # the same name as gateway.model_workers.TOKEN_ENV
+EXIT_GRACE = 2.0                  # seconds from SIGTERM to exit, at the most
 
 
 class _Handler(tornado.web.RequestHandler):
@@ -233,8 +235,13 @@ async def serve(engine_spec: str, model: str, options: dict, fd: int) -> None:
             if os.getppid() != parent:
                 break
     server.stop()
+    # The engine's close may wait on a native generation thread: exit within EXIT_GRACE
+    # whatever it is doing.
+    timer = threading.Timer(EXIT_GRACE, os._exit, [0])
+    timer.daemon = True
+    timer.start()
     try:
-        await asyncio.wait_for(engine.close(), 5.0)
+        await asyncio.wait_for(engine.close(), EXIT_GRACE)
     except Exception:  # noqa: BLE001 - exiting anyway
         pass
 
