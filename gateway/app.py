@@ -10,7 +10,7 @@ import ssl
 import tornado.httpserver
 import tornado.web
 
-from gateway import accesslog, drain, embedded_db, httpguard, leanhttp, requestid
+from gateway import accesslog, datadir, drain, embedded_db, httpguard, leanhttp, requestid
 from gateway import model_workers
 from gateway.config import Config
 from gateway.handlers import embeddings, ops, openai, ws
@@ -63,6 +63,7 @@ def embedded_port_file(config: Config) -> str:
 
 def database_uri(config: Config) -> tuple[str, embedded_db.EmbeddedDB | None]:
     """The configured MongoDB URI, or a newly started embedded server's."""
+    datadir.check(config)   # an unwritable data_dir: one line, no traceback
     if config.database.uri:
         return config.database.uri, None
     os.makedirs(config.server.data_dir, mode=0o700, exist_ok=True)

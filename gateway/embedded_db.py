@@ -204,6 +204,9 @@ async def _serve(engine_name: str, path: str | None, port: int,
         await asyncio.wait_for(server.close(), EXIT_GRACE / 2)
     except TimeoutError:
         pass
+    except Exception as exc:  # noqa: BLE001 - e.g. a full disk: the last commit fails
+        why = "; ".join(str(e) for e in getattr(exc, "exceptions", None) or [exc])
+        print(f"embedded database: closed with an error: {why}", file=sys.stderr, flush=True)
 
 
 def main() -> None:

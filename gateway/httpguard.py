@@ -3,17 +3,26 @@
 Tornado drops the connection when a body exceeds ``max_body_size`` and answers its own
 parse errors with an empty ``400``. :class:`RequestGuard` sits between the HTTPServer and
 the application (it is the server's request callback) and instead answers:
-- 431 when the request headers exceed ``max_header_bytes`` (up to Tornado's hard cap of
-  ``HEADER_HARD_CAP_FACTOR`` times that; beyond it Tornado closes the connection);
-- 413 when the declared or received body exceeds ``max_body_bytes``; the response goes out
-  at once, the rest of the body is read and discarded (up to 16 times the
-  limit and at least 64 MiB, so the client can read the answer without a connection reset),
-  then the connection closes;
+- 431 when the raw request header block (padding included) exceeds ``max_header_bytes``
+  (up to Tornado's hard cap of ``HEADER_HARD_CAP_FACTOR`` times that; beyond it Tornado
+  closes the connection);
+- 400 ``invalid_framing`` when the body's framing is ambiguous: Content-Length and
+  Transfer-Encoding together, more than one Content-Length (repeated or as a list, even
+  equal ones), a Content-Length that is not plain digits, or a Transfer-Encoding other
+  than one ``chunked``. Nothing of such a body reaches the application: what the client
+  still sends is read in plain blocks and discarded, then the connection closes;
+- 413 when the declared or received body exceeds ``max_body_bytes``, or a chunked body
+  has more than :func:`max_chunks` chunks (each chunk has a fixed cost: 1-byte chunks
+  made a body cost per byte); the response goes out at once, the rest of the body is
+  read in plain blocks and discarded (up to 16 times the limit and at least 64 MiB, so
+  the client can read the answer without a connection reset), then the connection
+  closes;
 - 408 when a body has not arrived within ``server.body_timeout`` (Tornado would close the
   connection without a word; its own body timeout is moved one second later as a backstop
   for chunked bodies, and left out for the others: our timer covers them);
 - a JSON body for the bare ``400 Bad Request`` Tornado writes for a malformed request.
-Errors are OpenAI-style JSON, or a small HTML page for browsers (``Accept: text/html``).
+Errors are OpenAI-style JSON, or a small HTML page for browsers (``Accept: text/html``),
+with ``Connection: close`` (and the connection does close), and no body for ``HEAD``.
 A request that passes goes to the lean path when ``lean`` (a
 :class:`gateway.leanhttp.LeanRouter`) takes it, else to the Tornado application.
 """
@@ -22,6 +31,9 @@ from __future__ import annotations
 import collections
 import html
 import json
+import re
+import time
+import weakref
 from typing import Any
 
 from tornado import httputil
@@ -34,6 +46,10 @@ from gateway.errors import APIError
 HEADER_HARD_CAP_FACTOR = 4
 DRAIN_MIN = 64 << 20   # read (and discard) up to max(16 x the limit, 64 MiB) of a refused body
 _BARE_400 = b"HTTP/1.1 400 Bad Request\r\n\r\n"
+_DIGITS = re.compile(r"[0-9]+")
+MIN_CHUNKS = 1024        # chunks any chunked body may have...
+MIN_AVG_CHUNK = 512      # ...and one more per this many bytes of the body limit
+DISCARD_TIMEOUT = 10.0   # seconds to discard a refused body when no body_timeout is set
 
 
 def _json_bytes(err: APIError) -> bytes:
@@ -55,6 +71,33 @@ def drain_bytes(max_body_bytes: int) -> int:
     return max(16 * max_body_bytes, DRAIN_MIN)
 
 
+def max_chunks(max_body_bytes: int) -> int:
+    """How many chunks a chunked request body may have (2,048 for the 1 MiB default)."""
+    return max(MIN_CHUNKS, max_body_bytes // MIN_AVG_CHUNK)
+
+
+def framing_error(headers: httputil.HTTPHeaders) -> str | None:
+    """Why the framing of a request body is ambiguous or unsupported, or None. Different
+    parsers (a proxy, Tornado, the guard) must not be able to read different lengths."""
+    lengths = headers.get_list("Content-Length")
+    codings = headers.get_list("Transfer-Encoding")
+    if lengths and codings:
+        return "A request may not have both Content-Length and Transfer-Encoding."
+    if len(lengths) > 1 or (lengths and "," in lengths[0]):
+        return "A request may have one Content-Length header with one value."
+    if lengths and _DIGITS.fullmatch(lengths[0]) is None:
+        return "Content-Length must be a decimal number of bytes."
+    if len(codings) > 1 or (codings and codings[0].lower() != "chunked"):
+        return "The only Transfer-Encoding accepted is one 'chunked'."
+    return None
+
+
+def content_length(value: str) -> int:
+    """A Content-Length of plain digits as a number (any past 18 digits is huge)."""
+    digits = value.lstrip("0")
+    return int(digits or "0") if len(digits) <= 18 else 1 << 62
+
+
 def server_options(max_body_bytes: int, max_header_bytes: int) -> dict[str, Any]:
     """HTTPServer size arguments that leave the limits to :class:`RequestGuard`."""
     return {"max_body_size": drain_bytes(max_body_bytes),
@@ -69,13 +112,51 @@ class RequestGuard(httputil.HTTPServerConnectionDelegate):
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.max_header_bytes = max_header_bytes
+        self.max_chunks = max_chunks(max_body_bytes)
         self.lean = lean
+        # the requests of open connections (waiting for their headers, or served), and
+        # maybe some of closed ones not yet collected: see _current()
+        self.requests: "weakref.WeakSet[_GuardedRequest]" = weakref.WeakSet()
+        self.started = 0
 
     def start_request(self, server_conn: object,
                       request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
         _json_parse_errors(request_conn)
         headerparse.speed_up(request_conn)   # its request headers: one regex, not several a line
-        return _GuardedRequest(self, server_conn, request_conn)
+        self.started += 1
+        request = _GuardedRequest(self, server_conn, request_conn, self.started)
+        self.requests.add(request)
+        return request
+
+    def _current(self) -> "list[_GuardedRequest]":
+        """The current request of each open HTTP connection (a WebSocket is detached:
+        not one). Tornado does not tell this delegate when a connection closes."""
+        latest: dict[int, _GuardedRequest] = {}
+        for request in list(self.requests):
+            stream = getattr(request.conn, "stream", None)
+            if stream is None or stream.closed():
+                continue
+            seen = latest.get(id(stream))
+            if seen is None or seen.seq < request.seq:
+                latest[id(stream)] = request
+        return list(latest.values())
+
+    def open_connections(self) -> int:
+        """How many HTTP connections are open (WebSocket connections are not)."""
+        return len(self._current())
+
+    def close_idle(self, idle_for: float) -> int:
+        """Close the connections that have been waiting for a next request for
+        ``idle_for`` seconds with nothing of one received (the drain). Returns how many."""
+        now = time.monotonic()
+        closed = 0
+        for request in self._current():
+            stream = request.conn.stream
+            if request.idle_since is not None and now - request.idle_since >= idle_for \
+                    and not getattr(stream, "_read_buffer_size", 0):
+                stream.close()
+                closed += 1
+        return closed
 
     def delegate_for(self, start_line, server_conn: object,
                      request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
@@ -149,8 +230,10 @@ def _json_parse_errors(request_conn: Any) -> None:
 class _GuardedRequest(httputil.HTTPMessageDelegate):
     """One request: passed through to the application unless a limit answers it first."""
 
-    def __init__(self, guard: RequestGuard, server_conn: object, conn: Any) -> None:
+    def __init__(self, guard: RequestGuard, server_conn: object, conn: Any,
+                 seq: int = 0) -> None:
         self.guard = guard
+        self.seq = seq
         self.server_conn = server_conn
         self.inner: httputil.HTTPMessageDelegate | None = None   # once the headers passed
         self.conn = conn
@@ -160,29 +243,74 @@ class _GuardedRequest(httputil.HTTPMessageDelegate):
         self.chunked = False
         self.read_done = False
         self.accept = ""
+        self.method = ""
         self.timer: object | None = None
+        self.idle_since: float | None = time.monotonic()   # None once headers arrived
 
     def headers_received(self, start_line, headers: httputil.HTTPHeaders):
+        self.idle_since = None
         self.accept = headers.get("Accept", "")
-        self.chunked = "chunked" in headers.get("Transfer-Encoding", "").lower()
+        self.method = start_line.method
+        framing = framing_error(headers)   # first: the answers below trust the framing
+        if framing is not None:
+            return self._refuse_framing(headers, framing)
+        self.chunked = "Transfer-Encoding" in headers
         size = len(start_line.path) + sum(len(k) + len(v) + 4 for k, v in headers.get_all())
+        size = max(size, getattr(self.conn, "header_bytes", 0))   # padding counts
         if size > self.guard.max_header_bytes:
             return self._reject(headers, APIError(
                 431, f"Request headers too large: the limit is {self.guard.max_header_bytes} "
                      "bytes.", code="headers_too_large", type="invalid_request_error"))
-        declared = headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) > self.guard.max_body_bytes:
+        declared = content_length(headers.get("Content-Length") or "0")
+        if declared and headers["Content-Length"] != str(declared):
+            headers["Content-Length"] = str(declared)   # leading zeros: Tornado's int()
+        if declared > self.guard.max_body_bytes:
             return self._reject(headers, self._too_large())
+        if self.chunked:
+            self.conn.max_chunks = self.guard.max_chunks   # then it calls too_many_chunks
         timeout = getattr(getattr(self.conn, "params", None), "body_timeout", None)
-        if timeout and (self.chunked or (declared.isdigit() and int(declared) > 0)):
+        if timeout and (self.chunked or declared > 0):
             # Our 408 comes first. Tornado's own timeout (one second later) costs two
             # event-loop passes per request; it is kept only as the backstop of a chunked
             # body, whose drain after a refusal midway our timer no longer bounds.
             self.conn.set_body_timeout(timeout + 1.0 if self.chunked else None)
-            if self.chunked or not self._body_buffered(int(declared)):
+            if self.chunked or not self._body_buffered(declared):
                 self.timer = IOLoop.current().call_later(timeout, self._too_slow, timeout)
         self.inner = self.guard.delegate_for(start_line, self.server_conn, self.conn)
         return self.inner.headers_received(start_line, headers)
+
+    def _refuse_framing(self, headers: httputil.HTTPHeaders, message: str) -> None:
+        """400 at once; no byte of the body is parsed, buffered or passed on. What the
+        client still sends is read in plain blocks and discarded (as after a 413) until
+        the drain limit, the body timeout or the client's close; then the connection
+        closes."""
+        self.rejected = True
+        self._respond(APIError(400, message, code="invalid_framing",
+                               type="invalid_request_error"))
+        for name in ("Content-Length", "Transfer-Encoding"):
+            if name in headers:
+                del headers[name]
+        if not isinstance(self.conn, headerparse.FastHeaderConnection) or \
+                headers.get("Expect", "").lower() == "100-continue":
+            return self._finish()   # no body will be read: close once the answer is out
+        # Framed as chunked for Tornado, and discarded unparsed (FastHeaderConnection).
+        headers["Transfer-Encoding"] = "chunked"
+        self.chunked = True
+        self.conn.discard_body = True
+        self.conn.set_max_body_size(1 << 62)
+        timeout = getattr(getattr(self.conn, "params", None), "body_timeout", None)
+        self.conn.set_body_timeout(timeout or DISCARD_TIMEOUT)
+
+    def too_many_chunks(self) -> None:
+        """The chunked body passed :func:`max_chunks`: 413 (the rest is discarded)."""
+        if self.rejected:
+            return
+        if self.inner is not None:
+            self.inner.on_connection_close()   # drop what it buffered
+        self._reject(httputil.HTTPHeaders(), APIError(
+            413, f"Request body in too many chunks: the limit is {self.guard.max_chunks} "
+                 "chunks per body. Send it with a Content-Length, or in larger chunks.",
+            code="request_too_large"))
 
     def _body_buffered(self, length: int) -> bool:
         """Whether the whole body of ``length`` bytes already arrived with the headers
@@ -222,24 +350,31 @@ class _GuardedRequest(httputil.HTTPMessageDelegate):
             kind = "text/html; charset=UTF-8"
         else:
             body, kind = _json_bytes(err), "application/json"
+        # Connection: close is what happens too (Tornado would keep the connection open
+        # when the whole request had been read).
+        self.conn._disconnect_on_finish = True
         self.conn.write_headers(
             httputil.ResponseStartLine("HTTP/1.1", err.status, reason),
             httputil.HTTPHeaders({"Content-Type": kind, "Content-Length": str(len(body)),
                                   "Connection": "close", "X-Content-Type-Options": "nosniff"}),
-            body)
+            None if self.method == "HEAD" else body)   # HEAD: the headers only
 
     def _reject(self, headers: httputil.HTTPHeaders, err: APIError) -> None:
         """Answer now; read and discard what the client still sends, then close."""
         self.rejected = True
         self._cancel_timer()
         self._respond(err)
+        self.conn.discard_body = True   # a chunked body: plain reads, no chunk parsing
         declared = headers.get("Content-Length", "")
         drain = drain_bytes(self.guard.max_body_bytes)
-        length = int(declared) if declared.isdigit() else 0
+        length = content_length(declared) if _DIGITS.fullmatch(declared) else 0
         # Let Tornado read (and us discard) the body instead of failing on it; we stop
         # reading ourselves past the drain limit.
         self.conn.set_max_body_size(1 << 62 if self.chunked else max(length, drain))
         if headers.get("Expect", "").lower() == "100-continue" or length > drain:
+            for name in ("Content-Length", "Transfer-Encoding"):   # Tornado reads none
+                if name in headers:
+                    del headers[name]
             self._finish()   # no body will be read: close as soon as the answer is out
 
     def _finish(self) -> None:

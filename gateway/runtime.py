@@ -33,6 +33,13 @@ def spool_path(data_dir: str, worker: int | None, workers: int = 1) -> str:
     except FileNotFoundError:
         return own
     for name in names:
+        if name.startswith("usage-spool") and name.endswith(".jsonl.reserve") and \
+                name.removesuffix(".reserve") not in live:
+            try:                   # room set aside by a worker of an earlier run
+                os.remove(os.path.join(data_dir, name))
+            except OSError:
+                pass
+            continue
         if not (name.startswith("usage-spool") and name.endswith(".jsonl")) or name in live:
             continue
         path = os.path.join(data_dir, name)

@@ -2,8 +2,10 @@
 
 - ``/livez``: the process is up and its event loop answers. Never touches the database
   or a backend, so an orchestrator does not restart gateways during a database outage.
-- ``/readyz``: this gateway should get traffic: the database answers, at least one
-  model backend is healthy and it is not draining. 200, else 503 with the same JSON.
+- ``/readyz``: this gateway should get traffic: the database answers, usage reaches
+  it (a database that answers but cannot write, e.g. a full disk, is not ready: usage is
+  then held in memory only, see ``usage`` in the JSON), at least one model backend is
+  healthy and it is not draining. 200, else 503 with the same JSON.
 - ``/healthz``: kept for compatibility as an alias of ``/readyz``: it always answered
   503 when the database was down (readiness behaviour), and load balancers use it to
   take a gateway out of rotation; its JSON (``ok``, ``database``, ``models``,
@@ -31,8 +33,9 @@ class LiveHandler(BaseAPIHandler):
 
 
 class ReadyHandler(BaseAPIHandler):
-    """GET /readyz (and /healthz): 200 when the database answers, a backend is healthy
-    and the gateway is not draining; 503 otherwise, naming what is wrong."""
+    """GET /readyz (and /healthz): 200 when the database answers, usage is being written,
+    a backend is healthy and the gateway is not draining; 503 otherwise, naming what is
+    wrong."""
 
     async def get(self) -> None:
         names = list(self.gateway.backends)
@@ -42,12 +45,18 @@ class ReadyHandler(BaseAPIHandler):
         healths = [h if isinstance(h, dict) else {"ok": False} for h in healths]
         models = {n: bool(h.get("ok")) for n, h in zip(names, healths)}
         draining = self.gateway.draining
+        usage = self.gateway.usage.status()
         problems = [text for bad, text in (
             (db_ok is not True, "the database does not answer"),
+            (not usage["persisting"], "usage is not being written to the database "
+                                      f"({usage.get('error')}); "
+                                      f"{usage['unwritten_requests']} request(s) held in "
+                                      "memory"),
             (not any(models.values()), "no model backend is healthy"),
             (draining, "the gateway is shutting down")) if bad]
         body = {"ok": not problems, "ready": not problems, "database": db_ok is True,
-                "draining": draining, "models": models, "backends": dict(zip(names, healths))}
+                "usage": usage, "draining": draining, "models": models,
+                "backends": dict(zip(names, healths))}
         if problems:
             body.update(APIError(503, "Not ready: " + "; ".join(problems) + ".",
                                  code="not_ready").body())

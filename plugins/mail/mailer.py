@@ -88,7 +88,7 @@ def private_dir(path: str) -> str:
     if mode & 0o077:
         try:
             os.chmod(path, mode & 0o700)
-        except PermissionError:  # not ours: the key file itself is still 0600
+        except OSError:  # not ours, or read-only: the key file itself is still 0600
             log.warning("cannot make %s private (mode %o)", path, mode)
     return path
 
@@ -142,9 +142,15 @@ class MailSeal:
         smtp = config.extra.get("smtp", {}) if hasattr(config, "extra") else {}
         where = (config.server.data_dir, smtp.get("key_file", ""))
         if where not in cls._by_path:
-            data_dir = private_dir(config.server.data_dir)
-            path = where[1] or os.path.join(data_dir, "mail.key")
-            cls._by_path[where] = cls(load_or_create_key(os.path.abspath(path)))
+            path = where[1] or os.path.join(config.server.data_dir, "mail.key")
+            try:
+                private_dir(config.server.data_dir)
+                key = load_or_create_key(os.path.abspath(path))
+            except OSError as exc:   # a read-only or full data_dir: one line, no traceback
+                raise ConfigError(f"the mail sealing key {path} cannot be read or created: "
+                                  f"{exc.strerror or type(exc).__name__} (set [smtp] "
+                                  "key_file, or make server.data_dir writable)") from None
+            cls._by_path[where] = cls(key)
         return cls._by_path[where]
 
     def seal(self, text: str) -> str:
