@@ -11,7 +11,10 @@ hand the body to a :class:`RequestPipeline`, which
    (before the limiters: a refused request spends no quota);
 3. admits it: every limiter admits, or the first denial is raised as an ``APIError``
    (the others' reservations released);
-4. records a denial (usage event, metadata only) before raising it.
+4. records a refusal (usage event, metadata only) before raising it: a denial by a
+   limiter, and also a body that fails validation (400), an unknown model (404) or what
+   the backend cannot do (400), so the usage rollups count every answered request of a
+   known key by status class (``status_4xx``, ``errors``...).
 
 What stays in the handlers is transport: reading the body and credentials, and writing
 the answer (SSE events, a JSON body, WebSocket messages).
@@ -64,12 +67,23 @@ class RequestPipeline:
                     size: int = 0) -> Generation:
         """All the steps: validate ``body`` (``size``: a decoded object's size in bytes),
         build the request, admit it. Raises ``APIError`` for a refusal."""
-        if isinstance(body, (bytes, bytearray)):
-            await self.parse(bytes(body))
-        else:
-            await self.validate(body, size)
-        self.build()
+        try:
+            if isinstance(body, (bytes, bytearray)):
+                await self.parse(bytes(body))
+            else:
+                await self.validate(body, size)
+            self.build()
+        except APIError as err:
+            self.refused(principal, err)
+            raise
         return await self.admit(principal)
+
+    def refused(self, principal: Principal, err: APIError) -> None:
+        """Record a request refused before admission (usage event, metadata only)."""
+        transport = self.transport or ("sse" if self.data and self.data.get("stream") is True
+                                       else "http")
+        record_refusal(self.gateway, principal, err, self.kind, transport, self.model,
+                       self.started, self.req.request_id if self.req else None)
 
     # -- 1. validate --------------------------------------------------------------------
     def policy(self):
@@ -114,3 +128,23 @@ class RequestPipeline:
             gen.record(err.status, err.code)
             raise
         return gen
+
+
+def record_refusal(gateway, principal: Principal | None, err: APIError, kind: str | None,
+                   transport: str, model: str | None = None, started: float | None = None,
+                   request_id: str | None = None) -> None:
+    """Count a request answered with an error before any generation ran (invalid body,
+    unknown model, refused while draining...) in the usage rollups: status and error
+    code, no tokens, never content. Only for a known key (a ``principal``); a model name
+    that is not configured is recorded as ``-`` (a client cannot make new rollups)."""
+    if principal is None:
+        return
+    if not (isinstance(model, str) and model in gateway.backends):
+        model = "-"
+    gateway.usage.record({
+        "request_id": request_id, "account_id": principal.account_id,
+        "key_id": principal.key_id, "model": model, "kind": kind, "transport": transport,
+        "status": err.status, "error_code": err.code, "prompt_tokens": 0,
+        "completion_tokens": 0, "estimated": False, "ttft_ms": None,
+        "duration_ms": round((time.perf_counter() - started) * 1000, 3)
+        if started is not None else None})

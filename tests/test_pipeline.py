@@ -96,7 +96,8 @@ def test_a_denial_is_recorded_and_raised_with_its_param():
     assert pipeline.gen is not None and pipeline.gen.usage.total_tokens == 0
 
 
-def test_refusals_before_admission_are_not_recorded():
+def test_refusals_before_admission_are_recorded_without_a_model_it_does_not_serve():
+    """Error rates are usage data: a 404 or 400 of a known key counts (issue 22)."""
     gw = _Gateway(_Allow())
     pipeline = RequestPipeline(gw, "chat")
     with pytest.raises(APIError) as exc:                          # unknown model: 404
@@ -106,7 +107,8 @@ def test_refusals_before_admission_are_not_recorded():
     with pytest.raises(APIError) as exc:                          # invalid body: 400
         asyncio.run(pipeline.start(PRINCIPAL, b'{"model": "m", "messages": 3}'))
     assert exc.value.status == 400 and pipeline.model is None
-    assert gw.usage.events == []
+    assert [(e["status"], e["model"], e["key_id"], e["prompt_tokens"])
+            for e in gw.usage.events] == [(404, "-", "k1", 0), (400, "-", "k1", 0)]
 
 
 class _Raises(ErrorRenderer, tornado.web.RequestHandler):

@@ -36,9 +36,10 @@ def test_canary_never_reaches_storage_or_logs(start_gw):
 
     data = db_run(gw.db_uri, gw.db_name, _everything)
     assert data["usage_hourly"] and data["usage_daily"], "usage should have been recorded"
-    assert sum(d["requests"] for d in data["usage_daily"]) == 3   # the 400 is not a generation
+    assert sum(d["requests"] for d in data["usage_daily"]) == 4   # the 400 counts too
+    assert sum(d.get("status_4xx", 0) for d in data["usage_daily"]) == 1   # as an error
     events = gw.usage_events()
-    assert len(events) == 3, "the opt-in per-request log should hold every generation"
+    assert len(events) == 4, "the opt-in per-request log should hold every answered request"
     haystacks = {"mongodb": repr(data), "log": gw.log(),
                  "usage log": (gw.data_dir / "usage-events.jsonl").read_text()}
     needles = {"canary": canary, "streamed completion": streamed.strip()[:40],

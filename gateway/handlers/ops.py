@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from gateway import drain
 from gateway.errors import APIError
 from gateway.handlers.base import BaseAPIHandler
+from gateway.pipeline import record_refusal
 
 CHECK_TIMEOUT = 2.0   # seconds a readiness check waits for the database or a backend
 
@@ -71,10 +72,21 @@ class ReadyHandler(BaseAPIHandler):
 
 
 class DrainingHandler(BaseAPIHandler):
-    """Every API request that arrives while the gateway drains: 503, retry elsewhere."""
+    """Every API request that arrives while the gateway drains: 503, retry elsewhere
+    (counted in the usage rollups when its key is known: a cached key answers at once,
+    and the drain never waits long for a lookup)."""
 
-    def prepare(self) -> None:
-        raise drain.shutdown_error()
+    KINDS = {"/v1/chat/completions": "chat", "/v1/completions": "completion",
+             "/v1/embeddings": "embedding"}
+
+    async def prepare(self) -> None:
+        err = drain.shutdown_error()
+        try:
+            principal = await asyncio.wait_for(self.gateway.authenticate(self.request), 0.5)
+        except Exception:  # noqa: BLE001 - no key, a bad one, or no quick answer
+            principal = None
+        record_refusal(self.gateway, principal, err, self.KINDS.get(self.request.path), "http")
+        raise err
 
 
 class MetricsHandler(BaseAPIHandler):
