@@ -509,8 +509,9 @@ class QuotaLeases:
         pool.granted = dict(used)
         pool.holding = await self.counters.restore_quota(
             pool.pool_id, pool.window, self.holder, charge, used, self.settings.hold)
-        if pool.holding:
-            pool.reported, pool.confirmed = used, sent
+        if not pool.holding:
+            return                           # its window has passed: nothing to restore
+        pool.reported, pool.confirmed = used, sent
         self.log.warning("quota leases of this process were taken back while it could not "
                          "reach the database; it admits no more on them and charged %s "
                          "used since its last report", charge)
