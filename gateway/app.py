@@ -34,14 +34,14 @@ class _PerRequest(requestid.RequestIdTransform):
 
 
 class GatewayApplication(tornado.web.Application):
-    """While the gateway drains, new API requests get 503 ``server_shutdown``."""
+    """Once the drain stops waiting, new API requests get 503 ``server_shutdown``."""
 
     def __init__(self, gateway: Gateway, routes, **settings) -> None:
         self.gateway = gateway
         super().__init__(routes, **settings)
 
     def find_handler(self, request, **kwargs):
-        if self.gateway.draining and request.path.startswith("/v1/"):
+        if drain.refusing(self.gateway) and request.path.startswith("/v1/"):
             return self.get_handler_delegate(request, ops.DrainingHandler,
                                              {"gateway": self.gateway})
         return super().find_handler(request, **kwargs)

@@ -16,7 +16,8 @@ headers of :class:`gateway.handlers.base.BaseAPIHandler`, ``x-request-id``, the 
 log line, the drain's in-flight bookkeeping, and the same error rendering
 (:class:`gateway.handlers.base.APIRequestMixin`). A route's handler class is the same
 code as its Tornado handler (see :mod:`gateway.handlers.openai`). While the gateway
-drains, these requests go to the Tornado application (503 ``server_shutdown``).
+drains they are served here as usual (``Connection: close``); once the drain has stopped
+waiting they go to the Tornado application (503 ``server_shutdown``).
 """
 from __future__ import annotations
 
@@ -213,7 +214,7 @@ class LeanDelegate(httputil.HTTPMessageDelegate):
 
 class LeanRouter:
     """Which requests take the lean path: ``routes`` maps an exact path to its
-    :class:`LeanHandler` class (POST only). None while the gateway drains."""
+    :class:`LeanHandler` class (POST only). None once the drain refuses requests."""
 
     def __init__(self, gateway, routes: dict[str, type[LeanHandler]]) -> None:
         self.gateway = gateway
@@ -221,7 +222,7 @@ class LeanRouter:
 
     def delegate_for(self, start_line: httputil.RequestStartLine, server_conn: Any,
                      conn: Any) -> LeanDelegate | None:
-        if start_line.method != "POST" or self.gateway.draining:
+        if start_line.method != "POST" or drain.refusing(self.gateway):
             return None
         handler_class = self.routes.get(start_line.path.partition("?")[0])
         if handler_class is None:

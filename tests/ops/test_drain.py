@@ -1,6 +1,8 @@
 """Rolling restarts: SIGTERM drains. Running streams finish (SSE, JSON, WebSocket) while
-new requests go to the other gateway; streams still running at ``drain_timeout`` end
-with a final error event and a well-formed end of the response."""
+new requests go to the other gateway; a request on a kept-alive connection is served with
+``Connection: close`` (its client's next connection goes elsewhere: no failure behind a
+round-robin proxy); streams still running at ``drain_timeout`` end with a final error
+event and a well-formed end of the response."""
 from __future__ import annotations
 
 import asyncio
@@ -75,12 +77,13 @@ def test_rolling_restart_finishes_running_streams_and_sends_new_ones_elsewhere(s
             t0 = time.monotonic()
             a.proc.send_signal(signal.SIGTERM)
             await asyncio.sleep(0.3)
-            # A new API request on a kept-alive connection: 503, retry elsewhere.
-            refused = await kept2.post(a.url + "/v1/chat/completions", json=body(3, False),
-                                       headers={"Authorization": f"Bearer {key}"})
-            assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
-            assert refused.json()["error"]["code"] == "server_shutdown"
-            assert refused.headers["connection"] == "close"
+            # A new API request on a kept-alive connection: served, and told to close it
+            # (before: 503 server_shutdown, a failure for a client that does not retry).
+            served = await kept2.post(a.url + "/v1/chat/completions", json=body(3, False),
+                                      headers={"Authorization": f"Bearer {key}"})
+            assert served.status_code == 200, served.text
+            assert served.json()["choices"][0]["message"]["content"] == "w0 w1 w2 "
+            assert served.headers["connection"] == "close"
             # Not ready on a kept-alive connection, and told to close it.
             r = await kept.get(a.url + "/readyz")
             assert r.status_code == 503 and r.json()["draining"] is True
@@ -107,10 +110,10 @@ def test_rolling_restart_finishes_running_streams_and_sends_new_ones_elsewhere(s
             while (msg := await sock.recv(timeout=10)) is not None:
                 rest.append(msg)
             results = await asyncio.gather(*streams)
-            return t0, r, results, await plain, ws_msgs, ws_end, rest, sock, new
+            return t0, served, results, await plain, ws_msgs, ws_end, rest, sock, new
 
     try:
-        t0, _, results, plain, ws_msgs, ws_end, rest, sock, new = asyncio.run(main())
+        t0, served, results, plain, ws_msgs, ws_end, rest, sock, new = asyncio.run(main())
         code = a.proc.wait(20)
         exited = time.monotonic()
     finally:
@@ -130,11 +133,13 @@ def test_rolling_restart_finishes_running_streams_and_sends_new_ones_elsewhere(s
           f"{exited - last_end:.2f}s after the last one")
     assert code == 0
     assert exited - last_end < 5                       # no waiting for the drain_timeout
-    # Every new request went to B; A recorded its running requests as complete.
+    # Every new request went to B; A recorded its running requests as complete, and the
+    # one it served on a kept-alive connection while draining.
     served_by_b = {e["request_id"] for e in b.usage_events()}
     assert {r.json()["id"] for r in new} <= served_by_b
     a_events = a.usage_events()
-    assert len(a_events) == 4 and {e["status"] for e in a_events} == {200}
+    assert len(a_events) == 5 and {e["status"] for e in a_events} == {200}
+    assert served.json()["id"] in {e["request_id"] for e in a_events}
     assert not served_by_b & {e["request_id"] for e in a_events}
 
 
@@ -190,3 +195,65 @@ def test_streams_still_running_at_drain_timeout_end_cleanly(start_gw):
     assert code == 0 and exited - t0 < drain_timeout + 6
     events = gw.usage_events()
     assert len(events) == 3 and {e["status"] for e in events} == {499}
+
+
+def test_keep_alive_clients_behind_a_balancer_see_no_failure_in_a_rolling_restart(
+        start_gw, tmp_path):
+    """Clients that keep their connections alive (as SDKs do) send requests through a
+    round-robin TCP balancer to A and B, without retries; A gets SIGTERM midway. Every
+    request succeeds: those that reach A on a kept-alive connection while it drains are
+    served with ``Connection: close``, so the client's next connection goes to B (before:
+    503 server_shutdown, 15 of 401 in the issue)."""
+    a = start_gw({**SLOW, "server": {"drain_timeout": 20}})
+    b = start_gw({**SLOW, "server": {"drain_timeout": 20}}, db_name=a.db_name)
+    key = a.create_key("keepalive@example.com")
+    port = free_port()
+    lb = start_process([sys.executable, "-m", "tests.ops.balancer", "--port", str(port),
+                        a.url.rsplit(":", 1)[1], b.url.rsplit(":", 1)[1]],
+                       f"http://127.0.0.1:{port}/livez", tmp_path / "lb.log")
+    lb_url = f"http://127.0.0.1:{port}"
+    outcomes: list[str] = []
+    closing: list[bool] = []
+
+
+    async def client_loop(pause: float, done: asyncio.Event) -> None:
+        # one kept-alive connection per client, no retries
+        async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=1),
+                                     transport=httpx.AsyncHTTPTransport(retries=0)) as c:
+            while not done.is_set():
+                try:
+                    r = await c.post(lb_url + "/v1/chat/completions",
+                                     json=body(2, stream=False),
+                                     headers={"Authorization": f"Bearer {key}"})
+                    ok = r.status_code == 200 and \
+                        r.json()["choices"][0]["message"]["content"] == "w0 w1 "
+                    outcomes.append("ok" if ok else f"{r.status_code} {r.text[:120]}")
+                    closing.append(r.headers.get("connection") == "close")
+                except httpx.HTTPError as exc:
+                    outcomes.append(f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(pause)
+
+    async def main() -> float:
+        done = asyncio.Event()
+        loops = [asyncio.create_task(client_loop(pause, done))
+                 for pause in (0, 0, 0, 0.05, 0.2, 0.5, 1.0, 1.5)]
+        await asyncio.sleep(1.5)
+        t0 = time.monotonic()
+        a.proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(4)
+        done.set()
+        await asyncio.gather(*loops)
+        return t0
+
+    try:
+        asyncio.run(main())
+        code = a.proc.wait(20)
+    finally:
+        stop_process(lb)
+    failed = [o for o in outcomes if o != "ok"]
+    print(f"{len(outcomes)} requests, {len(failed)} failed, {sum(closing)} answered with "
+          f"Connection: close by the draining gateway")
+    assert failed == [], failed
+    assert len(outcomes) > 50 and sum(closing) >= 1
+    assert code == 0
+    assert b.usage_events() and a.usage_events()
