@@ -55,6 +55,9 @@ class _Handler(tornado.web.RequestHandler):
         self.engine, self.model, self.token = engine, model, token
 
     def prepare(self) -> None:
+        stream = self.request.connection.stream
+        if stream is not None:
+            stream.set_nodelay(True)    # each event goes out as it is written
         presented = self.request.headers.get("Authorization", "").encode()
         if not hmac.compare_digest(presented, f"Bearer {self.token}".encode()):
             self.answer(APIError(401, "This is a model worker of the gateway.",

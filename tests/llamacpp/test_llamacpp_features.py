@@ -1,4 +1,4 @@
-"""What the in-process llama.cpp backend does of the OpenAI request, with the real
+"""What the llama.cpp backend (in its model worker) does of the OpenAI request, with the real
 SmolLM2 model through the gateway and the official openai SDK: grammar-constrained
 response_format, a named tool call, logprobs, seed, stop; a 400 naming anything else."""
 import json
@@ -7,6 +7,8 @@ import httpx
 import jsonschema
 import openai
 import pytest
+
+from tests.helpers import wait_until
 
 MODEL = "smollm2-135m"
 PERSON = {"type": "object",
@@ -239,4 +241,7 @@ def test_refusals_come_before_the_limits(inprocess_gw):
                        json={"model": MODEL, "messages": ask("hi"), "max_tokens": 3, **extra})
         assert r.status_code == status, r.text
     assert r.json()["error"]["param"] == "mirostat"
-    assert not [e for e in gw.usage_events() if e["status"] == 400]
+    # Refusals are counted (error rates are usage data) but spend no tokens.
+    refused = wait_until(lambda: [e for e in gw.usage_events() if e["status"] == 400],
+                         what="the refusals' usage events")
+    assert all(e["prompt_tokens"] == e["completion_tokens"] == 0 for e in refused)
