@@ -124,6 +124,12 @@ class LimitsConfig:
     lease_horizon: float = 2.0        # a quota block covers this many seconds of demand
     lease_max_share: float = 0.25     # ...and at most this share of a limit
     enabled: bool = True
+    outage_policy: str = "available"  # database unreachable: "available" (bounded) or "exact"
+
+    def __post_init__(self) -> None:
+        if self.outage_policy not in ("exact", "available"):
+            raise ConfigError("limits.outage_policy: expected \"exact\" or \"available\", "
+                              f"got {self.outage_policy!r}")
 
 
 @dataclass
@@ -168,6 +174,20 @@ class WebSocketConfig:
 
 
 @dataclass
+class EmbeddingsConfig:
+    """``[embeddings]``: caps of ``POST /v1/embeddings``."""
+
+    # Inputs (strings or token arrays) per request; more is a 400 before admission.
+    # OpenAI allows 2,048; see the README for why the default is lower.
+    max_inputs: int = 256
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_inputs <= 2048:
+            raise ConfigError("embeddings.max_inputs: must be from 1 to 2048 (the API's "
+                              "own limit)")
+
+
+@dataclass
 class Config:
     """The whole configuration; plugin-owned sections are kept in ``extra``."""
 
@@ -179,6 +199,7 @@ class Config:
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
     fair_use: FairUseConfig = field(default_factory=FairUseConfig)
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
+    embeddings: EmbeddingsConfig = field(default_factory=EmbeddingsConfig)
     models: list[ModelConfig] = field(default_factory=list)
     tiers: dict[str, TierConfig] = field(default_factory=dict)
     # Sections owned by plugins (e.g. [smtp], [dashboard]); validated by them.

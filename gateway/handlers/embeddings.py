@@ -1,7 +1,8 @@
 """POST /v1/embeddings: OpenAI's embeddings API through the same auth, limits and usage
 accounting as completions.
 
-The body is checked by the bounded validator (``embedding`` schema). The limiters see
+The body is checked by the bounded validator (``embedding`` schema), and a request with
+more inputs than ``embeddings.max_inputs`` is a 400 before admission. The limiters see
 a ``GenerationRequest`` of kind ``"embedding"`` with ``max_tokens=1``: they reserve the
 input's token estimate (plus that one token) against requests/tokens per minute and
 tokens per day, and settle with the backend's real prompt token count. Usage is
@@ -32,7 +33,11 @@ log = logging.getLogger("allyoucantoken.embeddings")
 
 class EmbeddingRequest(GenerationRequest):
     """A GenerationRequest whose ``prompt`` stands for ``input``, so the limiters'
-    prompt estimate counts it (token arrays count one token per id)."""
+    prompt estimate counts it (token arrays count one token per id). ``account`` is the
+    caller's account id: a local model worker shares its embedder between accounts
+    in turn."""
+
+    account: str = ""
 
     @property
     def prompt(self) -> str:
@@ -77,6 +82,12 @@ class EmbeddingPipeline(RequestPipeline):
                                 "see GET /v1/models for the models whose capabilities "
                                 "include \"embeddings\".", param="model",
                            code="model_not_supported")
+        cap = self.gateway.config.embeddings.max_inputs
+        count = len(_items(data["input"]))
+        if count > cap:
+            raise APIError(400, f"'input' holds {count} inputs; this gateway embeds at most "
+                                f"{cap} per request (embeddings.max_inputs): send them in "
+                                "several requests.", param="input", code="too_many_inputs")
         self.req = EmbeddingRequest("embedding", data["model"], data, 1,
                                     "emb-" + secrets.token_hex(12))
         return self.req
@@ -85,7 +96,9 @@ class EmbeddingPipeline(RequestPipeline):
 class EmbeddingsHandler(BaseAPIHandler):
     """POST /v1/embeddings: :class:`EmbeddingPipeline` admits the request (the limiters'
     reservations and a denial's usage event as for completions); the backend's
-    ``embeddings`` runs as a task a disconnect cancels; limits settle and usage is
+    ``embeddings`` runs as a task a disconnect cancels (the relay then closes its
+    connection to the backend, and a model worker stops between batches); limits settle
+    and usage is
     recorded through the request's :class:`gateway.streaming.Generation`."""
 
     def on_finish(self) -> None:
@@ -109,6 +122,7 @@ class EmbeddingsHandler(BaseAPIHandler):
         except APIError as err:
             return self.send_api_error(err)
         data, req = pipeline.data, gen.req
+        req.account = principal.account_id
         backend = self.gateway.backend_for(req.model)
         self.request.completion_id = req.request_id
         for name, value in gen.headers.items():

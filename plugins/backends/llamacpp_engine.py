@@ -10,11 +10,15 @@ This module loads native code: only ``plugins.backends.worker_server`` imports i
 model worker that the gateway's parent process starts and supervises. What a request
 may ask, and how it is translated, is :mod:`plugins.backends.llamacpp_plan`.
 Embeddings use a second, lazily loaded instance made with ``embedding=True`` (mean
-pooling, unit length), with its own thread.
+pooling, unit length), with its own thread. Its requests are split into steps (a batch
+of at most ``embed_batch_tokens`` tokens, default 64, or one longer input); the
+accounts waiting take steps in turn, and a request whose client left stops before its
+next step.
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import os
 import secrets
@@ -269,51 +273,86 @@ class _Instance:
         return ({"name": name} if name else None,
                 self.llm.create_completion(prompt=prompt, stream=True, **rest))
 
-    def embed(self, inputs: list, n_ctx: int) -> tuple[list[list[float]], int]:
-        """Mean-pooled, unit-length embeddings of strings or token-id lists."""
+    def embed(self, job: _EmbedJob, n_ctx: int, budget: int) -> bool:
+        """One step of an embeddings request, in this instance's thread: check (and
+        tokenize) a slice of its inputs (about 64 KB of text), then, once all are checked,
+        decode one batch of up to ``budget`` tokens (a longer input alone), appending
+        mean-pooled, unit-length vectors to ``job.vectors``. True when the request is
+        done, or cancelled: the cancel flag is checked here, in the thread, before each
+        batch, so a client that left costs at most the batch that was running."""
         import llama_cpp
         from llama_cpp import _internals
 
+        if job.cancel.is_set():
+            return True
         llm = self.llm
-        seqs = []
-        for i, item in enumerate(inputs):
-            tokens = llm.tokenize(item.encode("utf-8")) if isinstance(item, str) else list(item)
-            if len(tokens) > n_ctx:
-                raise APIError(400, f"input[{i}] has {len(tokens)} tokens; this model embeds "
-                                    f"at most {n_ctx}.", param="input",
-                               code="context_length_exceeded")
-            if any(t >= llm.n_vocab() for t in tokens):
-                raise APIError(400, f"input[{i}] holds a token id outside the vocabulary "
-                                    f"(0..{llm.n_vocab() - 1}).", param="input",
-                               code="invalid_value")
-            seqs.append(tokens)
-        n_embd, out, total = llm.n_embd(), [], 0
-        batch, sizes = llm._batch, []
-
-        def decode() -> None:
-            llm._ctx.kv_cache_clear()
-            llm._ctx.decode(batch)
-            batch.reset()
-            for s in range(len(sizes)):
-                ptr = llama_cpp.llama_get_embeddings_seq(llm._ctx.ctx, s)
-                out.append(_internals.normalize_embedding(ptr[:n_embd]))
-            sizes.clear()
-
+        if job.checked < len(job.inputs):
+            size = 0
+            while job.checked < len(job.inputs) and size < _TOKENIZE_STEP:
+                i, item = job.checked, job.inputs[job.checked]
+                if isinstance(item, str):
+                    raw = item.encode("utf-8")
+                    tokens = llm.tokenize(raw)
+                    size += len(raw)
+                else:
+                    tokens = item
+                    size += 4 * len(item)
+                if len(tokens) > n_ctx:
+                    raise APIError(400, f"input[{i}] has {len(tokens)} tokens; this model "
+                                        f"embeds at most {n_ctx}.", param="input",
+                                   code="context_length_exceeded")
+                if tokens and max(tokens) >= llm.n_vocab():
+                    raise APIError(400, f"input[{i}] holds a token id outside the "
+                                        f"vocabulary (0..{llm.n_vocab() - 1}).",
+                                   param="input", code="invalid_value")
+                job.seqs.append(tokens)
+                job.checked += 1
+            if job.checked < len(job.inputs):
+                return False            # more to check: the next turn goes on with it
+        n_embd, batch, count, used = llm.n_embd(), llm._batch, 0, 0
         batch.reset()
         try:
-            for tokens in seqs:
-                total += len(tokens)
-                if sizes and (sum(sizes) + len(tokens) > llm.n_batch
-                              or len(sizes) >= llm.context_params.n_seq_max):
-                    decode()
-                batch.add_sequence(tokens, len(sizes), True)
-                sizes.append(len(tokens))
-            if sizes:
-                decode()
+            while job.done < len(job.seqs):
+                tokens = job.seqs[job.done]
+                if count and (used + len(tokens) > budget
+                              or count >= llm.context_params.n_seq_max):
+                    break
+                batch.add_sequence(tokens, count, True)
+                used += len(tokens)
+                count += 1
+                job.done += 1
+            llm._ctx.kv_cache_clear()
+            llm._ctx.decode(batch)
+            for s in range(count):
+                ptr = llama_cpp.llama_get_embeddings_seq(llm._ctx.ctx, s)
+                job.vectors.append(_internals.normalize_embedding(ptr[:n_embd]))
         finally:
             batch.reset()
             llm._ctx.kv_cache_clear()
-        return out, total
+        job.tokens += used
+        if job.done >= len(job.seqs):
+            job.seqs = []
+            return True
+        return False
+
+
+_TOKENIZE_STEP = 65536     # bytes of text tokenized per step of an embeddings request
+
+
+class _EmbedJob:
+    """One embeddings request in the engine: its inputs, the progress of its steps,
+    and the flag that stops it (set when its client goes away)."""
+
+    def __init__(self, inputs: list, account) -> None:
+        self.inputs = inputs
+        self.account = account           # requests of one account share one turn
+        self.checked = 0                 # inputs tokenized and checked
+        self.seqs: list[list[int]] = []  # their tokens
+        self.done = 0                    # inputs embedded
+        self.vectors: list[list[float]] = []
+        self.tokens = 0
+        self.cancel = threading.Event()
+        self.future: asyncio.Future = asyncio.get_running_loop().create_future()
 
 
 def _message(m: dict) -> dict:
@@ -344,6 +383,10 @@ class LlamaCppEngine:
         self._instances: list[_Instance] = []
         self._embedder: _Instance | None = None
         self._embedder_lock = asyncio.Lock()
+        # Embeddings requests waiting for the embedder, by account (insertion order is
+        # the turn order), and the task that runs their steps.
+        self._embed_jobs: dict = {}
+        self._embed_task: asyncio.Task | None = None
         self._chatml = False          # set at start from the GGUF's chat template
         self.capabilities = ["chat", "completions"] + \
             (["embeddings"] if self.options.get("embeddings", True) else [])
@@ -407,10 +450,43 @@ class LlamaCppEngine:
         inputs = req.body["input"]
         if isinstance(inputs, str) or (inputs and isinstance(inputs[0], int)):
             inputs = [inputs]
+        job = _EmbedJob(inputs, req.body.get("account") or object())
+        self._embed_jobs.setdefault(job.account, collections.deque()).append(job)
+        if self._embed_task is None or self._embed_task.done():
+            self._embed_task = asyncio.ensure_future(self._embed_turns(inst))
+        try:
+            await job.future
+        except asyncio.CancelledError:
+            job.cancel.set()           # the step running finishes; no other one starts
+            raise
+        return job.vectors, Usage(job.tokens, 0, estimated=False)
+
+    async def _embed_turns(self, inst: _Instance) -> None:
+        """Run the waiting embeddings requests one step at a time in the embedder's
+        thread, taking the accounts in turn (round robin): a request waits at most about
+        one step (``embed_batch_tokens``, or one input of up to ``n_ctx`` tokens) per
+        other account waiting, whatever the size of their requests."""
         loop = asyncio.get_running_loop()
-        vectors, tokens = await loop.run_in_executor(inst.executor, inst.embed, inputs,
-                                                     self._n_ctx())
-        return vectors, Usage(tokens, 0, estimated=False)
+        n_ctx = self._n_ctx()
+        budget = max(1, int(self.options.get("embed_batch_tokens", 64)))
+        while self._embed_jobs:
+            account = next(iter(self._embed_jobs))
+            jobs = self._embed_jobs.pop(account)
+            job, finished = jobs[0], True
+            if not job.cancel.is_set() and not job.future.done():
+                try:
+                    finished = await loop.run_in_executor(inst.executor, inst.embed, job,
+                                                          n_ctx, budget)
+                except Exception as exc:  # noqa: BLE001 - the request's own error
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+                else:
+                    if finished and not job.future.done():
+                        job.future.set_result(None)
+            if finished:
+                jobs.popleft()
+            if jobs:
+                self._embed_jobs[account] = jobs    # to the back of the turn order
 
     async def _embedding_instance(self) -> _Instance:
         async with self._embedder_lock:

@@ -22,6 +22,7 @@ may check requests before admission (``check``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 
@@ -121,8 +122,15 @@ class LocalWorkerBackend(OpenAICompatibleBackend):
         return super()._stream(req, path, kind)
 
     async def embeddings(self, req):
+        """Relayed as to any upstream, with the caller's account (``req.account``, when
+        the handler set it) in the body: the worker's engine serves the batches of
+        different accounts in turn. Cancelling it closes the connection to the worker,
+        which stops between batches."""
         if not self._up():
             raise self._restarting()
+        account = getattr(req, "account", "")
+        if account:
+            req = dataclasses.replace(req, body={**req.body, "account": account})
         return await super().embeddings(req)
 
     def _restarting(self) -> APIError:

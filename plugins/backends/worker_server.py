@@ -156,15 +156,31 @@ async def _meaningful(stream):
 
 
 class EmbeddingsHandler(_Handler):
-    """POST /v1/embeddings: float vectors and the prompt tokens used."""
+    """POST /v1/embeddings: float vectors and the prompt tokens used. The body may name
+    the caller's ``account`` (the gateway sets it), by which the engine shares its
+    embedder. A client that goes away cancels the request: the engine stops it before
+    its next batch."""
+
+    def initialize(self, engine, model: str, token: str) -> None:
+        super().initialize(engine, model, token)
+        self._task: asyncio.Task | None = None
+
+    def on_connection_close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()       # the engine sets the request's cancel flag
 
     async def post(self) -> None:
+        self._task = asyncio.current_task()
         body = self.body()
         req = GenerationRequest("embeddings", self.model, body, None, "")
         try:
             vectors, usage = await self.engine.embeddings(req)
         except APIError as err:
             return self.answer(err)
+        except (asyncio.CancelledError, tornado.iostream.StreamClosedError):
+            return
+        finally:
+            self._task = None
         self.finish({"object": "list", "model": self.model,
                      "data": [{"object": "embedding", "index": i, "embedding": v}
                               for i, v in enumerate(vectors)],

@@ -185,3 +185,37 @@ def test_token_ids_that_are_floats_are_a_400_not_a_500(gw):
             err = r.json()["error"]
             assert err["param"] == param and err["code"] == "invalid_type", err
             assert "token id" in err["message"] and "Traceback" not in r.text
+
+
+def test_more_inputs_than_max_inputs_is_a_400_before_admission(gw):
+    """Issue 22, security 3: ``embeddings.max_inputs`` (default 256) caps the inputs of
+    one request; more is a 400 naming the option and ``input``, and spends no quota."""
+    key = gw.create_key(tier="tight")          # 60 tokens per minute
+    h = {"Authorization": f"Bearer {key}"}
+    for body in (["a"] * 257, [[504]] * 257, [[504, 28]] * 2048):
+        r = httpx.post(gw.url + "/v1/embeddings", headers=h, timeout=60,
+                       json={"model": MODEL, "input": body})
+        assert r.status_code == 400, r.text     # not a 429: checked before the limiters
+        err = r.json()["error"]
+        assert err["param"] == "input" and err["code"] == "too_many_inputs"
+        assert "embeddings.max_inputs" in err["message"] and "256" in err["message"]
+    # No quota was spent: two requests of ~26 tokens still fit in the minute's 60.
+    text = " ".join(["word"] * 20)
+    for _ in range(2):
+        r = httpx.post(gw.url + "/v1/embeddings", headers=h, timeout=60,
+                       json={"model": MODEL, "input": text})
+        assert r.status_code == 200, r.text
+    # At the cap: served.
+    r = httpx.post(gw.url + "/v1/embeddings", timeout=120,
+                   headers={"Authorization": f"Bearer {gw.create_key()}"},
+                   json={"model": MODEL, "input": [[504]] * 256})
+    assert r.status_code == 200 and len(r.json()["data"]) == 256
+
+
+def test_max_inputs_is_checked_at_start():
+    from gateway.config import ConfigError, from_dict
+    assert from_dict({}).embeddings.max_inputs == 256
+    assert from_dict({"embeddings": {"max_inputs": 2048}}).embeddings.max_inputs == 2048
+    for bad in (0, 2049):
+        with pytest.raises(ConfigError, match="embeddings.max_inputs"):
+            from_dict({"embeddings": {"max_inputs": bad}})
