@@ -201,6 +201,37 @@ class Counters:
         result = await self.counters.update_one({"_id": pool_id, "window": window}, update)
         return bool(result.matched_count)
 
+    async def charge_quota(self, pool_id: str, window: str, holder: str, amounts: Amounts,
+                           used: Amounts, hold: float) -> bool:
+        """Charge use admitted without a lease while the database could not be reached
+        (``[limits] outage_policy = "available"``), even past the limit, and record it
+        under ``holder`` (reporting ``used``). A window nobody has started yet is started
+        by it. False: the window has passed."""
+        amounts = {f: a for f, a in amounts.items() if a}
+        h = f"holders.{holder}"
+        for _ in range(4):
+            exp = datetime.now(UTC) + timedelta(seconds=hold)
+            result = await self.counters.update_one(
+                {"_id": pool_id, "window": window},
+                {"$inc": {**amounts, **{f"{h}.{f}": a for f, a in amounts.items()}},
+                 "$set": {f"{h}.exp": exp, **{f"{h}.u.{f}": v for f, v in used.items()}},
+                 "$unset": {f"{h}.sus": ""}})
+            if result.matched_count:
+                return True
+            doc = await self.counters.find_one({"_id": pool_id}, {"window": 1})
+            if doc is None:
+                try:
+                    await self.counters.insert_one({"_id": pool_id, "window": window})
+                except DuplicateKeyError:
+                    pass
+                continue
+            if doc.get("window", "") < window:        # a new window: reset in place
+                await self.counters.replace_one({"_id": pool_id, "window": doc.get("window")},
+                                                {"window": window})
+                continue
+            return False                               # ours has passed
+        return False
+
     async def quota_values(self, pool_id: str, window: str) -> Amounts:
         """The shared counters of a window (zeros once it has passed)."""
         doc = await self.counters.find_one({"_id": pool_id}) or {}
@@ -208,11 +239,13 @@ class Counters:
 
     # -- stream slots ------------------------------------------------------------------
     async def lease_slots(self, subject: str, holder: str, want: int, need: int, cap: int,
-                          ttl: float, grace: float = 0.0) -> int:
+                          ttl: float, grace: float = 0.0, seen: dict | None = None) -> int:
         """Lease up to ``want`` (at least ``need``) of ``cap`` slots for ``holder``, its
         holding expiring ``ttl`` seconds ahead; returns how many were leased (0: none
         free). Expired holdings of crashed processes are taken back (``grace``: see the
-        module's docstring) when the slots are full."""
+        module's docstring) when the slots are full. ``seen`` gets the slots held by all
+        processes afterwards (``held``)."""
+        seen = {} if seen is None else seen
         want = min(want, cap)       # the upsert below creates a missing document as is
         if need > cap:
             return 0
@@ -221,12 +254,14 @@ class Counters:
                 return 0
             now = datetime.now(UTC)
             try:
-                await self.slots.update_one(
+                doc = await self.slots.find_one_and_update(
                     {"_id": subject, "held": {"$not": {"$gt": cap - want}}},
                     {"$inc": {"held": want, f"holders.{holder}.n": want},
                      "$set": {f"holders.{holder}.exp": now + timedelta(seconds=ttl)},
                      "$unset": {f"holders.{holder}.sus": ""}},
-                    upsert=True)
+                    upsert=True, projection={"held": 1}, return_document=ReturnDocument.AFTER)
+                if doc is not None:
+                    seen["held"] = int(doc.get("held", 0))
                 return want
             except DuplicateKeyError:
                 pass
@@ -234,7 +269,8 @@ class Counters:
             if attempt == 0 and await self._sweep(
                     self.slots, doc, now, grace, lambda h: {"held": -int(h.get("n", 0))}):
                 doc = await self.slots.find_one({"_id": subject}) or {}
-            free = cap - int(doc.get("held", 0))
+            seen["held"] = int(doc.get("held", 0))
+            free = cap - seen["held"]
             if free < need:
                 return 0
             want = min(want, free)

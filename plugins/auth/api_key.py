@@ -2,11 +2,20 @@
 
 Keys are looked up by SHA-256 in a small in-process cache (bounded size) and in MongoDB
 on a miss. A key in use is looked up again in the background once its entry is half
-``auth.key_cache_ttl`` old, so steady traffic never waits for the database, and no
-answer is ever based on data older than the TTL: that is the bound within which a
-revoked key or a suspended account is refused on every process. While the database
+``auth.key_cache_ttl`` old, so steady traffic never waits for the database, and while
+the database answers no answer is based on data older than the TTL: that is the bound
+within which a revoked key or a suspended account is refused on every process. While the database
 cannot be reached, cached entries keep working for ``auth.key_cache_max_stale`` seconds
 (requests do not wait for it meanwhile; a lookup in the background retries).
+
+**No request waits for a slow database while its key is cached.** A cached entry older
+than the TTL (its refresh in the background did not come back in time) is looked up
+again, but the request waits for that lookup at most ``STALE_WAIT`` (50 ms): if the
+database has not answered by then, the cached entry answers (the stale grace lasts while
+the lookup is on its way, at most ``key_cache_max_stale``) and the lookup goes on in the
+background; when it answers, the cache has the new entry, and when it fails, the database
+is down (see above). So a revoked key or a suspended account is refused within the TTL
+whenever the database answers within 50 ms, else as soon as it answers.
 
 Per-key controls come with the cached principal, so they cost no database round trip:
 an expired key is refused (401) and a caller outside the key's IP allowlist too (403;
@@ -39,6 +48,7 @@ _INACTIVE = {"pending": "Your account is awaiting approval.",
 
 log = WarnOnce(logging.getLogger("allyoucantoken.auth"))
 DOWN_RETRY = 5.0    # after a failed lookup, answer from the cache (or 503) without waiting
+STALE_WAIT = 0.05   # a request with a cached key waits at most this long for a lookup
 
 
 class KeyCache:
@@ -81,6 +91,7 @@ class ApiKeyAuthenticator:
         self.cache = KeyCache(ttl, size, max_stale)
         self._refreshing: dict[str, asyncio.Task] = {}
         self._lookups: dict[str, asyncio.Future] = {}   # sha -> the lookup in flight
+        self._lookup_sent: dict[str, float] = {}        # sha -> when it was sent
         self._db_down_until = 0.0
         self._probing = False               # a lookup is in flight (while the database is down)
 
@@ -108,7 +119,11 @@ class ApiKeyAuthenticator:
         else:
             self._probing = True
             try:
-                result = await self._shared_lookup(key, sha)
+                if cached is not None:
+                    # Stale: wait for the lookup only briefly (see the module's docstring).
+                    result = await self._lookup_or_cached(key, sha, cached[0])
+                else:
+                    result = await self._shared_lookup(key, sha)
             except StoreError:
                 self._db_down_until = time.monotonic() + DOWN_RETRY
                 if cached is None:
@@ -125,19 +140,41 @@ class ApiKeyAuthenticator:
         self._check_controls(result, request)
         return result
 
+    async def _lookup_or_cached(self, key: str, sha: str, cached):
+        """The lookup's answer if it comes within ``STALE_WAIT``; else the cached entry,
+        and the lookup goes on in the background (it updates the cache when it answers,
+        or marks the database down when it fails)."""
+        pending = self._start_lookup(key, sha)
+        # Not at all while the last lookup failed (the database is down: this one finds
+        # out whether it is back) or another one has been on its way for STALE_WAIT.
+        now = time.monotonic()
+        stalled = self._db_down_until or any(now - t >= STALE_WAIT
+                                             for t in self._lookup_sent.values())
+        done, _ = await asyncio.wait((pending,), timeout=0 if stalled else STALE_WAIT)
+        if done:
+            return pending.result()
+        if sha not in self._refreshing:
+            self._refreshing[sha] = asyncio.ensure_future(self._refresh(key, sha))
+        return cached
+
+    def _start_lookup(self, key: str, sha: str) -> asyncio.Future:
+        pending = self._lookups.get(sha)
+        if pending is None:
+            pending = self._lookups[sha] = asyncio.ensure_future(self._lookup(key, sha))
+            self._lookup_sent[sha] = time.monotonic()
+            pending.add_done_callback(functools.partial(self._lookup_done, sha))
+        return pending
+
     async def _shared_lookup(self, key: str, sha: str):
         """One database lookup per key at a time: requests for a key that is not (or no
         longer) cached while its lookup is in flight wait for that lookup, instead of
         each making its own round trip (a burst of 200 streams made 400)."""
-        pending = self._lookups.get(sha)
-        if pending is None:
-            pending = self._lookups[sha] = asyncio.ensure_future(self._lookup(key, sha))
-            pending.add_done_callback(functools.partial(self._lookup_done, sha))
-        return await asyncio.shield(pending)
+        return await asyncio.shield(self._start_lookup(key, sha))
 
     def _lookup_done(self, sha: str, future: asyncio.Future) -> None:
         if self._lookups.get(sha) is future:
             del self._lookups[sha]
+            self._lookup_sent.pop(sha, None)
         if not future.cancelled():
             future.exception()          # retrieved: each waiter handles it
 
@@ -160,7 +197,7 @@ class ApiKeyAuthenticator:
         """Look a cached key up again in the background; on a database error the old
         entry stays (up to ``key_cache_max_stale``)."""
         try:
-            self.cache.put(sha, await self._lookup(key, sha))
+            self.cache.put(sha, await asyncio.shield(self._start_lookup(key, sha)))
             self._db_down_until = 0.0
         except Exception as exc:  # noqa: BLE001 - keep serving the cached entry
             self._db_down_until = time.monotonic() + DOWN_RETRY

@@ -27,12 +27,28 @@ expire, by its own monotonic clock; it renews before admitting on them again, an
 were taken back meanwhile it records again only what it still uses (its running streams,
 its use beyond its last report), even past the limit, so that nothing new is admitted for
 that account until it is under its limit again.
+
+**No request waits for a stalled database while it fits a live lease.** A request that
+would queue behind a take (first come, first served) or wait for one stops waiting once
+that take has been on its way for ``STALL`` (50 ms) and admits from the lease if it fits.
+
+**Outage policy** (``[limits] outage_policy``). ``exact``: a request that needs the
+database (its lease is spent, or fenced) waits for it, and gets 503 when it cannot be
+reached. ``available``: while the database does not answer (a take or renewal on its way
+for ``STALL``, or a recent failure), each process goes on admitting, per account and
+window, up to the larger of its lease and its *share* of the limit: its part of the
+account's use in that window (or the previous one) as it last saw the shared counter
+(one process alone: all of it). Stream slots: up to the larger of the slots it holds and
+the cap less the slots other processes held at its last contact. What it admitted beyond
+its lease is charged to the shared counter once the database is back (even past the
+limit: then nothing more is admitted in that window), and its streams are recorded.
 """
 from __future__ import annotations
 
 import asyncio
 import math
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from gateway.background import WarnOnce
@@ -46,6 +62,8 @@ DOWN_RETRY = 2.0       # after a database error, fail new takes at once for this
 DAY_HORIZON_SCALE = 30  # a day's window leases 30x the demand horizon of a minute's
 LOW_WATER_TTL = 0.02   # how long a lease's refill level holds once demand is measured
 MAX_GRACE = 2.0        # an expired holding is taken back this long after it is first seen
+STALL = 0.05           # a database call on its way this long: requests stop waiting for it
+MEMORY_SIZE = 100_000  # forgotten pools whose window and share are remembered (available)
 
 
 @dataclass
@@ -56,6 +74,7 @@ class LeaseSettings:
     max_share: float = 0.25    # ...but at most this share of the limit (beyond what waits)
     idle: float = 2.0          # an idle account's unused quota goes back after this long
     lease_ttl: float = 15.0    # a dead process's slots and unused quota return after this
+    available: bool = False    # outage_policy "available" (see the module's docstring)
 
     @property
     def grace(self) -> float:
@@ -111,6 +130,9 @@ class QuotaPool:
     holding: bool = False                             # recorded under this process
     reported: Amounts = field(default_factory=dict)   # the use it last recorded there
     confirmed: float = -math.inf                      # when its last take was sent
+    fetch_started: float = math.inf                   # when the take in flight was sent
+    share: dict[str, float] = field(default_factory=dict)  # of the account's use, last seen
+    prior: Amounts = field(default_factory=dict)      # used in this window before this pool
 
     def roll(self, window: str) -> None:
         """Start afresh in a newer window (the old lease lapses with its window). Never
@@ -121,6 +143,7 @@ class QuotaPool:
             self.since_take, self.peak_cost = {}, {}
             self.refused_at = self.low_water_until = -math.inf
             self.holding, self.reported, self.confirmed = False, {}, -math.inf
+            self.prior = {}            # the share stays: the estimate for the new window
 
     def fits(self, cost: Amounts) -> bool:
         """Whether ``cost`` fits in what the lease has left."""
@@ -137,6 +160,25 @@ class QuotaPool:
             used[f] = used.get(f, 0) + c
             spent[f] = spent.get(f, 0) + c
             since[f] = since.get(f, 0) + c
+
+    def outage_room(self, cost: Amounts) -> bool:
+        """Whether ``cost`` fits in what this process may admit while the database cannot
+        be reached: its lease, or its share of each limit in the window."""
+        used, granted, share, prior = self.used, self.granted, self.share, self.prior
+        for f, c in cost.items():
+            room = max(granted.get(f, 0),
+                       int(share.get(f, 0.0) * self.limits[f]) - prior.get(f, 0))
+            if used.get(f, 0) + c > room:
+                return False
+        return True
+
+    def see_share(self) -> None:
+        """This process's share of the account's use in the window, from the shared
+        counter just seen (``others``: everything but this pool's lease)."""
+        for f in self.limits:
+            total = self.others.get(f, 0) + self.used.get(f, 0)
+            if total > 0:
+                self.share[f] = min(1.0, (self.prior.get(f, 0) + self.used.get(f, 0)) / total)
 
     def remaining(self, f: str) -> int:
         """What this account may still use in the window, as far as this process knows."""
@@ -203,6 +245,14 @@ class SlotPool:
     refused_at: float = -math.inf
     last_active: float = field(default_factory=time.monotonic)
     confirmed: float = -math.inf      # when its last lease was sent
+    fetch_started: float = math.inf
+    cap: int = 0
+    others: int = 0                   # slots other processes held, at the last lease
+
+    def outage_room(self) -> bool:
+        """Whether one more stream fits in what this process may run while the database
+        cannot be reached: the slots it holds, or the cap less what others held."""
+        return self.in_use < max(self.held, self.cap - self.others)
 
 
 class QuotaLeases:
@@ -219,8 +269,12 @@ class QuotaLeases:
         self._renewed = -math.inf        # when the last full renewal was sent
         self._renewed_ok = -math.inf     # ...the last one that succeeded
         self._renewing: asyncio.Future | None = None
+        self._renewing_started = math.inf
+        self.memory: OrderedDict[str, tuple] = OrderedDict()   # forgotten pools (available)
         self._valid_for = settings.valid_for
         self._down_until = 0.0
+        self._failing = False          # the last database call failed (no success since)
+        self._calls: dict[asyncio.Future, float] = {}   # takes on their way -> sent at
 
     # -- quota -------------------------------------------------------------------------
     def pool(self, pool_id: str, limits: Amounts, horizon_scale: float = 1.0) -> QuotaPool:
@@ -228,6 +282,8 @@ class QuotaLeases:
         pool = self.pools.get(pool_id)
         if pool is None:
             pool = self.pools[pool_id] = QuotaPool(pool_id, dict(limits), horizon_scale)
+            if pool_id in self.memory:
+                pool.window, pool.prior, pool.share = self.memory.pop(pool_id)
         elif pool.limits != limits:
             pool.limits = dict(limits)
         if self._upkeep is None or self._upkeep.done():
@@ -252,31 +308,110 @@ class QuotaLeases:
     async def acquire(self, pool: QuotaPool, cost: Amounts, window: str) -> str | None:
         """Reserve ``cost`` in ``window`` (or the pool's newer one): from the lease if it
         fits (no round trip), else after taking a new block. Returns the window it was
-        reserved in (hand it back to ``settle``), or None when the limit is reached."""
+        reserved in (hand it back to ``settle``), or None when the limit is reached.
+        Waits for the database at most ``STALL`` while the request fits its live lease
+        (or, with ``available``, its outage room); see the module's docstring."""
+        try:
+            return await self._acquire(pool, cost, window)
+        except StoreError:
+            if self._outage_admit(pool, cost):
+                return pool.window
+            raise
+
+    async def _acquire(self, pool: QuotaPool, cost: Amounts, window: str) -> str | None:
         waited = False
+        available = self.settings.available
         for _ in range(MAX_ROUNDS):
             pool.roll(window)
-            pool.last_active = time.monotonic()
+            now = pool.last_active = time.monotonic()
+            stalled = pool.fetch is not None and now - pool.fetch_started >= STALL
             # First come, first served: a newcomer does not take what a block just taken
-            # for the requests waiting on it was meant for.
-            if (waited or not pool.waiting) and pool.fits(cost):
+            # for the requests waiting on it was meant for (unless that take is stalled).
+            if (waited or not pool.waiting or stalled) and pool.fits(cost):
                 if self.fenced(pool.confirmed):
-                    await self.renew_now()
+                    if available and pool.outage_room(cost):
+                        if self._unreachable(pool, now) or not await self._renewed(STALL):
+                            self._outage_admit(pool, cost)
+                            return pool.window
+                    else:
+                        await self.renew_now()
                     waited = True
                     continue
                 pool.reserve(cost)
                 self._refill_early(pool)
                 return pool.window
-            if time.monotonic() - pool.refused_at < RECHECK:
+            if now - pool.refused_at < RECHECK:
                 return None
+            if self._unreachable(pool, now) and self._outage_admit(pool, cost):
+                return pool.window
             waited = True
             pool.waiting += 1
             try:
-                if not await self._take(pool, cost):
+                fetch = self._take(pool, cost)
+                if not await self._wait(fetch, pool.fetch_started, lambda: pool.fits(cost) or (
+                        available and pool.outage_room(cost))):
+                    continue                    # stalled: admit without it (next round)
+                if not fetch.result():
                     return None
             finally:
                 pool.waiting -= 1
         return None
+
+    async def _wait(self, fetch: asyncio.Future, started: float, without) -> bool:
+        """Wait for a take (or slot lease) on its way; only until it has been on its way
+        ``STALL`` when ``without()`` says the request can be admitted without it. False
+        when it was not waited for."""
+        now = time.monotonic()
+        left = 0 if self._unreachable(None, now) else started + STALL - now
+        if left > 0 and not fetch.done():
+            await asyncio.wait((fetch,), timeout=left)
+        if not fetch.done():
+            if without():
+                return False
+            if self._failing:       # this take finds out whether the database is back
+                raise StoreError("database unavailable (a recent call failed)")
+            await asyncio.wait((fetch,))
+        return True
+
+    def _track(self, call: asyncio.Future, sent: float) -> None:
+        self._calls[call] = sent
+        call.add_done_callback(self._calls.pop)
+
+    def _unreachable(self, pool, now: float) -> bool:
+        """Whether the database does not answer: a recent failure, or a take (for any
+        pool) or a renewal on its way for ``STALL``."""
+        if now < self._down_until:
+            return True
+        if pool is not None and pool.fetch is not None and now - pool.fetch_started >= STALL:
+            return True
+        if any(now - sent >= STALL for sent in self._calls.values()):
+            return True
+        renewing = self._renewing
+        return (renewing is not None and not renewing.done()
+                and now - self._renewing_started >= STALL)
+
+    async def _renewed(self, timeout: float) -> bool:
+        """Renew this process's holdings, waiting at most ``timeout``: False when the
+        renewal is still on its way (it goes on); StoreError when it failed."""
+        self._check_database()
+        if self._renewing is None or self._renewing.done():
+            self._renew_shared_start(full=True)
+        renewing = self._renewing
+        await asyncio.wait((renewing,), timeout=timeout)
+        if not renewing.done():
+            return False
+        renewing.result()
+        return True
+
+    def _outage_admit(self, pool: QuotaPool, cost: Amounts) -> bool:
+        """``available``: admit ``cost`` within the pool's outage room (the database does
+        not answer); it is charged to the shared counter once the database is back."""
+        if not self.settings.available or not pool.outage_room(cost):
+            return False
+        pool.reserve(cost)
+        self.log.warning("database unreachable: admitting within this process's share of "
+                         "each limit (outage_policy = \"available\"); charged when it is back")
+        return True
 
     def settle(self, pool: QuotaPool, window: str, reserved: Amounts, actual: Amounts) -> None:
         """Replace a reservation by what was really used (no round trip; a difference
@@ -299,9 +434,13 @@ class QuotaLeases:
 
     async def _renew_shared(self, full: bool) -> None:
         if self._renewing is None or self._renewing.done():
-            self._renewing = asyncio.ensure_future(self._renew(full))
-            self._renewing.add_done_callback(_consume_error)
+            self._renew_shared_start(full)
         await asyncio.shield(self._renewing)
+
+    def _renew_shared_start(self, full: bool) -> None:
+        self._renewing_started = time.monotonic()
+        self._renewing = asyncio.ensure_future(self._renew(full))
+        self._renewing.add_done_callback(_consume_error)
 
     def _check_database(self) -> None:
         """Fail at once (503) while the database is known to be unreachable, instead of
@@ -309,14 +448,19 @@ class QuotaLeases:
         if time.monotonic() < self._down_until:
             raise StoreError("database unavailable (a recent quota take failed)")
 
-    async def _take(self, pool: QuotaPool, cost: Amounts) -> bool:
+    def _take(self, pool: QuotaPool, cost: Amounts) -> asyncio.Future:
+        """Join (or start) the take for the pool's waiting requests; StoreError at once
+        while the database is known to be down."""
         self._check_database()
         for f, c in cost.items():
             pool.demand[f] = pool.demand.get(f, 0) + c
         if pool.fetch is None:
             pool.need = dict(cost)
+            pool.fetch_started = time.monotonic()
             pool.fetch = asyncio.ensure_future(self._fetch(pool))
-        return await asyncio.shield(pool.fetch)
+            pool.fetch.add_done_callback(_consume_error)
+            self._track(pool.fetch, pool.fetch_started)
+        return pool.fetch
 
     def _refill_early(self, pool: QuotaPool) -> None:
         """Take the next block in the background before the lease runs out, so steady
@@ -330,8 +474,10 @@ class QuotaLeases:
         for f, level in pool.low_water(self.settings, now).items():
             if granted.get(f, 0) - used.get(f, 0) < level:
                 pool.need = {}
+                pool.fetch_started = now
                 pool.fetch = asyncio.ensure_future(self._fetch(pool))
                 pool.fetch.add_done_callback(_consume_error)
+                self._track(pool.fetch, now)
                 return
 
     async def _fetch(self, pool: QuotaPool) -> bool:
@@ -351,6 +497,7 @@ class QuotaLeases:
             taken, shared, current = await self.counters.lease_quota(
                 pool.pool_id, window, want, need, pool.limits, self.holder,
                 self.settings.hold, self.settings.grace, used)
+            self._failing = False
             if current > pool.window:        # another process's clock is ahead: join it
                 pool.roll(current)
             elif pool.window != current:     # the window ended meanwhile: try afresh
@@ -364,12 +511,14 @@ class QuotaLeases:
             if shared:
                 pool.others = {f: max(0, shared.get(f, 0) - pool.granted.get(f, 0))
                                for f in pool.limits}
+                pool.see_share()
             if taken is None:
                 pool.refused_at = time.monotonic()
                 return False
             return True
         except StoreError:
             self._down_until = time.monotonic() + DOWN_RETRY
+            self._failing = True
             raise
         finally:
             pool.fetch = None
@@ -398,31 +547,65 @@ class QuotaLeases:
         return True
 
     async def acquire_slot(self, pool: SlotPool, cap: int) -> bool:
-        """One stream slot of ``cap``: reuse one this process holds, or lease more."""
+        """One stream slot of ``cap``: reuse one this process holds, or lease more (see
+        the module's docstring for what it waits for and the outage policy)."""
+        pool.cap = cap
+        try:
+            return await self._acquire_slot(pool, cap)
+        except StoreError:
+            if self._slot_outage_admit(pool):
+                return True
+            raise
+
+    async def _acquire_slot(self, pool: SlotPool, cap: int) -> bool:
         waited = False
+        available = self.settings.available
         for _ in range(MAX_ROUNDS):
-            pool.last_active = time.monotonic()
-            if (waited or not pool.waiting) and pool.in_use < pool.held:
+            now = pool.last_active = time.monotonic()
+            stalled = pool.fetch is not None and now - pool.fetch_started >= STALL
+            if (waited or not pool.waiting or stalled) and pool.in_use < pool.held:
                 if self.fenced(pool.confirmed):
-                    await self.renew_now()
+                    if available and pool.outage_room():
+                        if self._unreachable(pool, now) or not await self._renewed(STALL):
+                            return self._slot_outage_admit(pool)
+                    else:
+                        await self.renew_now()
                     waited = True
                     continue
                 pool.in_use += 1
                 return True
-            if time.monotonic() - pool.refused_at < RECHECK:
+            if now - pool.refused_at < RECHECK:
                 return False
+            if self._unreachable(pool, now) and self._slot_outage_admit(pool):
+                return True
             self._check_database()
             waited = True
             pool.demand += 1
             pool.waiting += 1
             if pool.fetch is None:
+                pool.fetch_started = now
                 pool.fetch = asyncio.ensure_future(self._fetch_slots(pool, cap))
+                pool.fetch.add_done_callback(_consume_error)
+                self._track(pool.fetch, now)
+            fetch = pool.fetch
             try:
-                if not await asyncio.shield(pool.fetch):
+                if not await self._wait(fetch, pool.fetch_started, lambda: (
+                        pool.in_use < pool.held or (available and pool.outage_room()))):
+                    continue
+                if not fetch.result():
                     return False
             finally:
                 pool.waiting -= 1
         return False
+
+    def _slot_outage_admit(self, pool: SlotPool) -> bool:
+        if not self.settings.available or not pool.outage_room():
+            return False
+        pool.in_use += 1
+        self.log.warning("database unreachable: admitting streams within this process's "
+                         "view of the free slots (outage_policy = \"available\"); recorded "
+                         "when it is back")
+        return True
 
     def release_slot(self, pool: SlotPool) -> None:
         pool.in_use = max(0, pool.in_use - 1)
@@ -433,9 +616,14 @@ class QuotaLeases:
             await asyncio.sleep(0)
             demand, pool.demand = pool.demand, 0
             sent = time.monotonic()
+            seen: dict = {}
             got = await self.counters.lease_slots(pool.subject, self.holder, demand, 1, cap,
-                                                  self.settings.hold, self.settings.grace)
+                                                  self.settings.hold, self.settings.grace,
+                                                  seen)
+            self._failing = False
             pool.held += got
+            if "held" in seen:
+                pool.others = max(0, seen["held"] - pool.held)
             if got:
                 pool.confirmed = sent
             if not got:
@@ -443,6 +631,7 @@ class QuotaLeases:
             return bool(got)
         except StoreError:
             self._down_until = time.monotonic() + DOWN_RETRY
+            self._failing = True
             raise
         finally:
             pool.fetch = None
@@ -493,10 +682,12 @@ class QuotaLeases:
                     await self._restore_slots(slots_pool)
         except StoreError:
             self._down_until = time.monotonic() + DOWN_RETRY
+            self._failing = True
             raise
         if full:
             self._renewed_ok = sent
         self._down_until = 0.0
+        self._failing = False
 
     async def _restore_pool(self, pool: QuotaPool) -> None:
         """The pool's holding was taken back while this process lived: what it used beyond
@@ -547,6 +738,17 @@ class QuotaLeases:
             quiet = everything or now - pool.last_active >= idle
             back = {f: -s for f, s in spare.items() if s > 0} if quiet else {}
             forget = quiet and pool.inflight == 0
+            if not pool.holding and over and not everything:
+                # Admitted without a lease while the database was away (available): charge
+                # it now, even past the limit, and hold it.
+                used = dict(pool.used)
+                sent = time.monotonic()
+                if await self.counters.charge_quota(pool_id, pool.window, self.holder, over,
+                                                    used, self.settings.hold):
+                    pool.holding, pool.reported, pool.confirmed = True, used, sent
+                pool.granted = {f: max(pool.granted.get(f, 0), used.get(f, 0))
+                                for f in pool.limits}
+                over = {}
             if pool.holding and (over or back or forget):
                 used = dict(pool.used)
                 if not await self.counters.adjust_quota(pool_id, pool.window,
@@ -562,9 +764,18 @@ class QuotaLeases:
                         pool.granted[f] = pool.used.get(f, 0)
             if forget and self.pools.get(pool_id) is pool:
                 del self.pools[pool_id]
+                if self.settings.available and not everything:
+                    self._remember(pool)
         for subject, slots in list(self.slots.items()):
             if slots.fetch is not None:
                 continue
+            if slots.in_use > slots.held and not everything:
+                # Streams admitted beyond its holding while the database was away
+                # (available): recorded now, even past the cap.
+                sent = time.monotonic()
+                await self.counters.restore_slots(subject, self.holder,
+                                                  slots.in_use - slots.held, self.settings.hold)
+                slots.held, slots.confirmed = slots.in_use, sent
             quiet = everything or now - slots.last_active >= idle
             if quiet and slots.held > slots.in_use:
                 await self.counters.return_slots(subject, self.holder,
@@ -572,6 +783,16 @@ class QuotaLeases:
                 slots.held = slots.in_use
             if slots.held == 0 and slots.in_use == 0 and self.slots.get(subject) is slots:
                 del self.slots[subject]
+
+    def _remember(self, pool: QuotaPool) -> None:
+        """Keep a forgotten pool's window, use and share (a few hundred bytes, at most
+        ``MEMORY_SIZE`` of them): its outage room if the account comes back while the
+        database is away."""
+        prior = {f: pool.prior.get(f, 0) + pool.used.get(f, 0) for f in pool.limits}
+        self.memory[pool.pool_id] = (pool.window, prior, dict(pool.share))
+        self.memory.move_to_end(pool.pool_id)
+        while len(self.memory) > MEMORY_SIZE:
+            self.memory.popitem(last=False)
 
     async def close(self) -> None:
         """Give back everything this process holds (at shutdown)."""

@@ -120,7 +120,8 @@ class TierLimiter:
         lim = config.limits
         self.leases = QuotaLeases(store.counters,
                                   LeaseSettings(lim.lease_horizon, lim.lease_max_share,
-                                                lim.lease_idle, lim.lease_ttl),
+                                                lim.lease_idle, lim.lease_ttl,
+                                                lim.outage_policy == "available"),
                                   "proc_" + secrets.token_hex(8), log)
         self.clock = WindowClock()
         self._plans: dict[int, tuple] = {}

@@ -18,8 +18,9 @@ CAP = 3
 
 
 def outage_config(ttl: float = 3.0, **limits):
+    """The exact outage policy unless ``outage_policy`` says otherwise."""
     cfg = limits_config(database={"timeout": 1.0})
-    cfg["limits"] = {**cfg["limits"], "lease_ttl": ttl, **limits}
+    cfg["limits"] = {**cfg["limits"], "lease_ttl": ttl, "outage_policy": "exact", **limits}
     return cfg
 
 
