@@ -172,6 +172,13 @@ class QuotaPool:
                 return False
         return True
 
+    def over_own(self, cost: Amounts) -> bool:
+        """Whether this process's own use in the window alone leaves no room for ``cost``
+        (certain without asking the shared counter)."""
+        used, prior = self.used, self.prior
+        return any(prior.get(f, 0) + used.get(f, 0) + c > self.limits[f]
+                   for f, c in cost.items())
+
     def see_share(self) -> None:
         """This process's share of the account's use in the window, from the shared
         counter just seen (``others``: everything but this pool's lease)."""
@@ -316,6 +323,8 @@ class QuotaLeases:
         except StoreError:
             if self._outage_admit(pool, cost):
                 return pool.window
+            if pool.over_own(cost):
+                return None             # its own use alone reaches the limit: 429, not 503
             raise
 
     async def _acquire(self, pool: QuotaPool, cost: Amounts, window: str) -> str | None:
@@ -555,6 +564,8 @@ class QuotaLeases:
         except StoreError:
             if self._slot_outage_admit(pool):
                 return True
+            if pool.in_use >= cap:
+                return False            # its own streams alone fill the cap: 429, not 503
             raise
 
     async def _acquire_slot(self, pool: SlotPool, cap: int) -> bool:
