@@ -10,7 +10,10 @@ estimate (prompt estimate + max_tokens) from this process's quota leases
 counters in MongoDB are touched once per block of quota, not per request. Settlement
 replaces the token estimate by the real usage and frees the stream slot, in memory too.
 The limits hold exactly across processes: the leases of all processes never add up to
-more than a limit.
+more than a limit. While the database does not answer, ``[limits] outage_policy`` says
+what happens once a lease is spent or fenced: 503 (``exact``), or admission within each
+process's share of the limit, charged when the database is back (``available``, the
+default; ``plugins.limits.quota``).
 
 Per-key limits (requests/tokens per minute, tokens per day, set on the key and carried by
 the cached principal) are pools of their own (``q:m:key:<key id>``, ``q:d:key:<key id>``)
