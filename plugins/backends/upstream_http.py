@@ -20,20 +20,57 @@ timers for each request.
   last call, with Content-Length or chunked framing removed; ``b""`` at the end),
   ``await read_all()``, then ``release()`` (back to the pool when the body was read to
   its end and the upstream keeps the connection alive, else closed) or ``close()``.
+  The parsing of the response is :class:`plugins.backends.http_response.ResponseParser`
+  (Connection subclasses it, so no call stands between the socket and the parser); this
+  module is the sockets, waiting, flow control and pooling around it.
 
-Errors: :class:`ConnectTimeout` (no TCP connection within ``connect_timeout``),
-:class:`ConnectionClosed` (the upstream closed the connection before the response was
-complete), :class:`BadResponse` (not parseable as HTTP/1.x), ``TimeoutError`` (no
-response headers, or no body bytes, within ``read_timeout`` of waiting), and the
-``OSError`` of a refused or failed connection. All but ``PoolTimeout`` and
-``TimeoutError`` are ``ConnectionError`` subclasses.
+TLS: ``https://`` roots are verified against the system's CAs, or the ``ssl_context``
+given (``openai_compatible``'s ``ca_file`` option builds one trusting a private CA), with
+the URL's host name checked against the certificate.
+
+Proxies (``proxy=``): ``"env"`` (the default) takes ``HTTPS_PROXY`` for ``https://``
+roots and ``HTTP_PROXY`` for ``http://`` ones (lower-case names win, as in curl and
+urllib), unless ``NO_PROXY`` matches the host (names, ``.suffix`` domains, IP literals,
+``*``); loopback hosts (``localhost``, ``127.0.0.0/8``, ``::1``) never go through an
+environment proxy. ``""`` or ``None``: always direct. A URL (``http://[user:pass@]host:port``):
+that proxy for every request. An ``https://`` upstream is reached through a ``CONNECT``
+tunnel (TLS end to end, the proxy sees only the host name); an ``http://`` one by sending
+each request in absolute form (``POST http://host:port/v1/... HTTP/1.1``) to the proxy,
+over kept-alive connections to it. Proxy credentials go in ``Proxy-Authorization``
+(Basic), never to the upstream. A proxy that refuses a tunnel raises :class:`ProxyError`.
+
+Errors: :class:`ConnectTimeout` (no TCP connection, tunnel or TLS handshake within
+``connect_timeout``), :class:`ConnectionClosed` (the upstream closed the connection
+before the response was complete), :class:`BadResponse` (not parseable as HTTP/1.x),
+:class:`ProxyError`, ``ssl.SSLCertVerificationError`` (a certificate that does not verify:
+an ``OSError``), ``TimeoutError`` (no response headers, or no body bytes, within
+``read_timeout`` of waiting), and the ``OSError`` of a refused or failed connection. All
+but ``PoolTimeout`` and ``TimeoutError`` are ``ConnectionError`` or ``OSError``
+subclasses.
 
 A slow reader pauses the socket (at 256 KiB buffered) instead of buffering without
 bound. Read timeouts use one timer per connection, re-armed only when it fires, not a
-timer per read. Plain ``http://`` connections use :class:`SocketTransport`, a minimal
-transport on the event loop's reader callbacks (asyncio's own keeps a write deque, extra
-info and more per connection: about 1.6 KB per open stream more); ``https://`` ones use
-asyncio's TLS transport.
+timer per read. Plain ``http://`` connections (direct or to an http proxy) use
+:class:`SocketTransport`, a minimal transport on the event loop's reader callbacks
+(asyncio's own keeps a write deque, extra info and more per connection: about 1.6 KB per
+open stream more); ``https://`` ones use asyncio's TLS transport.
+
+What it does not do (it is not a general HTTP client; use ``aiohttp`` or ``httpx`` where
+these matter):
+
+- HTTP/1.1 only (HTTP/1.0 responses are read): no HTTP/2 or HTTP/3, no ALPN offered, no
+  pipelining (one request at a time per connection);
+- no redirects (a 3xx is returned as is), no cookies, no authentication beyond the URL's
+  ``user:pass`` (Basic) and the headers given;
+- no compression: it sends ``Accept-Encoding: identity`` and decodes no
+  ``Content-Encoding``;
+- no request streaming or ``Expect: 100-continue``: the body is one ``bytes`` object;
+- response headers other than Content-Type, Content-Length, Transfer-Encoding and
+  Connection are parsed for framing only and not kept; trailers are dropped;
+- no SOCKS proxies, no https:// (TLS to the proxy) proxies, no ``ALL_PROXY``, no PAC;
+  ``NO_PROXY`` takes no CIDR ranges;
+- no client certificates unless set on the ``ssl_context`` given; DNS is resolved per
+  new connection (no cache), and no Happy Eyeballs (addresses are tried in order).
 """
 from __future__ import annotations
 
@@ -41,20 +78,25 @@ import asyncio
 import base64
 import collections
 import contextvars
+import ipaddress
+import os
 import socket
 import ssl as ssl_module
 from urllib.parse import unquote, urlsplit
+from urllib.request import getproxies_environment, proxy_bypass_environment
+
+from plugins.backends.http_response import (CHUNKED as _CHUNKED, DONE as _DONE,
+                                            HEAD as _HEAD, IDLE as _IDLE,
+                                            LENGTH as _LENGTH,
+                                            UNTIL_CLOSE as _UNTIL_CLOSE, BadResponse,
+                                            ResponseParser)
 
 __all__ = ["Pool", "Connection", "PoolTimeout", "ConnectTimeout", "ConnectionClosed",
-           "BadResponse"]
+           "BadResponse", "ProxyError", "proxy_for"]
 
-MAX_HEAD = 64 * 1024          # response status line + headers
 HIGH_WATER = 256 * 1024       # body bytes buffered before the socket is paused
 DRAIN_WAIT = 1.0              # seconds a released connection may take to finish its body
 USER_AGENT = "allyoucantoken"
-
-# response parser states
-_HEAD, _LENGTH, _CHUNKED, _UNTIL_CLOSE, _DONE, _IDLE = range(6)
 
 
 class PoolTimeout(Exception):
@@ -69,8 +111,8 @@ class ConnectionClosed(ConnectionError):
     """The upstream closed the connection before the response was complete."""
 
 
-class BadResponse(ConnectionError):
-    """The upstream's answer is not valid HTTP/1.x."""
+class ProxyError(ConnectionError):
+    """The proxy refused to open a tunnel to the upstream (its status is in the text)."""
 
 
 class SocketTransport:
@@ -163,19 +205,6 @@ class SocketTransport:
         self.loop.call_soon(self.protocol.connection_lost, exc)
 
 
-_content_types: dict[bytes, str] = {}
-
-
-def _content_type(value: bytes) -> str:
-    """The header's value as a str, one shared object per distinct value (a few)."""
-    text = _content_types.get(value)
-    if text is None:
-        text = value.decode("latin-1")
-        if len(_content_types) < 64:
-            _content_types[value] = text
-    return text
-
-
 def _numeric_address(host: str, port: int):
     """(family, address) when ``host`` is an IP address literal, else None."""
     for family in (socket.AF_INET, socket.AF_INET6):
@@ -187,29 +216,20 @@ def _numeric_address(host: str, port: int):
     return None
 
 
-class Connection(asyncio.Protocol):
-    """One keep-alive connection to an upstream; also the handle of its current response."""
+class Connection(ResponseParser, asyncio.Protocol):
+    """One keep-alive connection to an upstream; also the handle of its current response.
+    The response parsing is :class:`http_response.ResponseParser`'s; this class adds the
+    socket, the waiting, flow control and the pool."""
 
-    __slots__ = ("pool", "transport", "status", "content_type", "keep_alive", "idle_since",
-                 "got_bytes", "_state", "_buf", "_remaining", "_crlf", "_trailers",
-                 "_body", "_size", "_paused", "_waiter", "_exc", "_closed", "_timer",
-                 "_deadline", "_held", "_head_only", "_draining")
+    __slots__ = ("pool", "transport", "idle_since", "_size", "_paused", "_waiter", "_exc",
+                 "_closed", "_timer", "_deadline", "_held", "_draining")
 
     def __init__(self, pool: "Pool") -> None:
+        ResponseParser.__init__(self)
         self.pool = pool
         self.transport: asyncio.Transport | None = None
-        self.status = 0
-        self.content_type = ""
-        self.keep_alive = False
         self.idle_since = 0.0
-        self.got_bytes = False        # any byte of the current response arrived
-        self._state = _IDLE
-        self._buf = b""               # bytes not parsed yet (head, chunk-size lines)
-        self._remaining = 0           # body bytes left (Content-Length, or current chunk)
-        self._crlf = False            # chunked: the CRLF after a chunk's data is due
-        self._trailers = False        # chunked: the last chunk was seen; trailers follow
-        self._body: list[bytes] = []  # decoded body bytes not read yet
-        self._size = 0
+        self._size = 0                # decoded body bytes buffered, not read yet
         self._paused = False
         self._waiter: asyncio.Future | None = None
         self._exc: BaseException | None = None
@@ -217,10 +237,9 @@ class Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._deadline = 0.0
         self._held = False            # holds one of the pool's slots (a request is on it)
-        self._head_only = False
         self._draining = False        # released before its body's last bytes came
 
-    # -- asyncio.Protocol ------------------------------------------------------
+    # -- asyncio.Protocol (data_received is the parser's) --------------------------
     def connection_made(self, transport) -> None:
         self.transport = transport
 
@@ -237,201 +256,13 @@ class Connection(asyncio.Protocol):
     def eof_received(self):
         return False   # close our side too (connection_lost follows)
 
-    def data_received(self, data: bytes) -> None:
-        state = self._state
-        if state == _LENGTH and not self._buf:
-            # the hot path: a piece of a Content-Length body
-            n, remaining = len(data), self._remaining
-            if n < remaining:
-                self._remaining = remaining - n
-                self._push(data)
-                return
-            if n > remaining:                      # more than declared: not reusable
-                self.keep_alive = False
-                data = data[:remaining]
-            self._remaining = 0
-            if data:
-                self._push(data)
-            self._state = _DONE
-            self._wake()
-            return
-        try:
-            if state == _CHUNKED:
-                self._feed_chunked(data)
-            elif state == _HEAD:
-                self.got_bytes = True
-                self._feed_head(data)
-            elif state == _UNTIL_CLOSE:
-                self._push(data)
-            else:   # bytes nobody asked for (idle, or after the end): never reuse this
-                self.keep_alive = False
-                if state == _IDLE and self.transport is not None:
-                    self.transport.close()
-        except BadResponse as exc:
-            self._fail(exc)
-
     def pause_writing(self) -> None:   # the request body is written in one go
         pass
 
     def resume_writing(self) -> None:
         pass
 
-    # -- parsing ---------------------------------------------------------------
-    def _feed_head(self, data: bytes) -> None:
-        buf = self._buf + data if self._buf else data
-        while True:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buf) > MAX_HEAD:
-                    raise BadResponse("response headers too large")
-                self._buf = buf
-                return
-            head, buf = buf[:end], buf[end + 4:]
-            lines = head.split(b"\r\n")
-            status_line = lines[0].split(None, 2)
-            if len(status_line) < 2 or not status_line[0].startswith(b"HTTP/1."):
-                raise BadResponse("not an HTTP/1.x response")
-            try:
-                status = int(status_line[1])
-            except ValueError:
-                raise BadResponse("bad status code") from None
-            if 100 <= status < 200:                # 100 Continue, 103 Early Hints
-                continue
-            break
-        length, chunked, keep_alive = None, False, status_line[0] == b"HTTP/1.1"
-        content_type = ""
-        for line in lines[1:]:
-            name, sep, value = line.partition(b":")
-            if not sep:
-                raise BadResponse("malformed header line")
-            name = name.strip().lower()
-            if name == b"content-length":
-                try:
-                    length = int(value.strip())
-                except ValueError:
-                    raise BadResponse("bad Content-Length") from None
-                if length < 0:
-                    raise BadResponse("bad Content-Length")
-            elif name == b"transfer-encoding":
-                chunked = value.strip().lower().endswith(b"chunked")
-            elif name == b"connection":
-                tokens = value.lower()
-                if b"close" in tokens:
-                    keep_alive = False
-                elif b"keep-alive" in tokens:
-                    keep_alive = True
-            elif name == b"content-type":
-                content_type = _content_type(value.strip())
-        self.status, self.content_type = status, content_type
-        self._buf = b""
-        if self._head_only or status in (204, 304):
-            self.keep_alive = keep_alive
-            self._state = _DONE
-            self._wake()
-            return
-        if chunked:
-            self.keep_alive = keep_alive
-            self._state, self._remaining = _CHUNKED, 0
-            self._crlf = self._trailers = False
-            self._wake()
-            if buf:
-                self._feed_chunked(buf)
-            return
-        if length is not None:
-            self.keep_alive = keep_alive
-            self._state, self._remaining = _LENGTH, length
-            self._wake()
-            if length == 0:
-                self._state = _DONE
-                if buf:
-                    self.keep_alive = False
-            elif buf:
-                self.data_received(buf)
-            return
-        self.keep_alive = False                   # the body ends when the connection does
-        self._state = _UNTIL_CLOSE
-        self._wake()
-        if buf:
-            self._push(buf)
-
-    def _feed_chunked(self, data: bytes) -> None:
-        if self._buf:
-            data, self._buf = self._buf + data, b""
-        pos, n = 0, len(data)
-        out = self._body
-        added = 0
-        while pos < n:
-            remaining = self._remaining
-            if remaining:                          # inside a chunk's data
-                end = pos + remaining
-                if end >= n:
-                    piece = data[pos:] if pos else data
-                    self._remaining = end - n
-                    pos = n
-                else:
-                    piece = data[pos:end]
-                    self._remaining = 0
-                    pos = end
-                out.append(piece)
-                added += len(piece)
-                if not self._remaining:
-                    self._crlf = True
-                continue
-            if self._crlf:                         # the line end after a chunk's data
-                if data[pos] == 0x0A:              # a bare LF: tolerated
-                    pos += 1
-                elif n - pos < 2:
-                    break
-                elif data[pos:pos + 2] == b"\r\n":
-                    pos += 2
-                else:
-                    raise BadResponse("chunk not followed by CRLF")
-                self._crlf = False
-                continue
-            eol = data.find(b"\n", pos)
-            if eol < 0:
-                if n - pos > 4096:
-                    raise BadResponse("chunk size line too long")
-                break
-            line = data[pos:eol]
-            pos = eol + 1
-            if self._trailers:                     # trailer lines, then an empty line
-                if not line.strip():
-                    self._state = _DONE
-                    if pos < n:                    # bytes after the response
-                        self.keep_alive = False
-                    pos = n
-                    break
-                continue
-            size_text = line.split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise BadResponse("bad chunk size") from None
-            if size < 0:
-                raise BadResponse("bad chunk size")
-            if size == 0:
-                self._trailers = True
-                continue
-            end = pos + size
-            if end + 2 <= n and data[end] == 0x0D and data[end + 1] == 0x0A:
-                # the whole chunk and its CRLF are here (an SSE event, usually): taken in
-                # this pass instead of two more
-                out.append(data[pos:end])
-                added += size
-                pos = end + 2
-            else:
-                self._remaining = size
-        if pos < n:
-            self._buf = data[pos:]
-        if added:
-            self._size += added
-            if self._size > HIGH_WATER and not self._paused:
-                self._pause()
-            self._wake()
-        elif self._state == _DONE:
-            self._wake()
-
+    # -- the parser's hooks ------------------------------------------------------------
     def _push(self, data: bytes) -> None:
         self._body.append(data)
         self._size += len(data)
@@ -442,9 +273,17 @@ class Connection(asyncio.Protocol):
             self._waiter = None
             waiter.set_result(None)
 
-    def _pause(self) -> None:
-        self._paused = True
-        self.transport.pause_reading()
+    def _pushed(self, n: int) -> None:
+        # the chunked decoder appended n bytes to _body (and may have reached the end)
+        self._size += n
+        if self._size > HIGH_WATER and not self._paused:
+            self._pause()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            self._waiter = None
+            waiter.set_result(None)
+        elif self._draining and self._state == _DONE:
+            self._drained()
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -461,6 +300,15 @@ class Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
         self._wake()
+
+    def _unexpected(self) -> None:
+        self.keep_alive = False
+        if self._state == _IDLE and self.transport is not None:
+            self.transport.close()
+
+    def _pause(self) -> None:
+        self._paused = True
+        self.transport.pause_reading()
 
     # -- waiting, with the read timeout ------------------------------------------
     def _waiting(self) -> asyncio.Future:
@@ -621,13 +469,60 @@ class Connection(asyncio.Protocol):
             self.transport.close()
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def proxy_for(url: str) -> str | None:
+    """The proxy URL the environment names for ``url`` (``HTTPS_PROXY`` or
+    ``HTTP_PROXY``, by its scheme; urllib's reading of them), or None: no such variable,
+    ``NO_PROXY`` matches the host, or the host is loopback."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if _is_loopback(host):
+        return None
+    proxies = getproxies_environment()
+    proxy = proxies.get(parts.scheme)
+    if not proxy:
+        return None
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if proxies.get("no") and proxy_bypass_environment(hostport, proxies):
+        return None
+    return proxy
+
+
+def _parse_proxy(proxy: str) -> tuple[str, int, str]:
+    """(host, port, ``Proxy-Authorization`` header line or "") of an http:// proxy URL."""
+    if "://" not in proxy:
+        proxy = "http://" + proxy        # "host:3128", as curl takes it
+    parts = urlsplit(proxy)
+    if parts.scheme != "http":
+        raise ValueError(f"unsupported proxy {proxy!r}: only http:// proxies "
+                         "(CONNECT for https:// upstreams)")
+    if not parts.hostname:
+        raise ValueError(f"no host in proxy URL {proxy!r}")
+    auth = ""
+    if parts.username is not None:
+        creds = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        auth = ("Proxy-Authorization: Basic "
+                + base64.b64encode(creds.encode()).decode() + "\r\n")
+    return parts.hostname, parts.port or 80, auth
+
+
 class Pool:
     """Keep-alive connections to one upstream root URL; see the module docstring."""
 
     def __init__(self, base_url: str, *, limit: int = 4096, connect_timeout: float = 5.0,
                  read_timeout: float = 120.0, keepalive_timeout: float = 4.0,
                  headers: dict[str, str] | None = None,
-                 ssl_context: ssl_module.SSLContext | None = None) -> None:
+                 ssl_context: ssl_module.SSLContext | None = None,
+                 proxy: str | None = "env") -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https"):
             raise ValueError(f"unsupported URL scheme in {base_url!r} (http or https)")
@@ -646,6 +541,15 @@ class Pool:
         self.read_timeout = read_timeout
         self.keepalive_timeout = keepalive_timeout
         self._ssl = (ssl_context or ssl_module.create_default_context()) if self.https else None
+        if proxy == "env":
+            proxy = proxy_for(base_url)
+        self.proxy = proxy or None          # the proxy URL in use, if any
+        self._target = self.prefix          # the request target before the path
+        self._proxy_auth = ""
+        if self.proxy:
+            self._proxy_host, self._proxy_port, self._proxy_auth = _parse_proxy(self.proxy)
+            if not self.https:              # absolute form, to the proxy
+                self._target = f"http://{host_header}{self.prefix}"
         fixed = {"Host": host_header, "User-Agent": USER_AGENT, "Accept": "*/*",
                  "Accept-Encoding": "identity"}
         if parts.username is not None:
@@ -653,6 +557,9 @@ class Pool:
             fixed["Authorization"] = "Basic " + base64.b64encode(creds.encode()).decode()
         fixed.update(headers or {})
         self._fixed = "".join(f"{k}: {v}\r\n" for k, v in fixed.items())
+        if self.proxy and not self.https:
+            self._fixed += self._proxy_auth
+        self._authority = f"{host}:{self.port}"   # CONNECT's target
         self._idle: collections.deque[Connection] = collections.deque()
         self._slots: asyncio.Semaphore | None = None
         self._prune_timer: asyncio.TimerHandle | None = None
@@ -690,7 +597,7 @@ class Pool:
         else:
             await slots.acquire()          # a slot is free: no timer needed
         self.in_use += 1
-        head = (f"{method} {self.prefix}{path} HTTP/1.1\r\n{self._fixed}"
+        head = (f"{method} {self._target}{path} HTTP/1.1\r\n{self._fixed}"
                 + (f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
                    if body or method in ("POST", "PUT", "PATCH") else "\r\n")).encode("latin-1")
         data = head + body if len(body) < 65536 else None
@@ -745,25 +652,43 @@ class Pool:
         loop = self.loop
         try:
             async with asyncio.timeout(self.connect_timeout):
-                if self._ssl is not None:
+                if self.proxy:
+                    sock = await self._open_socket(self._proxy_host, self._proxy_port)
+                    if self._ssl is None:         # absolute-form requests to the proxy
+                        conn = Connection(self)
+                        SocketTransport(loop, sock, conn)
+                    else:
+                        try:
+                            await self._tunnel(sock)
+                            _, conn = await loop.create_connection(
+                                lambda: Connection(self), sock=sock, ssl=self._ssl,
+                                server_hostname=self.host)
+                        except BaseException:
+                            sock.close()
+                            raise
+                elif self._ssl is not None:
                     _, conn = await loop.create_connection(
                         lambda: Connection(self), self.host, self.port, ssl=self._ssl,
                         server_hostname=self.host)
                 else:
-                    conn = await self._connect_plain()
+                    conn = Connection(self)
+                    SocketTransport(loop, await self._open_socket(self.host, self.port),
+                                    conn)
         except TimeoutError:
-            raise ConnectTimeout(f"no connection to {self.host}:{self.port} within "
+            via = f" through the proxy {self._proxy_host}:{self._proxy_port}" if self.proxy else ""
+            raise ConnectTimeout(f"no connection to {self.host}:{self.port}{via} within "
                                  f"{self.connect_timeout:g}s") from None
         self.opened += 1
         return conn
 
-    async def _connect_plain(self) -> Connection:
+    async def _open_socket(self, host: str, port: int) -> socket.socket:
+        """A connected non-blocking TCP socket to host:port (each address in turn)."""
         loop = self.loop
-        target = _numeric_address(self.host, self.port)
+        target = _numeric_address(host, port)
         if target is not None:
             targets = [target]
         else:
-            infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
             targets = [(family, addr) for family, _, _, _, addr in infos]
         error: OSError | None = None
         for family, address in targets:
@@ -779,10 +704,28 @@ class Pool:
             except BaseException:
                 sock.close()
                 raise
-            conn = Connection(self)
-            SocketTransport(loop, sock, conn)
-            return conn
-        raise error or OSError(f"cannot resolve {self.host}")
+            return sock
+        raise error or OSError(f"cannot resolve {host}")
+
+    async def _tunnel(self, sock: socket.socket) -> None:
+        """Ask the proxy on ``sock`` for a CONNECT tunnel to the upstream; returns once
+        it answered 2xx (the TLS handshake then goes through the tunnel)."""
+        loop = self.loop
+        authority = self._authority
+        await loop.sock_sendall(sock, (
+            f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n"
+            f"User-Agent: {USER_AGENT}\r\n{self._proxy_auth}\r\n").encode("latin-1"))
+        parser = ResponseParser()
+        parser.start(head_only=True)    # a 2xx to CONNECT has no body
+        while not parser.done:
+            # 1 byte at a time is not needed: the upstream speaks only after our TLS
+            # ClientHello, so nothing follows the proxy's answer yet
+            data = await loop.sock_recv(sock, 65536)
+            if not data:
+                raise ProxyError("the proxy closed the connection before answering CONNECT")
+            parser.data_received(data)
+        if not 200 <= parser.status < 300:
+            raise ProxyError(f"the proxy refused CONNECT {authority}: HTTP {parser.status}")
 
     def _put_back(self, conn: Connection) -> None:
         if self._closing:
