@@ -437,8 +437,13 @@ class QuotaLeases:
 
     async def renew_now(self) -> None:
         """Renew every holding of this process (one renewal at a time; joins the one on
-        its way). Raises StoreError at once while the database is known to be down."""
+        its way). Raises StoreError at once while the database is known to be down, and
+        after ``STALL`` while the last call failed (this one finds out if it is back)."""
         self._check_database()
+        if self._failing:
+            if not await self._renewed(STALL):
+                raise StoreError("database unavailable (a recent call failed)")
+            return
         await self._renew_shared(full=True)
 
     async def _renew_shared(self, full: bool) -> None:
