@@ -14,6 +14,7 @@ import tornado.web
 from dashboard.config import DashboardConfig
 from dashboard.deferred import TimeFloor
 from dashboard.throttle import LoginThrottle
+from gateway import tornado_compat
 from gateway.errors import APIError, ErrorRenderer, internal_error
 from gateway.net import client_ip
 from plugins.auth.session import SAFE_METHODS, SessionAuthenticator, cookie_name, is_secure
@@ -216,7 +217,7 @@ class DashboardHandler(ErrorRenderer, tornado.web.RequestHandler):
         if isinstance(exc, PageError):
             return exc.api
         if isinstance(exc, tornado.web.HTTPError) and status_code < 500:
-            return api_error(status_code, exc.log_message or self._reason)
+            return api_error(status_code, exc.log_message or tornado_compat.status_reason(self))
         return internal_error()
 
     def render_error(self, err: APIError, exc: BaseException | None = None) -> None:

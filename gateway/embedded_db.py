@@ -128,29 +128,15 @@ def _die_with_parent() -> None:
 
 
 def _skip_payload_id_scan() -> None:
-    """Make inserts O(log n) instead of O(n) (a mongoeco cost, measured: 3 ms into an
-    empty collection, 14 ms at 1,000 documents, 155 ms at 1,800 in a batch).
+    """Make mongoeco's inserts O(log n) instead of O(n)
+    (:func:`gateway.mongoeco_compat.skip_payload_id_scan`); says on stderr when this
+    mongoeco does not let it (inserts then stay O(n), and still correct)."""
+    from gateway import mongoeco_compat
 
-    Before inserting, mongoeco looks the new ``_id`` up by its storage key (indexed) and
-    then, with ``scan_payload_id=True``, also decodes every document of the collection to
-    compare ids by value. Its own rule for when that scan is needed is "the id contains
-    a number" (1 and 1.0 are equal ids with different storage keys); that rule still
-    applies here, only the unconditional scan is dropped. String and ObjectId ids (all
-    the gateway uses) are then checked through the index alone."""
-    from mongoeco.engines.memory import MemoryEngine
-    from mongoeco.engines.sqlite import SQLiteEngine
-
-    for cls, name in ((SQLiteEngine, "_validate_document_against_unique_indexes"),
-                      (MemoryEngine, "_ensure_unique_indexes")):
-        original = getattr(cls, name, None)
-        if original is None or getattr(original, "_ayct_patched", False):
-            continue
-
-        def patched(self, *args, _original=original, **kwargs):
-            kwargs["scan_payload_id"] = False
-            return _original(self, *args, **kwargs)
-        patched._ayct_patched = True
-        setattr(cls, name, patched)
+    for problem in mongoeco_compat.skip_payload_id_scan():
+        print(f"embedded database: inserts scan whole collections: {problem} (mongoeco "
+              f"{mongoeco_compat.running_version()}; tested with "
+              f"{mongoeco_compat.tested_version()})", file=sys.stderr, flush=True)
 
 
 async def _serve(engine_name: str, path: str | None, port: int,

@@ -1,6 +1,6 @@
 """Request headers parsed with one regular expression instead of several per line.
 
-Tornado's ``HTTP1Connection._parse_headers`` splits the header block into lines and, for
+Tornado's ``HTTP1Connection`` header parser splits the header block into lines and, for
 each line, runs a regular-expression search for its end, full matches of the name and of
 the value against RFC 9110's rules, and Http-Header-Case normalisation three times (five
 to seven Python calls per header): about 40 µs for the seven headers of a usual API
@@ -25,7 +25,10 @@ import re
 from tornado import httputil
 from tornado.http1connection import HTTP1Connection
 
-_normalize = httputil._normalize_header   # Tornado's own (cached) normalisation
+from gateway import tornado_compat
+from gateway.tornado_compat import RequestHeaders
+
+_normalize = tornado_compat.normalize_header   # Tornado's own (cached) normalisation
 
 _VCHAR = r"[\x21-\x7e\x80-\xff]"           # field-vchar: VCHAR / obs-text
 _CLEAN_BLOCK = re.compile(
@@ -34,27 +37,8 @@ _CLEAN_BLOCK = re.compile(
     r"[ \t]*\r\n)*\r\n")                                  # OWS CRLF ... CRLF
 
 
-class RequestHeaders(httputil.HTTPHeaders):
-    """``HTTPHeaders`` whose ``get`` is a dictionary lookup: the inherited ``Mapping.get``
-    goes through ``__getitem__`` and raises and catches a ``KeyError`` for every absent
-    header (most of the ten or so a request is asked for)."""
-
-    def get(self, name, default=None):
-        """The header's value (repeated headers joined by commas), else ``default``."""
-        if type(name) is not str:
-            return super().get(name, default)
-        header = _normalize(name)
-        value = self._combined_cache.get(header)
-        if value is None:
-            values = self._as_list.get(header)
-            if values is None:
-                return default
-            value = self._combined_cache[header] = ",".join(values)
-        return value
-
-
 def parse_headers(data: bytes) -> tuple[str, httputil.HTTPHeaders] | None:
-    """(start line, headers) as Tornado's ``_parse_headers`` returns them, or None when
+    """(start line, headers) as Tornado's parser returns them, or None when
     the block is not plain CRLF-terminated lines that follow the rules (then Tornado's
     parser decides)."""
     text = data.decode("latin1").lstrip("\r\n")
@@ -69,7 +53,7 @@ def parse_headers(data: bytes) -> tuple[str, httputil.HTTPHeaders] | None:
         return None
     headers = RequestHeaders()
     if len(block) > 2:
-        as_list, combined = headers._as_list, headers._combined_cache
+        as_list, combined = tornado_compat.header_maps(headers)
         for line in block[:-4].split("\r\n"):
             name, _, value = line.partition(":")
             name = _normalize(name)
@@ -89,7 +73,7 @@ _YIELD_EVERY = 256 * 1024     # bytes of work between two event-loop yields (as 
 _CHUNK_COST = 1024            # what one chunk counts as, in those bytes (as Tornado)
 
 
-class FastHeaderConnection(HTTP1Connection):
+class FastHeaderConnection(tornado_compat.HTTP1ConnectionHooks):
     """A server-side ``HTTP1Connection`` whose request headers are parsed by
     :func:`parse_headers` (Tornado's parser for anything it does not take).
 
@@ -103,11 +87,11 @@ class FastHeaderConnection(HTTP1Connection):
     max_chunks: int | None = None
     discard_body = False
 
-    def _parse_headers(self, data: bytes) -> tuple[str, httputil.HTTPHeaders]:
+    def parse_headers(self, data: bytes) -> tuple[str, httputil.HTTPHeaders]:
         self.header_bytes = len(data)
-        return parse_headers(data) or super()._parse_headers(data)
+        return parse_headers(data) or super().parse_headers(data)
 
-    async def _read_chunked_body(self, delegate: httputil.HTTPMessageDelegate) -> None:
+    async def read_chunked_body(self, delegate: httputil.HTTPMessageDelegate) -> None:
         """Tornado's chunked body reader (same framing rules, same coalescing of small
         chunks, same yields), with the chunk cap and the discarding: its cost was per
         chunk (about 19 us each), so 1-byte chunks made a body cost per byte."""
@@ -119,7 +103,7 @@ class FastHeaderConnection(HTTP1Connection):
             if pending and not future.done():   # deliver what we have before waiting
                 data = bytes(pending)
                 pending.clear()
-                await self._deliver_body(delegate, data)
+                await self.deliver_body(delegate, data)
             return await future
 
         while True:
@@ -137,7 +121,7 @@ class FastHeaderConnection(HTTP1Connection):
                 if await read(stream.read_bytes(2)) != b"\r\n":
                     raise httputil.HTTPInputError("improperly terminated chunked request")
                 if pending:
-                    await self._deliver_body(delegate, bytes(pending))
+                    await self.deliver_body(delegate, bytes(pending))
                 return
             chunks += 1
             if self.max_chunks is not None and chunks > self.max_chunks \
@@ -150,20 +134,20 @@ class FastHeaderConnection(HTTP1Connection):
                 refuse()
                 continue
             total += length
-            if total > self._max_body_size:
+            if total > self.body_size_limit:
                 raise httputil.HTTPInputError("chunked body too large")
             left = length
             while left:
                 chunk = await read(stream.read_bytes(min(left, size), partial=True))
                 left -= len(chunk)
                 if not pending and len(chunk) == size:
-                    await self._deliver_body(delegate, chunk)
+                    await self.deliver_body(delegate, chunk)
                 else:
                     pending += chunk
                     if len(pending) >= size:
                         data = bytes(pending[:size])
                         del pending[:size]
-                        await self._deliver_body(delegate, data)
+                        await self.deliver_body(delegate, data)
                 work += len(chunk)
                 if work >= _YIELD_EVERY:
                     work = 0
@@ -182,7 +166,7 @@ class FastHeaderConnection(HTTP1Connection):
         work = 0
         while True:
             data = await self.stream.read_bytes(self.params.chunk_size, partial=True)
-            await self._deliver_body(delegate, data)
+            await self.deliver_body(delegate, data)
             tail = (tail + data)[-7:]
             if tail.endswith(b"\r\n0\r\n\r\n") or tail == b"0\r\n\r\n":
                 return

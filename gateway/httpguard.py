@@ -28,7 +28,6 @@ A request that passes goes to the lean path when ``lean`` (a
 """
 from __future__ import annotations
 
-import collections
 import html
 import json
 import re
@@ -40,12 +39,12 @@ from tornado import httputil
 from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream
 
-from gateway import headerparse
+from gateway import headerparse, tornado_compat
 from gateway.errors import APIError
 
 HEADER_HARD_CAP_FACTOR = 4
 DRAIN_MIN = 64 << 20   # read (and discard) up to max(16 x the limit, 64 MiB) of a refused body
-_BARE_400 = b"HTTP/1.1 400 Bad Request\r\n\r\n"
+_BARE_400 = tornado_compat.BARE_400
 _DIGITS = re.compile(r"[0-9]+")
 MIN_CHUNKS = 1024        # chunks any chunked body may have...
 MIN_AVG_CHUNK = 512      # ...and one more per this many bytes of the body limit
@@ -153,7 +152,7 @@ class RequestGuard(httputil.HTTPServerConnectionDelegate):
         for request in self._current():
             stream = request.conn.stream
             if request.idle_since is not None and now - request.idle_since >= idle_for \
-                    and not getattr(stream, "_read_buffer_size", 0):
+                    and not tornado_compat.read_buffer_size(stream):
                 stream.close()
                 closed += 1
         return closed
@@ -166,29 +165,6 @@ class RequestGuard(httputil.HTTPServerConnectionDelegate):
 
     def on_close(self, server_conn: object) -> None:
         self.app.on_close(server_conn)
-
-
-class _SmallQueue(list):
-    """A list with ``popleft``: what Tornado's IOStream needs of its write queues, in 56
-    bytes instead of an empty ``collections.deque``'s 760 (two per connection). The
-    queues hold a handful of entries at most (one per pending write)."""
-
-    __slots__ = ()
-
-    def popleft(self):
-        return self.pop(0)
-
-
-def _small_write_queues(stream: Any) -> None:
-    """Swap a new stream's two empty write deques for :class:`_SmallQueue` (a no-op if
-    Tornado's internals differ)."""
-    futures = getattr(stream, "_write_futures", None)
-    if type(futures) is collections.deque and not futures:
-        stream._write_futures = _SmallQueue()
-    buffer = getattr(stream, "_write_buffer", None)
-    buffers = getattr(buffer, "_buffers", None)
-    if type(buffers) is collections.deque and not buffers:
-        buffer._buffers = _SmallQueue()
 
 
 def _nodelay_kept(value: bool) -> None:
@@ -215,7 +191,7 @@ def _json_parse_errors(request_conn: Any) -> None:
     stream = getattr(request_conn, "stream", None)
     if stream is None or getattr(stream, "_ayct_json_errors", False):
         return
-    _small_write_queues(stream)
+    tornado_compat.small_write_queues(stream)
     _nodelay_for_good(stream)
     write = stream.write
 
@@ -318,7 +294,7 @@ class _GuardedRequest(httputil.HTTPMessageDelegate):
         cannot time out and no 408 timer is armed. False where Tornado's stream does not
         say."""
         stream = getattr(self.conn, "stream", None)
-        return getattr(stream, "_read_buffer_size", 0) >= length
+        return tornado_compat.read_buffer_size(stream) >= length
 
     def _too_slow(self, timeout: float) -> None:
         """The body did not arrive in time: 408, then close."""
@@ -352,7 +328,7 @@ class _GuardedRequest(httputil.HTTPMessageDelegate):
             body, kind = _json_bytes(err), "application/json"
         # Connection: close is what happens too (Tornado would keep the connection open
         # when the whole request had been read).
-        self.conn._disconnect_on_finish = True
+        tornado_compat.close_after_response(self.conn)
         self.conn.write_headers(
             httputil.ResponseStartLine("HTTP/1.1", err.status, reason),
             httputil.HTTPHeaders({"Content-Type": kind, "Content-Length": str(len(body)),

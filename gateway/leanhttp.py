@@ -30,10 +30,10 @@ from typing import Any
 import tornado.web
 from tornado import httputil
 
-from gateway import accesslog, drain, requestid
+from gateway import accesslog, drain, requestid, tornado_compat
 from gateway.handlers.base import APIRequestMixin, http_date
 
-_normalize = httputil._normalize_header   # Tornado's own header-name normalisation (cached)
+_normalize = tornado_compat.normalize_header   # Tornado's own (cached) normalisation
 _UNSAFE_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _gen_log = logging.getLogger("tornado.general")
 
@@ -55,7 +55,11 @@ class LeanHandler(APIRequestMixin):
     it did not finish it); override ``on_finish`` (after the response
     is finished) and ``on_connection_close`` (the client left before it was) as with
     Tornado. An exception that escapes ``serve`` is answered as the Tornado handlers
-    answer it (an OpenAI-style 500, never a trace; logged by type and route)."""
+    answer it (an OpenAI-style 500, never a trace; logged by type and route).
+
+    Its state has the names of ``RequestHandler``'s (``_headers``, ``_finished``,
+    ``_headers_written``, ``_status_code``, ``_reason``, ``_write_buffer``), so that
+    :mod:`gateway.tornado_compat`'s accessors serve both kinds of handler."""
 
     def __init__(self, gateway, request: httputil.HTTPServerRequest) -> None:
         self.gateway = gateway
@@ -119,14 +123,11 @@ class LeanHandler(APIRequestMixin):
         connection = self.request.connection
         connection.set_close_callback(None)
         buffer = self._write_buffer
-        if self._headers_written and buffer and \
-                getattr(connection, "_chunking_output", None) is True:
+        if self._headers_written and buffer and tornado_compat.chunking_output(connection):
             # The last chunk and the end of the chunked body in one socket write (Tornado
             # would make two): framed here, so the connection must not frame them again.
             self._write_buffer = []
-            chunk = b"".join(buffer)
-            connection._chunking_output = False
-            future = connection.write(b"%x\r\n%b\r\n0\r\n\r\n" % (len(chunk), chunk))
+            future = tornado_compat.write_last_chunk(connection, b"".join(buffer))
         else:
             future = self.flush()
         connection.finish()

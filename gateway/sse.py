@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+from gateway.tornado_compat import response_finished
 from gateway.types import Chunk, Usage
 
 
@@ -200,7 +201,7 @@ class Flusher:
 
     def _flush(self) -> None:
         self._scheduled = False
-        if self.handler._finished:
+        if response_finished(self.handler):
             return
         future = self.handler.flush()
         future.add_done_callback(_consume)

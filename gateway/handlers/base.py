@@ -11,6 +11,7 @@ import tornado
 import tornado.web
 from tornado import httputil
 
+from gateway import tornado_compat
 from gateway.background import WarnOnce
 from gateway.errors import APIError, ErrorRenderer
 from gateway.net import client_ip
@@ -89,13 +90,9 @@ class BaseAPIHandler(APIRequestMixin, tornado.web.RequestHandler):
     def clear(self) -> None:
         """Tornado's ``clear`` (same headers), with the ``Date`` value formatted once a
         second rather than per response."""
-        self._headers = httputil.HTTPHeaders({"Server": _SERVER,
-                                              "Content-Type": "text/html; charset=UTF-8",
-                                              "Date": http_date()})
-        self.set_default_headers()
-        self._write_buffer: list[bytes] = []
-        self._status_code = 200
-        self._reason = "OK"
+        tornado_compat.reset_response(self, httputil.HTTPHeaders(
+            {"Server": _SERVER, "Content-Type": "text/html; charset=UTF-8",
+             "Date": http_date()}))
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json")

@@ -7,7 +7,7 @@ import time
 from tornado import httputil
 from tornado.iostream import StreamClosedError
 
-from gateway import drain, metrics
+from gateway import drain, metrics, tornado_compat
 from gateway.errors import APIError
 from gateway.handlers.base import BaseAPIHandler
 from gateway.leanhttp import LeanHandler
@@ -187,10 +187,10 @@ class _SSESink:
                 pending = flusher.written_nowait()
         except StreamClosedError:
             raise ClientGone() from None
-        if self.sent == 1 and handler._headers_written:
+        if self.sent == 1 and tornado_compat.headers_written(handler):
             # The response headers are out (the first event is flushed at once): Tornado
             # no longer reads them; not kept while the stream stays open.
-            handler._headers = _WRITTEN_HEADERS
+            tornado_compat.replace_headers(handler, _WRITTEN_HEADERS)
 
 
 class _WrittenHeaders(httputil.HTTPHeaders):
@@ -208,8 +208,11 @@ _WRITTEN_HEADERS = _WrittenHeaders()
 
 
 class GenerationHandler(GenerationService, BaseAPIHandler):
-    """A completion route on the Tornado application (requests the lean path does not
-    take: while draining, other methods)."""
+    """A completion route on the Tornado application: the requests the lean path does
+    not take (methods other than POST, which answer 405). While the gateway drains, POSTs
+    stay on the lean path (``Connection: close``); once the drain has stopped waiting,
+    ``GatewayApplication.find_handler`` (:mod:`gateway.app`) sends every ``/v1/*``
+    request to ``DrainingHandler`` (503 ``server_shutdown``), never here."""
 
     async def post(self) -> None:
         await self.serve()

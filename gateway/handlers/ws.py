@@ -30,7 +30,7 @@ import tornado.httputil
 import tornado.web
 import tornado.websocket
 
-from gateway import metrics
+from gateway import metrics, tornado_compat
 from gateway.errors import APIError, ErrorRenderer, error_message, internal_error
 from gateway.pipeline import RequestPipeline
 from gateway.store import StoreError
@@ -133,18 +133,18 @@ def _bad_id(req_id: Any) -> bool:
     return isinstance(req_id, str) and not 0 < len(req_id) <= MAX_ID_LENGTH
 
 
-class _StrictUTF8Protocol(tornado.websocket.WebSocketProtocol13):
+class _StrictUTF8Protocol(tornado_compat.WebSocketProtocol13Hooks):
     """RFC 6455 section 8.1: a text message that is not valid UTF-8 closes the socket with
     1007. (Tornado drops the connection without a close frame, which clients see as 1006.)"""
 
-    def _handle_message(self, opcode: int, data: bytes):
-        if opcode == 0x1 and not self.client_terminated and not self._frame_compressed:
+    def handle_message(self, opcode: int, data: bytes):
+        if opcode == 0x1 and not self.client_terminated and not self.frame_compressed:
             try:
                 data.decode("utf-8")
             except UnicodeDecodeError:
                 self.close(CLOSE_INVALID_DATA, "invalid UTF-8 in a text message")
                 return None
-        return super()._handle_message(opcode, data)
+        return super().handle_message(opcode, data)
 
 
 class ChatSocketHandler(ErrorRenderer, tornado.websocket.WebSocketHandler):
