@@ -24,6 +24,17 @@ Model options (``[[models]] options``):
   health_timeout         seconds a probe may take (default 2)
   max_attempts           replicas tried for one request before giving up (default: all)
   embeddings             true: the upstream serves /embeddings too (default false)
+  ca_file                PEM file of the CA certificate(s) to trust for ``https://``
+                         upstreams instead of the system's (a private CA, or a self-signed
+                         upstream certificate); certificates and host names are always
+                         verified (default: the system's CAs)
+  proxy                  "env" (default): ``HTTPS_PROXY`` / ``HTTP_PROXY`` by the URL's
+                         scheme, unless ``NO_PROXY`` names the host; loopback upstreams
+                         never go through it. "": never a proxy. ``http://[user:pass@]
+                         host:port``: that proxy for every replica. https upstreams go
+                         through a CONNECT tunnel (TLS end to end), http ones as
+                         absolute-form requests. See ``upstream_http`` for what the
+                         client does not do (HTTP/2, redirects, compression, SOCKS...)
 
 Requests are relayed faithfully: the body goes upstream with only ``model``,
 ``stream`` and ``stream_options.include_usage`` set (fields the gateway does not know
@@ -42,6 +53,7 @@ import asyncio
 import itertools
 import json
 import logging
+import ssl
 import time
 from dataclasses import field
 from typing import AsyncIterator
@@ -97,6 +109,8 @@ class OpenAICompatibleBackend:
         health_timeout: float = 2.0
         max_attempts: int = 0             # replicas tried per request (0: all of them)
         embeddings: bool = False
+        ca_file: str = ""                 # CAs to trust for https upstreams (PEM)
+        proxy: str = "env"                # "env", "" (none) or an http:// proxy URL
 
     def __init__(self, model_cfg, config) -> None:
         self._configure(model_cfg.name, self.Options.parse(model_cfg.options,
@@ -125,19 +139,24 @@ class OpenAICompatibleBackend:
     async def start(self) -> None:
         """Open the connection pool, probe every replica once, start the health loop."""
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        opts = self.options
+        ssl_context = (ssl.create_default_context(cafile=opts.ca_file) if opts.ca_file
+                       else None)
+        tls = {"ssl_context": ssl_context, "proxy": opts.proxy}
         for replica in self.replicas:
             # The pool bounds the streams per replica (max_connections); a request that
             # finds no slot within pool_timeout gets 503 backend_busy.
             replica.pool = Pool(replica.url, limit=self.max_connections,
                                 connect_timeout=self.connect_timeout,
                                 read_timeout=self.read_timeout,
-                                keepalive_timeout=self.keepalive_timeout, headers=headers)
+                                keepalive_timeout=self.keepalive_timeout, headers=headers,
+                                **tls)
             replica.health_pool = Pool(replica.url, limit=2,
                                        connect_timeout=min(self.connect_timeout,
                                                            self.health_timeout),
                                        read_timeout=self.health_timeout,
                                        keepalive_timeout=self.keepalive_timeout,
-                                       headers=headers)
+                                       headers=headers, **tls)
         await self._check_all()
         self._health_task = asyncio.create_task(self._health_loop())
 
