@@ -93,8 +93,14 @@ class ModelConfig:
     # or "refuse" them (400). Empty: the backend's default ("pass" for openai_compatible,
     # "refuse" for the in-process backends).
     unknown_params: str = ""
+    # Sequences each replica (or model worker) runs at once: the gateway sends it no more
+    # and queues the rest fairly (gateway.relay.fair_queue). 0: what the model worker
+    # reports, else unbounded (no queue in the gateway).
+    max_concurrency: int = 0
 
     def __post_init__(self) -> None:
+        if self.max_concurrency < 0:
+            raise ConfigError(f"models.{self.name}.max_concurrency: must be 0 or more")
         if self.unknown_params not in ("", "pass", "drop", "refuse"):
             raise ConfigError(f"models.{self.name}.unknown_params: expected \"pass\", "
                               f"\"drop\" or \"refuse\", got {self.unknown_params!r}")
@@ -112,6 +118,31 @@ class TierConfig:
     max_prompt_chars: int = 0
     models: list[str] = field(default_factory=lambda: ["*"])
     max_tokens_policy: str = "reject"  # reject | clamp
+    weight: float = 1.0               # share of the GPUs under backlog (2.0: twice the tokens)
+    priority: int = 0                 # strict band: waiting requests of a higher one go first
+
+    def __post_init__(self) -> None:
+        if not self.weight > 0:
+            raise ConfigError(f"tiers: weight must be greater than 0, got {self.weight!r}")
+
+
+@dataclass
+class QueueConfig:
+    """``[queue]``: requests waiting for a model's capacity (models with
+    ``max_concurrency``, or model workers that report it), served token-fairly."""
+
+    keepalive: float = 5.0             # seconds between ": queued" SSE comments / WS messages
+    max_wait: float = 60.0             # then 503 backend_busy with Retry-After
+    max_waiting_per_account: int = 32  # more: 429 with Retry-After (0: no cap)
+    input_weight: float = 0.5          # a prompt token's cost against a generated token's
+
+    def __post_init__(self) -> None:
+        for name in ("keepalive", "max_wait"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"queue.{name}: must be greater than 0")
+        if self.max_waiting_per_account < 0 or self.input_weight < 0:
+            raise ConfigError("queue.max_waiting_per_account and queue.input_weight: "
+                              "must be 0 or more")
 
 
 @dataclass
@@ -200,6 +231,7 @@ class Config:
     fair_use: FairUseConfig = field(default_factory=FairUseConfig)
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
     embeddings: EmbeddingsConfig = field(default_factory=EmbeddingsConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
     models: list[ModelConfig] = field(default_factory=list)
     tiers: dict[str, TierConfig] = field(default_factory=dict)
     # Sections owned by plugins (e.g. [smtp], [dashboard]); validated by them.

@@ -45,6 +45,15 @@ BACKEND_RETRIES = Counter("ayct_backend_retries_total",
 MODEL_CAPACITY = Gauge("ayct_model_capacity", "Sequences a model's workers run at once "
                        "(what they report: llama.cpp instances, MLC max_num_sequence)",
                        ["model"])
+QUEUE_SLOTS = Gauge("ayct_model_slots", "Sequence slots of a model across its replicas "
+                    "(models with a known capacity)", ["model"])
+SLOTS_BUSY = Gauge("ayct_replica_slots_busy", "Sequence slots in use, per replica",
+                   ["model", "replica"])
+QUEUE_WAITING = Gauge("ayct_queue_waiting", "Requests waiting in the gateway for a model's "
+                      "capacity, by tier", ["model", "tier"])
+QUEUE_WAIT = Histogram("ayct_queue_wait_seconds", "Time requests that had to wait spent "
+                       "waiting for a slot, by tier", ["model", "tier"],
+                       buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
 REPLICA_UP = Gauge("ayct_backend_replica_up", "Upstream replica health (1 up, 0 down)",
                    ["model", "replica"])
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from gateway.config import Config, ConfigError
 from gateway.errors import APIError
+from gateway.relay.dispatch import Dispatcher
 from gateway.tier_policy import TierPolicy
 from gateway.types import Principal
 from gateway.usage import UsageRecorder
@@ -65,6 +66,7 @@ class Gateway:
         self.pm = pm
         self.store = store
         self.tier_policy = TierPolicy.from_config(config)   # the tier limiter's rules too
+        self.dispatcher = Dispatcher(config)      # fair queues for models with a capacity
         self.backend_types: dict[str, Any] = {}
         self.backends: dict[str, Any] = {}       # model name -> backend instance
         self.limiters: list[Any] = []
@@ -108,6 +110,7 @@ class Gateway:
     async def start(self) -> None:
         """Start backends, the usage writer and background services."""
         await asyncio.gather(*(b.start() for b in self.backends.values()))
+        self.dispatcher.build(self.backends)
         await self.usage.start()
         for service in self.services:
             await service.start(self)

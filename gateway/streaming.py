@@ -274,6 +274,10 @@ class Generation:
         self.usage = Usage()
         self.finish_reason: str | None = None
         self.usage_raw: bytes | None = None   # the upstream's own usage event, if any
+        # Called with the queue position while the request waits for the model's
+        # capacity, every queue.keepalive seconds (SSE comment, WebSocket message).
+        self.on_queued = None
+        self.queue_wait: float | None = None  # seconds waited for a slot, if it queued
 
     async def admit(self) -> None:
         """Run the limiters (raises APIError on denial); collect rate-limit headers."""
@@ -294,7 +298,15 @@ class Generation:
         self._relayed, self._chars, self._ttft, self._reported = 0, 0, None, None
         running = _Running(asyncio.current_task())
         self.gateway.running.add(running)
+        queue = self.gateway.dispatcher.queues.get(model)
+        ticket = None
         try:
+            if queue is not None:
+                ticket = await self.gateway.dispatcher.turn(queue, model, self.principal,
+                                                           self.on_queued)
+                self.req.replica = ticket.replica
+                if ticket.future is not None:          # it had to wait
+                    self.queue_wait = ticket.waited
             stream = backend.chat(self.req) if self.req.kind == "chat" else \
                 backend.completions(self.req)
             try:
@@ -357,6 +369,8 @@ class Generation:
                 usage = Usage(prompt, max(relayed, self._chars // 4), estimated=True)
                 self.usage_raw = None
             self.usage = usage
+            if ticket is not None:
+                self.gateway.dispatcher.done(queue, ticket, self.principal, usage)
             if self.finish_reason is None and status == 200:
                 self.finish_reason = "stop"
             try:
@@ -384,4 +398,5 @@ class Generation:
             "estimated": self.usage.estimated,
             "ttft_ms": round(ttft * 1000, 3) if ttft is not None else None,
             "duration_ms": round((time.perf_counter() - self.started) * 1000, 3),
+            "queue_ms": round(self.queue_wait * 1000, 3) if self.queue_wait else None,
         })

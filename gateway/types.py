@@ -41,6 +41,7 @@ class GenerationRequest:
     body: dict[str, Any]            # the validated OpenAI-style body (passed through)
     max_tokens: int | None = None
     request_id: str = ""
+    replica: int | None = None      # the replica the fair queue gave it a slot on, if any
 
     @property
     def messages(self) -> list[dict[str, Any]]:

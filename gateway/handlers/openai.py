@@ -121,6 +121,7 @@ class GenerationService:
         # turned it on for the connection's lifetime.
         self.request.connection.stream.set_nodelay(True)
         sink = _SSESink(self, encoder)
+        gen.on_queued = sink.queued
         self._task = asyncio.current_task()   # _run, inline (one coroutine frame fewer)
         try:
             await gen.run(sink.emit)
@@ -129,7 +130,7 @@ class GenerationService:
             return await drain.end_cut_off(self, encoder, sink.sent)
         except APIError as err:
             self._task = None
-            if sink.sent == 0:
+            if sink.sent == 0 and not sink.keepalives:
                 return self.send_api_error(err)
             self.write(encoder.error(err.body()))
             return self.finish()
@@ -167,12 +168,23 @@ class _SSESink:
     """Writes a stream's chunks as SSE events: one small object per stream instead of a
     closure and its cells."""
 
-    __slots__ = ("handler", "encoder", "flusher", "sent")
+    __slots__ = ("handler", "encoder", "flusher", "sent", "keepalives")
 
     def __init__(self, handler: GenerationService, encoder: ChunkEncoder) -> None:
         self.handler, self.encoder = handler, encoder
         self.flusher = Flusher(handler)
         self.sent = 0
+        self.keepalives = 0
+
+    async def queued(self, position: int) -> None:
+        """Waiting for the model's capacity: an SSE comment keeps the stream alive (the
+        response starts, so a later refusal is an error event)."""
+        self.keepalives += 1
+        self.handler.write(": queued\n\n")
+        try:
+            await self.handler.flush()
+        except StreamClosedError:
+            raise ClientGone() from None
 
     async def emit(self, chunk: Chunk) -> None:
         handler = self.handler

@@ -398,6 +398,10 @@ class ChatSocketHandler(ErrorRenderer, tornado.websocket.WebSocketHandler):
                 if msg is not None:
                     await self._send(msg)
 
+            async def queued(position: int) -> None:
+                await self._send({"type": "queued", "id": req_id, "position": position})
+
+            gen.on_queued = queued
             try:
                 usage = await gen.run(emit)
             except APIError as err:

@@ -25,6 +25,7 @@ from pymongo.errors import BulkWriteError
 # Buckets (upper bounds, ms) of the latency histograms kept per rollup.
 TTFT_BUCKETS_MS = (100, 250, 500, 1000, 2500, 5000)
 DURATION_BUCKETS_MS = (1000, 5000, 15000, 60000, 300000)
+QUEUE_BUCKETS_MS = (100, 500, 2500, 10000, 60000)
 APPLIED_KEEP = 64      # batch ids a rollup remembers (retries and replays come soon after)
 DUPLICATE_KEY = 11000
 
@@ -48,6 +49,10 @@ def counts_of(event: dict[str, Any]) -> dict[str, float]:
         inc["errors"] = 1
     if event.get("estimated"):
         inc["estimated"] = 1
+    if event.get("queue_ms"):
+        inc["queue_ms_sum"] = float(event["queue_ms"])
+        inc["queued"] = 1
+        inc["queue_hist." + bucket(event["queue_ms"], QUEUE_BUCKETS_MS)] = 1
     if event.get("ttft_ms") is not None:
         inc["ttft_ms_sum"] = float(event["ttft_ms"])
         inc["ttft_count"] = 1

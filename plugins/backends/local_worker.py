@@ -80,6 +80,10 @@ class LocalWorkerBackend(OpenAICompatibleBackend):
         # only if this process started them; off the loop (it waits for the processes)
         await asyncio.to_thread(model_workers.stop_workers, self.name)
 
+    def reported_capacity(self) -> int:
+        """Sequences each worker runs at once, as it reported at start (0: unknown)."""
+        return int(self.last_health.get("capacity", 0) or 0)
+
     def _up(self) -> bool:
         return any(w.state == model_workers.UP for w in self.workers)
 

@@ -223,10 +223,13 @@ class OpenAICompatibleBackend:
             tried.add(replica)
             yield replica
 
-    def _pick(self, exclude: set[Replica]) -> Replica | None:
-        """The least busy healthy replica not yet tried (ties rotate); if none is
-        healthy, the least busy untried one anyway (health may be stale)."""
+    def _pick(self, exclude, hint: int | None = None) -> Replica | None:
+        """The replica ``hint`` (where the fair queue gave the request its slot), else
+        the least busy healthy replica not yet tried (ties rotate); if none is healthy,
+        the least busy untried one anyway (health may be stale)."""
         replicas = self.replicas
+        if hint is not None and hint < len(replicas) and replicas[hint] not in exclude:
+            return replicas[hint]
         if len(replicas) == 1:              # one replica: the choice is made
             return None if exclude else replicas[0]
         left = [r for r in replicas if r not in exclude]
@@ -262,7 +265,8 @@ class OpenAICompatibleBackend:
         tried: tuple[Replica, ...] = ()
         sent = False
         while len(tried) < self.max_attempts:
-            replica = self._pick(tried)
+            # the replica the fair queue gave the request a slot on, first
+            replica = self._pick(tried, None if tried else req.replica)
             if replica is None:
                 break
             tried += (replica,)
