@@ -27,7 +27,7 @@ is stored. No compression is decoded (the client asks for ``identity``).
 """
 from __future__ import annotations
 
-__all__ = ["ResponseParser", "BadResponse", "MAX_HEAD", "MAX_CHUNK_LINE"]
+__all__ = ["MAX_CHUNK_LINE", "MAX_HEAD", "BadResponse", "ResponseParser"]
 
 MAX_HEAD = 64 * 1024          # status line + headers
 MAX_CHUNK_LINE = 4096         # a chunk-size line (with extensions), or a trailer line
@@ -56,8 +56,19 @@ def _content_type(value: bytes) -> str:
 class ResponseParser:
     """Incremental HTTP/1.x response parser; see the module docstring."""
 
-    __slots__ = ("status", "content_type", "keep_alive", "got_bytes", "_state", "_buf",
-                 "_remaining", "_crlf", "_trailers", "_body", "_head_only")
+    __slots__ = (
+        "_body",
+        "_buf",
+        "_crlf",
+        "_head_only",
+        "_remaining",
+        "_state",
+        "_trailers",
+        "content_type",
+        "got_bytes",
+        "keep_alive",
+        "status",
+    )
 
     def __init__(self) -> None:
         self.status = 0

@@ -79,20 +79,29 @@ import base64
 import collections
 import contextvars
 import ipaddress
-import os
 import socket
 import ssl as ssl_module
 from urllib.parse import unquote, urlsplit
 from urllib.request import getproxies_environment, proxy_bypass_environment
 
-from plugins.backends.http_response import (CHUNKED as _CHUNKED, DONE as _DONE,
-                                            HEAD as _HEAD, IDLE as _IDLE,
-                                            LENGTH as _LENGTH,
-                                            UNTIL_CLOSE as _UNTIL_CLOSE, BadResponse,
-                                            ResponseParser)
+from plugins.backends.http_response import CHUNKED as _CHUNKED
+from plugins.backends.http_response import DONE as _DONE
+from plugins.backends.http_response import HEAD as _HEAD
+from plugins.backends.http_response import IDLE as _IDLE
+from plugins.backends.http_response import LENGTH as _LENGTH
+from plugins.backends.http_response import UNTIL_CLOSE as _UNTIL_CLOSE
+from plugins.backends.http_response import BadResponse, ResponseParser
 
-__all__ = ["Pool", "Connection", "PoolTimeout", "ConnectTimeout", "ConnectionClosed",
-           "BadResponse", "ProxyError", "proxy_for"]
+__all__ = [
+    "BadResponse",
+    "ConnectTimeout",
+    "Connection",
+    "ConnectionClosed",
+    "Pool",
+    "PoolTimeout",
+    "ProxyError",
+    "proxy_for",
+]
 
 HIGH_WATER = 256 * 1024       # body bytes buffered before the socket is paused
 DRAIN_WAIT = 1.0              # seconds a released connection may take to finish its body
@@ -120,10 +129,10 @@ class SocketTransport:
     non-blocking socket: reads go to the protocol from the loop's reader callback, a
     write goes out at once (the rest, if the socket is full, when it can take it)."""
 
-    __slots__ = ("loop", "sock", "fd", "protocol", "closing", "reading", "_pending")
+    __slots__ = ("_pending", "closing", "fd", "loop", "protocol", "reading", "sock")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
-                 protocol: "Connection") -> None:
+                 protocol: Connection) -> None:
         self.loop, self.sock, self.fd, self.protocol = loop, sock, sock.fileno(), protocol
         self.closing = False
         self.reading = True
@@ -221,10 +230,22 @@ class Connection(ResponseParser, asyncio.Protocol):
     The response parsing is :class:`http_response.ResponseParser`'s; this class adds the
     socket, the waiting, flow control and the pool."""
 
-    __slots__ = ("pool", "transport", "idle_since", "_size", "_paused", "_waiter", "_exc",
-                 "_closed", "_timer", "_deadline", "_held", "_draining")
+    __slots__ = (
+        "_closed",
+        "_deadline",
+        "_draining",
+        "_exc",
+        "_held",
+        "_paused",
+        "_size",
+        "_timer",
+        "_waiter",
+        "idle_since",
+        "pool",
+        "transport",
+    )
 
-    def __init__(self, pool: "Pool") -> None:
+    def __init__(self, pool: Pool) -> None:
         ResponseParser.__init__(self)
         self.pool = pool
         self.transport: asyncio.Transport | None = None

@@ -17,8 +17,12 @@ import pytest
 
 from plugins.backends.openai_compatible import OpenAICompatibleBackend
 from plugins.backends.upstream_http import Pool, ProxyError, proxy_for
-from tests.backends.test_upstream_tls import (client_context, make_ca, server_context,
-                                              tls_upstream)
+from tests.backends.test_upstream_tls import (
+    client_context,
+    make_ca,
+    server_context,
+    tls_upstream,
+)
 
 NAME = "upstream.test"
 

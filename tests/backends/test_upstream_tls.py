@@ -33,7 +33,7 @@ def _name(cn: str) -> x509.Name:
 
 def make_ca(cn: str = "Test CA"):
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(_name(cn))
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(hours=1))
@@ -53,7 +53,7 @@ def make_ca(cn: str = "Test CA"):
 def make_leaf(ca, names: list[str]):
     ca_key, ca_cert = ca
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     sans = []
     for name in names:
         try:
