@@ -67,3 +67,13 @@ def _fmt(value: float) -> str:
     if value >= 10_000:
         return f"{value / 1000:g}k"
     return f"{value:g}"
+
+
+# Distinct series colours (Tableau 10), in order; repeated past ten series.
+PALETTE = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#eeca3b", "#b279a2",
+           "#ff9da6", "#9d755d", "#bab0ac")
+
+
+def palette(i: int) -> str:
+    """The colour of the ``i``-th series of a chart."""
+    return PALETTE[i % len(PALETTE)]

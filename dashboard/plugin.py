@@ -3,7 +3,8 @@
 subcommands of the command line."""
 from __future__ import annotations
 
-from dashboard import admin_api, pages_admin, pages_auth, pages_user, playground
+from dashboard import (admin_api, pages_admin, pages_auth, pages_overview, pages_user,
+                       playground)
 from dashboard.config import DashboardConfig
 from dashboard.deferred import DeferredWork
 from dashboard.first_admin import FirstAdmin
@@ -33,6 +34,7 @@ PAGES = [
     (r"/dashboard/account/close", pages_user.CloseHandler),
     (r"/dashboard/admin", pages_admin.AdminAccountsHandler),
     (r"/dashboard/admin/audit", pages_admin.AdminAuditHandler),
+    (r"/dashboard/admin/overview", pages_overview.AdminOverviewHandler),
     (rf"/dashboard/admin/accounts/{ACCOUNT_ID}/status", pages_admin.AdminStatusHandler),
     (rf"/dashboard/admin/accounts/{ACCOUNT_ID}/tier", pages_admin.AdminTierHandler),
     (rf"/dashboard/admin/accounts/{ACCOUNT_ID}", pages_admin.AdminAccountHandler),

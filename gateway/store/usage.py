@@ -26,6 +26,19 @@ from pymongo.errors import BulkWriteError
 TTFT_BUCKETS_MS = (100, 250, 500, 1000, 2500, 5000)
 DURATION_BUCKETS_MS = (1000, 5000, 15000, 60000, 300000)
 QUEUE_BUCKETS_MS = (100, 500, 2500, 10000, 60000)
+TTFT_HIST_KEYS = tuple(f"le_{b}" for b in TTFT_BUCKETS_MS) + ("le_inf",)
+OVERVIEW_FIELDS = ("requests", "errors", "prompt_tokens", "completion_tokens",
+                   "ttft_ms_sum", "ttft_count",
+                   *(f"status_{c}xx" for c in range(1, 6)))
+# tokens in + out of a rollup (a missing field counts 0, as MongoDB's $add would not)
+_TOKENS = {"$add": [{"$ifNull": ["$prompt_tokens", 0]},
+                    {"$ifNull": ["$completion_tokens", 0]}]}
+# an aggregation's ``_id`` (an account id) joined to that account's email and tier
+_JOIN_ACCOUNT = [{"$lookup": {"from": "accounts", "localField": "_id", "foreignField": "_id",
+                              "as": "account"}},
+                 {"$unwind": {"path": "$account", "preserveNullAndEmptyArrays": True}},
+                 {"$project": {"tokens": 1, "requests": 1, "account.email": 1,
+                               "account.tier": 1}}]
 APPLIED_KEEP = 64      # batch ids a rollup remembers (retries and replays come soon after)
 DUPLICATE_KEY = 11000
 
@@ -129,6 +142,65 @@ class UsageStore:
             t["errors"] += d.get("errors", 0)
             t["tokens"] += d.get("prompt_tokens", 0) + d.get("completion_tokens", 0)
         return [{"account_id": a, **t} for a, t in totals.items()]
+
+    # -- the operator overview (dashboard/pages_overview.py) ------------------------------
+    # Aggregations over the ``hour`` and ``day`` indexes: each reads the rollups of a
+    # bounded period (accounts x keys x models per hour or day), never per-request data.
+
+    async def per_model_since(self, since: datetime) -> dict[str, dict[str, float]]:
+        """Per model, the sums of the hourly rollups from the hour ``since`` on: requests,
+        errors, tokens, statuses (``status_2xx``...) and the time-to-first-token sum,
+        count and histogram (``ttft_hist`` as a dict ``le_<bound>`` -> count)."""
+        fields = {f: f for f in OVERVIEW_FIELDS}
+        fields |= {f"ttft_hist_{b}": f"ttft_hist.{b}" for b in TTFT_HIST_KEYS}
+        pipeline = [{"$match": {"hour": {"$gte": since}}},
+                    {"$group": {"_id": "$model",
+                                **{out: {"$sum": f"${src}"} for out, src in fields.items()}}}]
+        result = {}
+        async for d in await self.hourly.aggregate(pipeline):
+            row = {f: d.get(f) or 0 for f in OVERVIEW_FIELDS}
+            row["ttft_hist"] = {b: d.get(f"ttft_hist_{b}") or 0 for b in TTFT_HIST_KEYS}
+            result[d["_id"] or "?"] = row
+        return result
+
+    async def tokens_per_hour_per_model(self, since: datetime) -> list[dict[str, Any]]:
+        """``{hour, model, tokens}`` for each hour from ``since`` on and each model used
+        then (tokens in + out, all accounts)."""
+        pipeline = [{"$match": {"hour": {"$gte": since}}},
+                    {"$group": {"_id": {"hour": "$hour", "model": "$model"},
+                                "tokens": {"$sum": _TOKENS}}}]
+        return [{"hour": d["_id"]["hour"], "model": d["_id"].get("model") or "?",
+                 "tokens": d["tokens"] or 0}
+                async for d in await self.hourly.aggregate(pipeline)]
+
+    async def top_accounts(self, since_day: str, limit: int = 10) -> list[dict[str, Any]]:
+        """The ``limit`` accounts with the most tokens (in + out) in the daily rollups
+        from ``since_day`` (``YYYY-MM-DD``) on: ``{account_id, email, tier, tokens,
+        requests}``, most first; email and tier are None for an erased account."""
+        pipeline = [{"$match": {"day": {"$gte": since_day}}},
+                    {"$group": {"_id": "$account_id", "tokens": {"$sum": _TOKENS},
+                                "requests": {"$sum": "$requests"}}},
+                    {"$sort": {"tokens": -1, "_id": 1}},
+                    {"$limit": int(limit)},
+                    *_JOIN_ACCOUNT]
+        rows = [{"account_id": d["_id"], "email": (d.get("account") or {}).get("email"),
+                 "tier": (d.get("account") or {}).get("tier"),
+                 "tokens": d.get("tokens") or 0, "requests": d.get("requests") or 0}
+                async for d in await self.daily.aggregate(pipeline)]
+        return sorted(rows, key=lambda r: (-r["tokens"], str(r["account_id"])))
+
+    async def per_tier_on(self, day: str) -> dict[str | None, dict[str, int]]:
+        """Per tier (each account's CURRENT tier; None for erased accounts), one day's
+        daily rollups: ``{tokens, requests, accounts}``."""
+        pipeline = [{"$match": {"day": day}},
+                    {"$group": {"_id": "$account_id", "tokens": {"$sum": _TOKENS},
+                                "requests": {"$sum": "$requests"}}},
+                    *_JOIN_ACCOUNT,
+                    {"$group": {"_id": "$account.tier", "tokens": {"$sum": "$tokens"},
+                                "requests": {"$sum": "$requests"}, "accounts": {"$sum": 1}}}]
+        return {d["_id"]: {"tokens": d.get("tokens") or 0, "requests": d.get("requests") or 0,
+                           "accounts": d.get("accounts") or 0}
+                async for d in await self.daily.aggregate(pipeline)}
 
     async def total_requests(self) -> int:
         """Requests counted in all daily rollups (benchmarks and tests compare it)."""
