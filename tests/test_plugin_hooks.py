@@ -1,21 +1,20 @@
 """Hook coverage (datasette's rule): every hook of the plugin manager is documented in
-the README's "Writing plugins" chapter and implemented by a test plugin under
+docs/plugins.md and implemented by a test plugin under
 tests/plugins/, and the hooks no other test exercises are shown to be called by a real
 gateway (``tests/plugins/witness.py``, in-process: tests.inprocess)."""
 from __future__ import annotations
 
 import pkgutil
 import time
-from pathlib import Path
 
 import httpx
 
 from gateway.plugins import get_plugin_manager
 from tests import plugins as test_plugins
 from tests.plugins import witness as witness_plugin
+from tests.docs import read_doc
 from tests.helpers import wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
 TEST_PLUGINS = [f"tests.plugins.{m.name}" for m in pkgutil.iter_modules(test_plugins.__path__)]
 
 
@@ -24,8 +23,7 @@ def hook_names(pm) -> list[str]:
 
 
 def plugin_chapter() -> str:
-    readme = (ROOT / "README.md").read_text()
-    return readme.split("## Writing plugins", 1)[1].split("\n## ", 1)[0]
+    return read_doc("plugins")
 
 
 def test_the_hook_walk_sees_every_hook():
@@ -38,7 +36,7 @@ def test_every_hook_is_documented_in_the_plugin_chapter():
     section = plugin_chapter()
     undocumented = [h for h in hook_names(get_plugin_manager(load_entry_points=False))
                     if f"`{h}(" not in section]
-    assert not undocumented, f"hooks missing from README 'Writing plugins': {undocumented}"
+    assert not undocumented, f"hooks missing from docs/plugins.md: {undocumented}"
 
 
 def test_every_hook_has_a_test_plugin_implementing_it():

@@ -1,14 +1,10 @@
 """Plugins: a backend registered from a test module streams through the gateway, and
-every hook is documented in the README's plugin section."""
-import re
-from pathlib import Path
-
+every hook has a docstring (tests/test_plugin_hooks.py checks that docs/plugins.md
+documents each one, tests/test_sdk.py runs its example backend)."""
 import openai
 
 from gateway import hookspecs
 from gateway.plugins import DEFAULT_PLUGINS, get_plugin_manager
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_plugin_backend_from_a_test_module_streams(inprocess_gw):
@@ -33,26 +29,11 @@ def test_builtins_are_registered_like_external_plugins():
     assert {"llamacpp", "openai_compatible", "echo"} <= set(registered)
 
 
-def test_every_hook_is_documented_in_the_readme():
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Writing plugins", 1)[1].split("\n## ", 1)[0]
+def test_every_hook_has_a_docstring():
     hooks = [n for n in dir(hookspecs) if n.startswith(("register_", "on_"))]
     assert hooks
     for hook in hooks:
         assert getattr(hookspecs, hook).__doc__, f"{hook} has no docstring"
-        assert f"`{hook}" in section, f"hook {hook} is not documented in the README"
-
-
-def test_readme_example_plugin_is_short_and_valid():
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Writing plugins", 1)[1].split("\n## ", 1)[0]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    assert len(code.strip().splitlines()) < 50
-    namespace = {}
-    exec(compile(code, "readme_plugin", "exec"), namespace)
-    registered = {}
-    namespace["register_backends"](register=registered.__setitem__, config=None)
-    assert registered
 
 
 def test_a_disabled_builtin_is_not_loaded():

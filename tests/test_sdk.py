@@ -1,9 +1,8 @@
-"""The plugin SDK (gateway.sdk): the README's ten-line backend runs in a real gateway,
+"""The plugin SDK (gateway.sdk): the ten-line backend of docs/plugins.md runs in a real gateway,
 base-class defaults, typed options with the config's error style, explicit denials
 through the real admission path, and plugin CLI commands (register_commands)."""
 import asyncio
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,19 +12,16 @@ import pytest
 
 from gateway import sdk, streaming
 from gateway.config import ModelConfig
+from tests.docs import code_blocks
 from tests.helpers import env, write_config
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _readme_plugin_code() -> str:
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Writing plugins", 1)[1].split("\n## ", 1)[0]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    return code_blocks("plugins", "python")[0].code
 
 
 def _install_readme_plugin(tmp_path, monkeypatch) -> None:
-    """Write the README's code block as the module ``readme_echo``, importable by the
+    """Write the code block of docs/plugins.md as the module ``readme_echo``, importable by the
     gateway processes started afterwards (their PYTHONPATH comes from ours)."""
     plugins = tmp_path / "readme_plugins"
     plugins.mkdir()
@@ -224,3 +220,112 @@ def test_a_plugin_adds_a_cli_command(tmp_path):
     missing = _cli(bare, "hello")
     assert missing.returncode == 2 and "invalid choice: 'hello'" in missing.stderr
     assert _cli(config, "keys", "--help").returncode == 0
+
+
+# -- the SDK as the plugins' boundary (issue 21) ------------------------------------------
+
+def _names_plugins_take_from_the_sdk() -> set[str]:
+    from tests.test_layers import SDK, imports, modules
+    return {name for module, path in modules() if module.startswith("plugins.")
+            for _, target, name in imports(module, path) if target == SDK and name}
+
+
+def test_every_name_the_builtins_use_is_public_sdk_surface():
+    """What the built-ins take from the SDK is in ``__all__`` (documented, stable) and
+    resolves, the lazily loaded names included."""
+    used = _names_plugins_take_from_the_sdk()
+    assert {"APIError", "hookimpl", "metrics", "workers", "StoreError"} <= used
+    assert used <= set(sdk.__all__), used - set(sdk.__all__)
+    for name in sdk.__all__:
+        assert getattr(sdk, name) is not None, name
+    assert sdk.workers.WorkerSpec and sdk.metrics.REPLICA_UP
+    with pytest.raises(AttributeError):
+        sdk.no_such_name    # noqa: B018
+
+
+def test_the_sdk_loads_no_database_driver_until_asked():
+    """A model worker imports the SDK; the store's names load on first use only."""
+    code = ("import sys; from gateway import sdk; import plugins.backends.worker_server;"
+            "assert 'pymongo' not in sys.modules and 'prometheus_client' not in sys.modules;"
+            "sdk.StoreError; assert 'pymongo' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, env=env(), timeout=60)
+
+
+def test_builtins_are_built_on_the_base_classes_and_match_the_protocols():
+    from plugins.auth.api_key import ApiKeyAuthenticator
+    from plugins.auth.session import SessionAuthenticator
+    from plugins.backends.llamacpp import LlamaCppBackend
+    from plugins.backends.mlc import MLCBackend
+    from plugins.backends.openai_compatible import OpenAICompatibleBackend
+    from plugins.limits.fair_use import FairUseMonitor
+    from plugins.limits.tiers import TierLimiter
+    from plugins.mail.mailer import Mailer
+    from plugins.usage.events_file import EventsFile
+    for cls in (OpenAICompatibleBackend, LlamaCppBackend, MLCBackend):
+        assert issubclass(cls, sdk.Backend)
+    assert issubclass(TierLimiter, sdk.Limiter)
+    assert issubclass(ApiKeyAuthenticator, sdk.Authenticator)
+    assert issubclass(SessionAuthenticator, sdk.Authenticator)
+    for cls in (FairUseMonitor, Mailer, EventsFile):
+        assert issubclass(cls, sdk.Service)
+
+    class Words(sdk.Backend):
+        async def chat(self, request):
+            yield sdk.Chunk("w")
+
+    class Quiet(sdk.Limiter):
+        name = "quiet"
+
+    assert isinstance(Words(ModelConfig("w", "words"), None), sdk.BackendProtocol)
+    assert isinstance(Quiet(), sdk.LimiterProtocol)
+    assert isinstance(sdk.Authenticator(), sdk.AuthenticatorProtocol)
+    assert isinstance(sdk.Service(), sdk.ServiceProtocol)
+    assert isinstance(ApiKeyAuthenticator(None, 2.0, 10), sdk.AuthenticatorProtocol)
+    assert not isinstance(object(), sdk.LimiterProtocol)
+
+
+def test_auth_and_fair_use_are_plugin_sections_with_the_same_keys(tmp_path):
+    """``[auth]`` and ``[fair_use]`` belong to their plugins now: claimed through
+    ``config_sections``, typed there, the same keys and defaults, the same environment
+    overrides, and a misspelt key still stops the gateway at start."""
+    from gateway import cli
+    from gateway import config as config_mod
+    from gateway.plugins import get_plugin_manager
+    from plugins.auth.api_key import AuthConfig
+    from plugins.limits.fair_use import FairUseConfig
+
+    pm = get_plugin_manager(load_entry_points=False)
+    claimed = {s for names in pm.hook.config_sections() for s in names}
+    assert {"auth", "fair_use"} <= claimed
+    assert not hasattr(config_mod.Config(), "auth")
+
+    default = config_mod.from_dict({})
+    assert AuthConfig.from_config(default) == AuthConfig(2.0, 10_000, 600.0)
+    assert FairUseConfig.from_config(default).enabled is False
+    assert cli.KEY_CACHE_TTL == AuthConfig().key_cache_ttl == cli._key_cache_ttl(default)
+
+    path = tmp_path / "gw.toml"
+    path.write_text("[auth]\nkey_cache_ttl = 2\n[fair_use]\nmax_daily_tokens = 10\n")
+    cfg = config_mod.load(str(path), env={
+        "ALLYOUCANTOKEN_AUTH__KEY_CACHE_TTL": "0.5",          # the file has an int
+        "ALLYOUCANTOKEN_AUTH__KEY_CACHE_SIZE": "50",
+        "ALLYOUCANTOKEN_FAIR_USE__ENABLED": "yes",
+        "ALLYOUCANTOKEN_FAIR_USE__MAX_ERROR_RATE": "0.25"})
+    auth, fair = AuthConfig.from_config(cfg), FairUseConfig.from_config(cfg)
+    assert (auth.key_cache_ttl, auth.key_cache_size, auth.key_cache_max_stale) == \
+        (0.5, 50, 600.0)
+    assert (fair.enabled, fair.max_error_rate, fair.max_daily_tokens) == (True, 0.25, 10)
+    assert cli._key_cache_ttl(cfg) == 0.5
+
+    services, authenticators = [], []
+    pm.hook.register_services(register=services.append, config=cfg, store=None)
+    assert "fair_use" in [s.name for s in services]
+    bad = config_mod.from_dict({"auth": {"key_cache_tll": 1}, "fair_use": {"enabled": 1}})
+    with pytest.raises(sdk.ConfigError, match=r"^auth: unknown key\(s\) key_cache_tll$"):
+        pm.hook.register_authenticators(register=authenticators.append, config=bad,
+                                        store=None)
+    with pytest.raises(sdk.ConfigError, match=r"^fair_use\.enabled: expected bool"):
+        pm.hook.register_services(register=services.append, config=bad, store=None)
+    with pytest.raises(sdk.ConfigError, match=r"AUTH__KEY_CACHE_TTL\): expected a number"):
+        AuthConfig.from_config(config_mod.load(
+            None, env={"ALLYOUCANTOKEN_AUTH__KEY_CACHE_TTL": "soon"}))

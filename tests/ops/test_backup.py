@@ -1,4 +1,4 @@
-"""The README's backup recipe for the embedded database: an online copy of the SQLite
+"""The backup recipe of docs/deploying.md for the embedded database: an online copy of the SQLite
 file, taken while the gateway serves, restored into a new data directory, brings back
 the accounts, keys and usage."""
 from __future__ import annotations
