@@ -110,7 +110,7 @@ class Gateway:
     async def start(self) -> None:
         """Start backends, the usage writer and background services."""
         await asyncio.gather(*(b.start() for b in self.backends.values()))
-        self.dispatcher.build(self.backends)
+        self.dispatcher.build(self.backends, self.store)
         await self.usage.start()
         for service in self.services:
             await service.start(self)
@@ -129,6 +129,7 @@ class Gateway:
         ``shutdown_timeout``, so a slow or unreachable database cannot hold the process:
         usage that cannot be written goes to the spool file."""
         deadline = asyncio.get_running_loop().time() + budget
+        await self.dispatcher.stop()
         for part in [*reversed(self.services), *self.limiters]:
             stop = getattr(part, "stop", None) or getattr(part, "close", None)
             if stop is None:

@@ -302,7 +302,7 @@ class Generation:
         ticket = None
         try:
             if queue is not None:
-                ticket = await self.gateway.dispatcher.turn(queue, model, self.principal,
+                ticket = await self.gateway.dispatcher.turn(queue, self.req, self.principal,
                                                            self.on_queued)
                 self.req.replica = ticket.replica
                 if ticket.future is not None:          # it had to wait
@@ -370,7 +370,7 @@ class Generation:
                 self.usage_raw = None
             self.usage = usage
             if ticket is not None:
-                self.gateway.dispatcher.done(queue, ticket, self.principal, usage)
+                self.gateway.dispatcher.done(queue, ticket, usage)
             if self.finish_reason is None and status == 200:
                 self.finish_reason = "stop"
             try:

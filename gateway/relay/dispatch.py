@@ -9,6 +9,11 @@ after ``queue.max_wait`` (503 ``backend_busy``); an account with
 ``queue.max_waiting_per_account`` requests waiting gets 429. :meth:`Dispatcher.done`
 frees the slot and charges the account the tokens it was served.
 
+Several gateway processes (``--workers``, several machines) share a model's slots:
+each takes a share by its demand, agreed through one database document per model that
+every process rewrites in the background (:mod:`gateway.relay.capacity_shares`); the
+request path never waits for the database.
+
 A model without a known capacity has no queue: its requests go straight through, as
 before (no cost on the hot path but one dictionary lookup).
 """
@@ -17,11 +22,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
+import secrets
+import socket
 from typing import Awaitable, Callable
 
 from gateway import metrics
 from gateway.errors import APIError
+from gateway.relay import capacity_shares
 from gateway.relay.fair_queue import FairQueue, QueueFull, Ticket
+from gateway.streaming import estimate_prompt_tokens
 from gateway.types import Usage
 
 log = logging.getLogger("allyoucantoken.queue")
@@ -34,10 +44,16 @@ class Dispatcher:
     def __init__(self, config) -> None:
         self.config = config
         self.queues: dict[str, FairQueue] = {}
+        self.capacities: dict[str, list[int]] = {}      # each replica's, whole model
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._task: asyncio.Task | None = None
+        self._store = None
 
-    def build(self, backends: dict) -> None:
+    def build(self, backends: dict, store=None) -> None:
         """A queue for each model whose capacity is configured or reported (call after
-        the backends started: model workers report their capacity at start)."""
+        the backends started: model workers report their capacity at start); with a
+        ``store``, the capacity is shared with the other gateway processes
+        (:mod:`gateway.relay.capacity_shares`)."""
         for model in self.config.models:
             backend = backends[model.name]
             per_replica = model.max_concurrency or int(
@@ -49,19 +65,62 @@ class Dispatcher:
                     max_waiting_per_account=self.config.queue.max_waiting_per_account)
                 metrics.QUEUE_SLOTS.labels(model.name).set(per_replica * replicas)
                 queue = self.queues[model.name]
+                self.capacities[model.name] = [per_replica] * replicas
                 for i in range(replicas):
                     metrics.SLOTS_BUSY.labels(model.name, str(i)).set_function(
                         lambda queue=queue, i=i: queue.busy[i])
                 log.info("model %s: %d slot(s) on %d replica(s), fair queuing in the gateway",
                          model.name, per_replica * replicas, replicas)
 
-    async def turn(self, queue: FairQueue, model: str, principal,
+        if store is not None and self.queues:
+            self._store = store
+            self._task = asyncio.ensure_future(self._share())
+
+    async def _share(self) -> None:
+        """Report this process's demand and take its share, every INTERVAL seconds."""
+        failing = False
+        while True:
+            for model, queue in self.queues.items():
+                demand = queue.slots_busy + queue.waiting
+                try:
+                    demands = await self._store.capacity.report(
+                        model, self.holder, demand, capacity_shares.TTL)
+                    failing = False
+                except Exception as exc:  # noqa: BLE001 - keep the last shares
+                    if not failing:
+                        log.warning("capacity shares not reported (%s); keeping the last "
+                                    "ones", type(exc).__name__)
+                    failing = True
+                    continue
+                slots = capacity_shares.replica_slots(self.capacities[model], demands,
+                                                      self.holder)
+                for replica, capacity in enumerate(slots):
+                    if queue.capacity[replica] != capacity:
+                        queue.set_capacity(replica, capacity)
+            await asyncio.sleep(capacity_shares.INTERVAL)
+
+    async def stop(self) -> None:
+        """Stop sharing; give this process's share back at once."""
+        if self._task is None:
+            return
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        for model in self.queues:
+            try:
+                await asyncio.wait_for(self._store.capacity.leave(model, self.holder), 1.0)
+            except Exception:  # noqa: BLE001 - it expires anyway
+                pass
+
+    async def turn(self, queue: FairQueue, req, principal,
                    on_queued: OnQueued | None) -> Ticket:
         """Wait for a slot (see the module); the ticket says which replica."""
+        model = req.model
         tier = self.config.tiers.get(principal.tier)
         weight, priority = (tier.weight, tier.priority) if tier else (1.0, 0)
+        cost = estimate_prompt_tokens(req) * self.config.queue.input_weight + \
+            min(req.max_tokens or queue.typical_output, queue.typical_output * 4)
         try:
-            ticket = queue.enter(principal.account_id, weight, priority)
+            ticket = queue.enter(principal.account_id, weight, priority, cost)
         except QueueFull:
             raise APIError(429, "You have too many requests waiting for this model "
                                 f"(at most {queue.max_waiting_per_account}); wait for one "
@@ -97,9 +156,7 @@ class Dispatcher:
             metrics.QUEUE_WAITING.labels(model, principal.tier).dec()
             metrics.QUEUE_WAIT.labels(model, principal.tier).observe(ticket.waited)
 
-    def done(self, queue: FairQueue, ticket: Ticket, principal, usage: Usage) -> None:
-        """Free the slot; charge the account what it was served."""
-        tier = self.config.tiers.get(principal.tier)
+    def done(self, queue: FairQueue, ticket: Ticket, usage: Usage) -> None:
+        """Free the slot; charge the account what it was really served."""
         cost = usage.prompt_tokens * self.config.queue.input_weight + usage.completion_tokens
-        queue.charge(principal.account_id, tier.weight if tier else 1.0, cost)
-        queue.release(ticket)
+        queue.settle(ticket, cost, usage.completion_tokens)

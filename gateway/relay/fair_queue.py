@@ -10,9 +10,11 @@ Sheng et al., "Fairness in Serving Large Language Models" (OSDI 2024):
   whichever replica frees a slot first (no-regret dispatch).
 - **Fair order.** Among accounts with waiting requests, the one with the smallest
   counter goes next; its own requests go in arrival order. An account's counter grows
-  by the weighted tokens it is served (``charge``: prompt tokens x input weight +
-  generated tokens, divided by its tier's ``weight``), so a weight-2 tier gets twice the
-  tokens of a weight-1 tier under backlog.
+  by the weighted tokens it is served (prompt tokens x input weight + generated
+  tokens, divided by its tier's ``weight``), so a weight-2 tier gets twice the tokens
+  of a weight-1 tier under backlog. A request's expected cost is charged when it gets
+  its slot and corrected when it ends (``settle``): an account cannot take many slots
+  in a row before its first request finishes.
 - **Priority bands.** A tier's ``priority`` is strict: a waiting request of a higher
   band always goes before any of a lower band.
 - **No hoarding.** An account that becomes backlogged starts at no less than the
@@ -41,12 +43,12 @@ class Ticket:
     """One request's place: granted a replica slot (``replica``) at once or later."""
 
     __slots__ = ("queue", "account", "weight", "priority", "seq", "future", "replica",
-                 "entered", "granted_at")
+                 "entered", "granted_at", "cost")
 
     def __init__(self, queue: "FairQueue", account: str, weight: float, priority: int,
-                 seq: int, entered: float) -> None:
+                 seq: int, entered: float, cost: float) -> None:
         self.queue, self.account, self.weight, self.priority = queue, account, weight, priority
-        self.seq, self.entered = seq, entered
+        self.seq, self.entered, self.cost = seq, entered, cost
         self.future: asyncio.Future | None = None
         self.replica: int | None = None
         self.granted_at: float | None = None
@@ -93,6 +95,7 @@ class FairQueue:
         self.backlog: dict[str, collections.deque[Ticket]] = {}
         self.waiting = 0
         self.served: dict[str, float] = collections.defaultdict(float)  # weighted tokens
+        self.typical_output = 128.0      # generated tokens of a request (moving average)
         self._seq = itertools.count()
 
     # -- capacity ---------------------------------------------------------------------
@@ -118,11 +121,14 @@ class FairQueue:
         return best
 
     # -- requests ---------------------------------------------------------------------
-    def enter(self, account: str, weight: float = 1.0, priority: int = 0) -> Ticket:
+    def enter(self, account: str, weight: float = 1.0, priority: int = 0,
+              cost: float = 0.0) -> Ticket:
         """A request of ``account`` asks for a slot: granted at once when one is free and
-        nobody waits, else queued (:class:`QueueFull` past the per-account cap)."""
+        nobody waits, else queued (:class:`QueueFull` past the per-account cap).
+        ``cost``: its expected weighted tokens, charged when it is granted (so the
+        account's next request sees it at once); :meth:`settle` corrects it."""
         ticket = Ticket(self, account, weight if weight > 0 else 1.0, priority,
-                        next(self._seq), self.clock())
+                        next(self._seq), self.clock(), cost)
         if not self.waiting:
             replica = self._free_replica()
             if replica is not None:
@@ -149,6 +155,14 @@ class FairQueue:
         cost = tokens / (weight if weight > 0 else 1.0)
         self.counters[account] = self.counters.get(account, 0.0) + cost
         self.served[account] += cost
+
+    def settle(self, ticket: Ticket, tokens: float, output_tokens: int) -> None:
+        """The request is done: replace its expected cost by ``tokens`` (weighted) and
+        learn the typical output length; then free its slot."""
+        self.charge(ticket.account, ticket.weight, tokens - ticket.cost)
+        ticket.cost = tokens
+        self.typical_output += (output_tokens - self.typical_output) * 0.1
+        self.release(ticket)
 
     def release(self, ticket: Ticket) -> None:
         """The request holding a slot is done: the slot goes to the next in line."""
@@ -186,13 +200,18 @@ class FairQueue:
                          for a, q in self.backlog.items() if a != ticket.account)
 
     def _rank(self, account: str) -> tuple:
+        """Priority band, then counter; at equal counters the account with fewer
+        requests waiting (a light user just lifted), then the oldest request."""
         queue = self.backlog[account]
-        return (-queue[0].priority, self.counters.get(account, 0.0), queue[0].seq)
+        return (-queue[0].priority, self.counters.get(account, 0.0), len(queue),
+                queue[0].seq)
 
     def _grant(self, ticket: Ticket, replica: int) -> None:
         ticket.replica = replica
         ticket.granted_at = self.clock()
         self.busy[replica] += 1
+        if ticket.cost:
+            self.charge(ticket.account, ticket.weight, ticket.cost)
         if ticket.future is not None and not ticket.future.done():
             ticket.future.set_result(replica)
 

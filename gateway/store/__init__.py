@@ -16,9 +16,11 @@ from __future__ import annotations
 from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError as StoreError  # noqa: F401 - re-exported for handlers
 from pymongo.errors import DuplicateKeyError  # noqa: F401 - re-exported (a unique index refused)
+from pymongo.errors import OperationFailure
 
 from gateway.store.accounts import Accounts
 from gateway.store.audit import AuditLog
+from gateway.store.capacity import CapacityShares
 from gateway.store.counters import Counters
 from gateway.store.keys import ApiKeys
 from gateway.store.monitoring import CommandCounter
@@ -46,13 +48,27 @@ class Store:
         self.audit = AuditLog(self.db)
         self.privacy = Privacy(self.db)
         self.resets = PasswordResets(self.db)
+        self.capacity = CapacityShares(self.db)
         self.repositories: list = [self.accounts, self.keys, self.usage, self.counters,
                                    self.sessions, self.outbox, self.audit, self.privacy,
-                                   self.resets]
+                                   self.resets, self.capacity]
 
     async def init(self) -> None:
-        """Check the connection and create every repository's indexes."""
-        await self.db.command("ping")
+        """Check the connection and create every repository's indexes. A database that
+        wants credentials the URI lacks, or refuses them, stops the start in one line."""
+        try:
+            await self.db.command("ping")
+        except OperationFailure as exc:   # MongoDB: 13 Unauthorized, 18 AuthenticationFailed
+            if exc.code not in (13, 18) and "authentication" not in str(exc).lower():
+                raise
+            where = ", ".join(f"{h}:{p}" for h, p in
+                              self.client.topology_description.server_descriptions())
+            why = (exc.details or {}).get("errmsg") or exc
+            raise SystemExit(
+                f"cannot start: the database at {where} refused the gateway ({why}). The "
+                "embedded server (allyoucantoken db serve) keeps its user and password in "
+                "embedded-db.auth next to its SQLite file (data_dir/embedded-db.auth): put "
+                "them in [database] uri as `db serve` prints it (docs/deploying.md)") from None
         for repo in self.repositories:
             await repo.init()
 

@@ -50,8 +50,9 @@ def test_the_account_served_least_goes_next_and_its_own_requests_in_order():
             current = next(t for t in heavy + [light] if t.granted)
             order.append("light" if current is light else f"heavy{heavy.index(current)}")
             q.charge(current.account, 1.0, 50)
-        # heavy0 was first in line at the tie; then light (counter 100 < 150)
-        assert order == ["heavy0", "light", "heavy1", "heavy2"]
+        # at the tie (100 each) light goes first: it has fewer requests waiting; then
+        # heavy's, in their order
+        assert order == ["light", "heavy0", "heavy1", "heavy2"]
     run(go())
 
 
@@ -124,6 +125,6 @@ def test_positions_follow_the_order_of_service():
         q.enter("x")
         a1, a2 = q.enter("a"), q.enter("a")
         q.charge("a", 1.0, 10)
-        b1 = q.enter("b")                  # lifted to a's counter: a's head is older
-        assert (a1.position(), b1.position(), a2.position()) == (0, 1, 2)
+        b1 = q.enter("b")       # lifted to a's counter; fewer waiting: b goes first
+        assert (b1.position(), a1.position(), a2.position()) == (0, 1, 2)
     run(go())
