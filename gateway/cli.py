@@ -14,6 +14,8 @@ from gateway import embedded_db
 from gateway import model_workers
 from gateway import logredact
 
+KEY_CACHE_TTL = 2.0   # the api_key plugin's default [auth] key_cache_ttl (tests/test_sdk.py)
+
 
 def _config(ns) -> config_mod.Config:
     try:
@@ -102,7 +104,18 @@ async def _keys(ns, cfg) -> None:
             if not n:
                 sys.exit(f"no active key matches {ns.key}")
             print(f"revoked {n} key(s); every gateway process refuses it within "
-                  f"{cfg.auth.key_cache_ttl:g} s")
+                  f"{_key_cache_ttl(cfg):g} s")
+
+
+def _key_cache_ttl(cfg: config_mod.Config) -> float:
+    """``[auth] key_cache_ttl``, the bound on a revocation taking effect. The section
+    belongs to the ``api_key`` plugin (which validates it at start); the core reads this
+    one value for the message above, with the plugin's default (2 s)."""
+    value = cfg.extra.get("auth", {}).get("key_cache_ttl", KEY_CACHE_TTL)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return KEY_CACHE_TTL
 
 
 def _add_plugin_commands(sub, argv: list[str] | None) -> None:

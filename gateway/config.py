@@ -64,15 +64,6 @@ class DatabaseConfig:
 
 
 @dataclass
-class AuthConfig:
-    """``[auth]``: the API-key cache (its TTL bounds how fast revocation takes effect)."""
-
-    key_cache_ttl: float = 2.0       # revocation/suspension bound, seconds
-    key_cache_size: int = 10_000
-    key_cache_max_stale: float = 600.0  # while the database is down, cached keys work this long
-
-
-@dataclass
 class UsageConfig:
     """``[usage]``: how usage rollups are written and kept."""
 
@@ -164,18 +155,6 @@ class LimitsConfig:
 
 
 @dataclass
-class FairUseConfig:
-    """``[fair_use]``: thresholds that raise an abuse flag (and optionally suspend)."""
-
-    enabled: bool = False
-    check_interval: float = 60.0        # seconds between checks of today's usage
-    min_requests: int = 50              # judge the error rate only after this many requests
-    max_error_rate: float = 0.0         # e.g. 0.5: flag when over half the requests fail; 0 off
-    max_daily_tokens: int = 0           # flag above this many tokens in a UTC day; 0 off
-    auto_suspend: bool = False          # also suspend the account (and email its owner)
-
-
-@dataclass
 class PluginsConfig:
     """``[plugins]``: extra plugin modules to load and plugins to block."""
 
@@ -224,17 +203,16 @@ class Config:
 
     server: ServerConfig = field(default_factory=ServerConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
-    auth: AuthConfig = field(default_factory=AuthConfig)
     usage: UsageConfig = field(default_factory=UsageConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
-    fair_use: FairUseConfig = field(default_factory=FairUseConfig)
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
     embeddings: EmbeddingsConfig = field(default_factory=EmbeddingsConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     models: list[ModelConfig] = field(default_factory=list)
     tiers: dict[str, TierConfig] = field(default_factory=dict)
-    # Sections owned by plugins (e.g. [smtp], [dashboard]); validated by them.
+    # Sections owned by plugins (e.g. [auth], [fair_use], [smtp], [dashboard]); validated
+    # by them (``sdk.section_options``).
     extra: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def model(self, name: str) -> ModelConfig | None:
@@ -328,6 +306,13 @@ def _from_env(value: EnvValue, typ: Any, where: str) -> Any:
             fail("a table (a TOML inline table such as {a = 1})")
         return _coerce(_toml_value(text, value, where, "a table"), typ, where)
     return raw
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return not math.isnan(float(text))
+    except ValueError:
+        return False
 
 
 def _toml_value(text: str, value: EnvValue, where: str, expected: str) -> Any:
@@ -445,6 +430,8 @@ def env_override(data: dict[str, Any], var: str, raw: str) -> None:
                 current = node[key] if (isinstance(node, list) or key in node) else None
                 example = type(current) if isinstance(current, (bool, int, float, list)) \
                     else None
+                if example is int and not _INT.fullmatch(raw.strip()) and _is_number(raw):
+                    example = float   # `ttl = 2` in the file, 0.5 in the override: a number
                 if example is list:
                     example = list[Any]
                 node[key] = _from_env(value, example, label) if example else value

@@ -1,37 +1,174 @@
-"""The plugin SDK: base classes with sensible defaults, typed options, and the names a
-plugin needs, in one import (``from gateway import sdk``).
+"""The plugin SDK: the one core module a plugin imports (``from gateway import sdk``).
 
-The base classes are a convenience, not a requirement: the gateway still accepts any
-object with the methods ``gateway/hookspecs.py`` describes (duck typing), so plugins
-written before the SDK keep working unchanged.
+Built-in plugins use nothing else of the core (``tests/test_layers.py`` enforces it), so
+what they do, a third-party plugin can do with the same names. Everything below is
+re-exported from the module that owns it; the SDK is the stable name.
 
-- :class:`Backend`: ``start``/``close`` do nothing, ``health()`` is ``{"ok": True}``,
-  ``completions`` is derived from ``chat`` (the prompt becomes one user message), and
-  ``self.options`` is the model's ``options`` table validated against the nested
-  ``Options`` dataclass.
-- :class:`Limiter`: ``settle``/``close`` do nothing (for limiters that reserve
-  nothing); :meth:`Limiter.allow` and :meth:`Limiter.deny` build ``Admission`` objects.
-- :class:`Authenticator`: ``authenticate`` returns ``None`` (no opinion).
-- :class:`Service`: ``start``/``stop`` do nothing.
+**Base classes** (a convenience, not a requirement: the gateway accepts any object with
+the methods ``gateway/hookspecs.py`` describes, and the ``*Protocol`` classes type
+exactly that duck-typed shape):
+
+- :class:`Backend` (:class:`BackendProtocol`): ``start``/``close`` do nothing,
+  ``health()`` is ``{"ok": True}``, ``completions`` is derived from ``chat`` (the prompt
+  becomes one user message), and ``self.options`` is the model's ``options`` table
+  validated against the nested ``Options`` dataclass.
+- :class:`Limiter` (:class:`LimiterProtocol`): ``settle``/``close`` do nothing (for
+  limiters that reserve nothing); :meth:`Limiter.allow` and :meth:`Limiter.deny` build
+  ``Admission`` objects.
+- :class:`Authenticator` (:class:`AuthenticatorProtocol`): ``authenticate`` returns
+  ``None`` (no opinion).
+- :class:`Service` (:class:`ServiceProtocol`): ``start``/``stop`` do nothing.
+
+**Configuration**
+
 - :class:`Options`: subclass it and annotate fields; the subclass becomes a dataclass,
   validated like the config file (unknown keys and wrong types are a
-  :class:`ConfigError` naming the key).
+  :class:`ConfigError` naming the key; environment overrides are converted).
+- :func:`section_options`: a plugin-owned section (``[mine]``) as typed ``Options``;
+  claim its name with the ``config_sections`` hook (an unclaimed section stops the
+  gateway). :func:`build_options` validates any table into any dataclass.
+- ``Config``, ``ModelConfig``, ``TierConfig``: the core's typed configuration (what the
+  hooks' ``config`` argument is, and a tier's limits).
+
+**Data types and errors:** ``Chunk``, ``Usage``, ``GenerationRequest``, ``Principal``,
+``Admission``; :func:`deny`; ``APIError`` (an OpenAI-style error with its HTTP status),
+``internal_error()`` (a 500 that shows no detail), ``ConfigError``.
+
+**Hooks:** ``hookimpl`` (the marker of hook implementations).
+
+**Streams:** ``parse_event`` (an OpenAI chunk as ``Chunk`` objects), ``choice_text``,
+``usage_of``; ``ChunkEncoder`` (``Chunk`` objects as OpenAI SSE events, for a plugin
+that serves them, as the model worker does); ``estimate_prompt_tokens`` (the gateway's
+estimate of a request's prompt, before a backend counts it).
+
+**Background work:** ``stop_task`` (cancel a task and wait for it), ``WarnOnce`` (a
+recurring warning logged at most once per 30 s, with its count).
+
+**Requests and clients:** ``client_ip`` (the caller's address behind
+``[server] trusted_proxies``), ``in_networks``.
+
+**Accounts, keys, tiers:** ``StoreError`` (the database is unreachable or failed:
+degrade, don't crash), ``KEY_PREFIX``, ``KEY_LIMITS`` (the per-key limit names),
+``hash_key`` (how API keys are stored), ``TierPolicy`` (an account's tier and the models
+it may use, as ``/v1/models`` sees them). The database itself is the ``store`` argument
+of the hooks.
+
+**Namespaces** (modules re-exported whole, for plugins that need many of their names):
+
+- ``sdk.metrics``: the gateway's Prometheus metrics (``sdk.metrics.REPLICA_UP``...);
+- ``sdk.workers``: model worker processes (``WorkerSpec``, ``start_workers``,
+  ``workers_for``, ``python_module``, the states ``UP``...), for backends whose engine
+  runs out of the gateway process.
+
+The heavier names (``metrics``, ``workers``, the store's names, ``TierPolicy``,
+``estimate_prompt_tokens``) load on first use, so a process that needs only the light
+ones (a model worker) does not load the database driver.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, AsyncIterator
+import importlib
+from typing import TYPE_CHECKING, Any, AsyncIterator, Protocol, runtime_checkable
 
+from gateway.background import WarnOnce, stop_task
 from gateway.chunks import choice_text, parse_event, usage_of
-from gateway.config import ConfigError, build_section
-from gateway.errors import APIError
+from gateway.config import Config, ConfigError, ModelConfig, TierConfig, build_section
+from gateway.errors import APIError, internal_error
 from gateway.hookspecs import hookimpl
+from gateway.net import client_ip, in_networks
+from gateway.sse import ChunkEncoder
 from gateway.types import Admission, Chunk, GenerationRequest, Principal, Usage
 
-__all__ = ["Admission", "APIError", "Authenticator", "Backend", "Chunk", "ConfigError",
-           "GenerationRequest", "Limiter", "Options", "Principal", "Service", "Usage",
-           "build_options", "choice_text", "deny", "hookimpl", "parse_event",
-           "section_options", "usage_of"]
+if TYPE_CHECKING:   # loaded lazily at run time (see _LAZY)
+    from gateway import metrics, model_workers as workers
+    from gateway.store import StoreError
+    from gateway.store.keys import KEY_LIMITS, KEY_PREFIX, hash_key
+    from gateway.streaming import estimate_prompt_tokens
+    from gateway.tier_policy import TierPolicy
+
+__all__ = ["Admission", "APIError", "Authenticator", "AuthenticatorProtocol", "Backend",
+           "BackendProtocol", "Chunk", "ChunkEncoder", "Config", "ConfigError",
+           "GenerationRequest", "KEY_LIMITS", "KEY_PREFIX", "Limiter", "LimiterProtocol",
+           "ModelConfig", "Options", "Principal", "Service", "ServiceProtocol",
+           "StoreError", "TierConfig", "TierPolicy", "Usage", "WarnOnce",
+           "build_options", "choice_text", "client_ip", "deny", "estimate_prompt_tokens",
+           "hash_key", "hookimpl", "in_networks", "internal_error", "metrics",
+           "parse_event", "section_options", "stop_task", "usage_of", "workers"]
+
+# name -> (module, attribute or None for the module itself), imported on first use
+_LAZY: dict[str, tuple[str, str | None]] = {
+    "metrics": ("gateway.metrics", None),
+    "workers": ("gateway.model_workers", None),
+    "StoreError": ("gateway.store", "StoreError"),
+    "KEY_LIMITS": ("gateway.store.keys", "KEY_LIMITS"),
+    "KEY_PREFIX": ("gateway.store.keys", "KEY_PREFIX"),
+    "hash_key": ("gateway.store.keys", "hash_key"),
+    "estimate_prompt_tokens": ("gateway.streaming", "estimate_prompt_tokens"),
+    "TierPolicy": ("gateway.tier_policy", "TierPolicy"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    """The heavier re-exports, imported when first asked for (PEP 562)."""
+    try:
+        module, attr = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    value = importlib.import_module(module)
+    if attr is not None:
+        value = getattr(value, attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+@runtime_checkable
+class BackendProtocol(Protocol):
+    """What the gateway calls on a backend (``register_backends``). Optional too:
+    ``capabilities`` (e.g. ``["chat", "completions", "embeddings"]``),
+    ``async embeddings(request) -> (vectors, Usage | None)`` and ``check(body)`` (raise
+    a 400 ``APIError`` before admission for what the backend cannot do)."""
+
+    name: str
+
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+    async def health(self) -> dict[str, Any]: ...
+    def chat(self, request: GenerationRequest) -> AsyncIterator[Chunk]: ...
+    def completions(self, request: GenerationRequest) -> AsyncIterator[Chunk]: ...
+
+
+@runtime_checkable
+class LimiterProtocol(Protocol):
+    """What the gateway calls on a limiter (``register_limiters``); ``close`` is
+    optional."""
+
+    name: str
+
+    async def admit(self, principal: Principal, request: GenerationRequest) -> Admission: ...
+    async def settle(self, admission: Admission, usage: Usage, outcome: str) -> None: ...
+
+
+@runtime_checkable
+class AuthenticatorProtocol(Protocol):
+    """What the gateway calls on an authenticator (``register_authenticators``)."""
+
+    name: str
+
+    async def authenticate(self, request: Any) -> Principal | None: ...
+
+
+@runtime_checkable
+class ServiceProtocol(Protocol):
+    """What the gateway calls on a background service (``register_services``)."""
+
+    name: str
+
+    async def start(self, gateway: Any) -> None: ...
+    async def stop(self) -> None: ...
 
 
 def build_options(cls: type, data: Any, where: str) -> Any:

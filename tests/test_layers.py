@@ -12,7 +12,9 @@ fails on
 - a module that left the core (mail, retention, passwords, the ``admin`` commands: only
   the dashboard and a plugin need them) coming back, or the core importing a library
   only they use (argon2, aiosmtplib, cryptography);
-- ``pymongo`` imported outside ``gateway/store/`` (storage access lives in one place).
+- ``pymongo`` imported outside ``gateway/store/`` (storage access lives in one place);
+- a plugin importing any core module but the SDK, ``gateway.sdk`` (issue 21): the
+  built-ins use the boundary third-party plugins get, so what they do, any plugin can.
 
 Dynamic imports by name (``DEFAULT_PLUGINS`` in ``gateway/plugins.py``) are not import
 statements: the plugin manager loads plugins that way, which is the point of it.
@@ -40,6 +42,8 @@ MOVED_OUT_OF_THE_CORE = {
 NOT_IN_THE_CORE = ("argon2", "aiosmtplib", "cryptography")
 # Storage access lives in one place: only gateway/store/ talks to the driver.
 DRIVER = ("pymongo", "bson", "motor")
+# The one core module plugins may import; everything they need is re-exported there.
+SDK = "gateway.sdk"
 
 
 def modules() -> list[tuple[str, Path]]:
@@ -162,6 +166,41 @@ def test_only_the_store_imports_the_database_driver():
              for line, target, _ in imports(module, path)
              if target.split(".")[0] in DRIVER]
     assert not wrong, "pymongo outside gateway/store/:\n" + "\n".join(wrong)
+
+
+def core_imports_besides_the_sdk(module: str, path: Path) -> list[str]:
+    """``path:line: module imports target`` for each core import of ``module`` other
+    than the SDK (``from gateway import sdk``, ``from gateway.sdk import X`` and
+    ``import gateway.sdk`` are the allowed spellings)."""
+    return [f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}:{line}: "
+            f"{module} imports {target}" + (f".{name}" if name else "")
+            for line, target, name in imports(module, path)
+            if layer(target) == 0 and target != SDK]
+
+
+def test_plugins_import_only_the_sdk_from_the_core():
+    wrong = [found for module, path in modules() if layer(module) == 1
+             for found in core_imports_besides_the_sdk(module, path)]
+    assert not wrong, ("plugins import the core only through gateway.sdk (re-export what "
+                       "they need there):\n" + "\n".join(wrong))
+
+
+def test_the_sdk_rule_flags_any_other_core_import(tmp_path):
+    """The rule can fail: direct, lazy, whole-package and attribute imports of the core
+    are all caught in a plugin module; the SDK's own spellings are not."""
+    sample = tmp_path / "sample.py"
+    sample.write_text("from gateway import sdk\n"                      # 1 allowed
+                      "from gateway.sdk import APIError, metrics\n"    # 2 allowed
+                      "import gateway.sdk\n"                           # 3 allowed
+                      "from gateway.store.keys import hash_key\n"      # 4
+                      "from gateway import metrics\n"                  # 5
+                      "import gateway\n"                               # 6
+                      "def f():\n"
+                      "    import gateway.streaming as streaming\n"    # 8
+                      "    return sdk.workers, streaming.Generation\n"  # 9: 8's module
+                      "from dashboard import web\n")                   # 10: another rule
+    found = core_imports_besides_the_sdk("plugins.sample", sample)
+    assert sorted(int(line.split(":")[1]) for line in found) == [4, 5, 6, 8, 9], found
 
 
 def test_the_checker_catches_what_it_should(tmp_path):

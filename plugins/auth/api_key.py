@@ -32,13 +32,8 @@ import time
 from collections import OrderedDict
 from datetime import UTC
 
-from gateway.background import WarnOnce
-from gateway.errors import APIError
-from gateway.hookspecs import hookimpl
-from gateway.net import client_ip
-from gateway.store import StoreError
-from gateway.store.keys import KEY_LIMITS, KEY_PREFIX, hash_key
-from gateway.types import Principal
+from gateway.sdk import (KEY_LIMITS, KEY_PREFIX, APIError, Authenticator, Options, Principal,
+                         StoreError, WarnOnce, client_ip, hash_key, hookimpl, section_options)
 
 _INACTIVE = {"pending": "Your account is awaiting approval.",
              "suspended": "Your account is suspended.",
@@ -49,6 +44,20 @@ _INACTIVE = {"pending": "Your account is awaiting approval.",
 log = WarnOnce(logging.getLogger("allyoucantoken.auth"))
 DOWN_RETRY = 5.0    # after a failed lookup, answer from the cache (or 503) without waiting
 STALE_WAIT = 0.05   # a request with a cached key waits at most this long for a lookup
+
+
+class AuthConfig(Options):
+    """``[auth]``: the API-key cache (its TTL bounds how fast revocation takes effect).
+    This plugin owns the section (``config_sections``)."""
+
+    key_cache_ttl: float = 2.0       # revocation/suspension bound, seconds
+    key_cache_size: int = 10_000
+    key_cache_max_stale: float = 600.0  # while the database is down, cached keys work this long
+
+    @classmethod
+    def from_config(cls, config) -> "AuthConfig":
+        """``[auth]`` of ``config``, validated (a ``ConfigError`` names the key)."""
+        return section_options(config, "auth", cls)
 
 
 class KeyCache:
@@ -79,7 +88,7 @@ class KeyCache:
             self._data.popitem(last=False)
 
 
-class ApiKeyAuthenticator:
+class ApiKeyAuthenticator(Authenticator):
     """Resolves a bearer key to the account behind it (active accounts only)."""
 
     name = "api_key"
@@ -258,8 +267,15 @@ def ip_allowed(ip: str, cidrs: tuple[str, ...]) -> bool:
 
 
 @hookimpl
+def config_sections():
+    """The API-key cache is configured in ``[auth]``."""
+    return ["auth"]
+
+
+@hookimpl
 def register_authenticators(register, config, store):
     """Register the bearer API key authenticator."""
-    register(ApiKeyAuthenticator(store, config.auth.key_cache_ttl, config.auth.key_cache_size,
-                                 config.auth.key_cache_max_stale,
+    auth = AuthConfig.from_config(config)
+    register(ApiKeyAuthenticator(store, auth.key_cache_ttl, auth.key_cache_size,
+                                 auth.key_cache_max_stale,
                                  config.server.trusted_proxies))

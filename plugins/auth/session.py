@@ -15,10 +15,7 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass
 
-from gateway.config import build_section
-from gateway.hookspecs import hookimpl
-from gateway.net import in_networks
-from gateway.types import Principal
+from gateway.sdk import Authenticator, Principal, build_options, hookimpl, in_networks
 
 COOKIE = "ayct_session"
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
@@ -35,7 +32,7 @@ class SessionSettings:
     @classmethod
     def from_config(cls, config) -> "SessionSettings":
         section = dict(config.extra.get("dashboard", {}))
-        return build_section(cls, {k: v for k, v in section.items() if k == "session_idle"},
+        return build_options(cls, {k: v for k, v in section.items() if k == "session_idle"},
                              "dashboard")
 
 
@@ -64,7 +61,7 @@ def read_token(request, trusted_proxies: list[str]) -> str | None:
     return morsel.value if morsel is not None else None
 
 
-class SessionAuthenticator:
+class SessionAuthenticator(Authenticator):
     """Resolves the session cookie to its session and account."""
 
     name = "session"

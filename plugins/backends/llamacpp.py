@@ -30,7 +30,7 @@ Model options (``[[models]] options``):
 """
 from __future__ import annotations
 
-from gateway.hookspecs import hookimpl
+from gateway.sdk import hookimpl
 from plugins.backends.llamacpp_plan import default_model_path, plan  # noqa: F401
 from plugins.backends.local_worker import LocalWorkerBackend
 

@@ -26,9 +26,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import AsyncIterator
 
-from gateway.chunks import choice_text
-from gateway.errors import APIError
-from gateway.types import Chunk, GenerationRequest, Usage
+from gateway.sdk import APIError, Chunk, GenerationRequest, Usage, choice_text
 from plugins.backends.llamacpp_plan import _bad, default_model_path, plan
 
 _END = object()

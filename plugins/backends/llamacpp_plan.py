@@ -13,7 +13,7 @@ import os
 import re
 from typing import Any
 
-from gateway.errors import APIError
+from gateway.sdk import APIError
 from plugins.backends.llama_compat import json_schema_to_gbnf
 
 _SAMPLING = ("temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty",

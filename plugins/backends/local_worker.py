@@ -26,9 +26,8 @@ import dataclasses
 import json
 import logging
 
-from gateway import metrics
-from gateway import model_workers
-from gateway.errors import APIError
+from gateway import sdk
+from gateway.sdk import APIError
 from plugins.backends.openai_compatible import OpenAICompatibleBackend, Replica
 
 log = logging.getLogger("allyoucantoken.backend.worker")
@@ -42,16 +41,16 @@ class LocalWorkerBackend(OpenAICompatibleBackend):
     max_n = 1
 
     @classmethod
-    def worker_specs(cls, model_cfg, config) -> list[model_workers.WorkerSpec]:
+    def worker_specs(cls, model_cfg, config) -> list[sdk.workers.WorkerSpec]:
         """The workers of one model: one by default (subclasses: one per GPU)."""
         return [cls._spec(model_cfg, model_cfg.name, {})]
 
     @classmethod
-    def _spec(cls, model_cfg, name: str, env: dict) -> model_workers.WorkerSpec:
-        argv = model_workers.python_module(
+    def _spec(cls, model_cfg, name: str, env: dict) -> sdk.workers.WorkerSpec:
+        argv = sdk.workers.python_module(
             "plugins.backends.worker_server", "--engine", cls.engine, "--model",
             model_cfg.name, "--options", json.dumps(dict(model_cfg.options or {})))
-        return model_workers.WorkerSpec(name, argv, env)
+        return sdk.workers.WorkerSpec(name, argv, env)
 
     def __init__(self, model_cfg, config) -> None:
         self.model_cfg, self.config = model_cfg, config
@@ -59,15 +58,15 @@ class LocalWorkerBackend(OpenAICompatibleBackend):
             base_url="http://127.0.0.1:1/v1", read_timeout=600.0, health_interval=1.0,
             health_timeout=2.0, embeddings=True))
         self.capabilities = ["chat", "completions"]
-        self.workers: list[model_workers.ModelWorker] = []
+        self.workers: list[sdk.workers.ModelWorker] = []
         self.last_health: dict = {}
 
     async def start(self) -> None:
         """Use the workers the parent started, else start them now; then relay to them."""
-        workers = model_workers.workers_for(self.name)
+        workers = sdk.workers.workers_for(self.name)
         if workers is None:
             specs = self.worker_specs(self.model_cfg, self.config)
-            workers = await asyncio.to_thread(model_workers.start_workers, self.name, specs)
+            workers = await asyncio.to_thread(sdk.workers.start_workers, self.name, specs)
         self.workers = workers
         self.replicas = [Replica(w.url) for w in workers]
         self.max_attempts = len(self.replicas)
@@ -78,18 +77,18 @@ class LocalWorkerBackend(OpenAICompatibleBackend):
     async def close(self) -> None:
         await super().close()
         # only if this process started them; off the loop (it waits for the processes)
-        await asyncio.to_thread(model_workers.stop_workers, self.name)
+        await asyncio.to_thread(sdk.workers.stop_workers, self.name)
 
     def reported_capacity(self) -> int:
         """Sequences each worker runs at once, as it reported at start (0: unknown)."""
         return int(self.last_health.get("capacity", 0) or 0)
 
     def _up(self) -> bool:
-        return any(w.state == model_workers.UP for w in self.workers)
+        return any(w.state == sdk.workers.UP for w in self.workers)
 
     async def health(self) -> dict:
         """The worker's own report (live): state, capacity, busy and waiting requests."""
-        states = [model_workers.STATE_NAMES[w.state] for w in self.workers]
+        states = [sdk.workers.STATE_NAMES[w.state] for w in self.workers]
         report = {"ok": False, "state": "up" if "up" in states else states[0],
                   "workers": len(self.workers),
                   "restarts": sum(w.restarts for w in self.workers)}
@@ -104,7 +103,7 @@ class LocalWorkerBackend(OpenAICompatibleBackend):
                 report.update({k: v for k, v in worker.items() if k != "ok"})
                 report["ok"] = bool(worker.get("ok"))
                 report["capacity"] = int(worker.get("capacity", 1)) * len(self.workers)
-                metrics.MODEL_CAPACITY.labels(self.name).set(report["capacity"])
+                sdk.metrics.MODEL_CAPACITY.labels(self.name).set(report["capacity"])
             except (OSError, TimeoutError, ValueError):
                 pass
         return report

@@ -25,8 +25,7 @@ from __future__ import annotations
 import importlib.util
 import re
 
-from gateway.config import ConfigError
-from gateway.hookspecs import hookimpl
+from gateway.sdk import ConfigError, hookimpl
 from plugins.backends.local_worker import LocalWorkerBackend
 
 DEFAULT_FACTORY = "mlc_llm:AsyncMLCEngine"

@@ -31,10 +31,7 @@ import logging
 import uuid
 from typing import Any, AsyncIterator
 
-from gateway.chunks import parse_event
-from gateway.config import ConfigError
-from gateway.errors import APIError
-from gateway.types import Chunk, GenerationRequest
+from gateway.sdk import APIError, Chunk, ConfigError, GenerationRequest, parse_event
 
 log = logging.getLogger("allyoucantoken.backend.mlc")
 

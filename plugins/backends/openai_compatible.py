@@ -58,11 +58,8 @@ import time
 from dataclasses import field
 from typing import AsyncIterator
 
-from gateway import metrics, sdk
-from gateway.background import stop_task
-from gateway.errors import APIError
-from gateway.hookspecs import hookimpl
-from gateway.types import Chunk, GenerationRequest, Usage
+from gateway import sdk
+from gateway.sdk import APIError, Chunk, GenerationRequest, Usage, hookimpl, metrics, stop_task
 from plugins.backends.sse import EventShape, UpstreamError, parse_line
 from plugins.backends.upstream_http import ConnectTimeout, ConnectionClosed, Pool, PoolTimeout
 
@@ -85,7 +82,7 @@ class Replica:
         self.health_pool: Pool | None = None   # the probes' own connections
 
 
-class OpenAICompatibleBackend:
+class OpenAICompatibleBackend(sdk.Backend):
     """Streams from OpenAI-compatible HTTP upstreams; always asks them for usage."""
 
     unknown_params = "pass"   # default policy for request fields the gateway does not know

@@ -13,8 +13,7 @@ from __future__ import annotations
 import json
 import re
 
-from gateway.chunks import parse_event
-from gateway.types import Chunk
+from gateway.sdk import Chunk, parse_event
 
 # The C scanner alone: ``json.loads`` on bytes first guesses the encoding and matches
 # whitespace with regular expressions, which doubles the cost of a small event.

@@ -39,9 +39,7 @@ import tornado.httpserver
 import tornado.iostream
 import tornado.web
 
-from gateway.errors import APIError, internal_error
-from gateway.sse import ChunkEncoder
-from gateway.types import GenerationRequest
+from gateway.sdk import APIError, ChunkEncoder, GenerationRequest, internal_error
 
 log = logging.getLogger("allyoucantoken.worker")
 TOKEN_ENV = "AYCT_WORKER_TOKEN"   # the same name as gateway.model_workers.TOKEN_ENV

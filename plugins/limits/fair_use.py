@@ -11,19 +11,36 @@ import asyncio
 import logging
 from datetime import UTC, datetime
 
-from gateway.background import stop_task
-from gateway.hookspecs import hookimpl
+from gateway import sdk
+from gateway.sdk import hookimpl, stop_task
 
 log = logging.getLogger("allyoucantoken.fair_use")
 
 
-class FairUseMonitor:
+class FairUseConfig(sdk.Options):
+    """``[fair_use]``: thresholds that raise an abuse flag (and optionally suspend).
+    This plugin owns the section (``config_sections``)."""
+
+    enabled: bool = False
+    check_interval: float = 60.0        # seconds between checks of today's usage
+    min_requests: int = 50              # judge the error rate only after this many requests
+    max_error_rate: float = 0.0         # e.g. 0.5: flag when over half the requests fail; 0 off
+    max_daily_tokens: int = 0           # flag above this many tokens in a UTC day; 0 off
+    auto_suspend: bool = False          # also suspend the account (and email its owner)
+
+    @classmethod
+    def from_config(cls, config) -> "FairUseConfig":
+        """``[fair_use]`` of ``config``, validated (a ``ConfigError`` names the key)."""
+        return sdk.section_options(config, "fair_use", cls)
+
+
+class FairUseMonitor(sdk.Service):
     """Flags (and optionally suspends) accounts far above normal use."""
 
     name = "fair_use"
 
     def __init__(self, config, store) -> None:
-        self.cfg = config.fair_use
+        self.cfg = FairUseConfig.from_config(config)
         self.store = store
         self.gateway = None
         self._task: asyncio.Task | None = None
@@ -92,7 +109,14 @@ class FairUseMonitor:
 
 
 @hookimpl
+def config_sections():
+    """The thresholds are configured in ``[fair_use]``."""
+    return ["fair_use"]
+
+
+@hookimpl
 def register_services(register, config, store):
-    """Register the fair-use monitor when ``[fair_use] enabled = true``."""
-    if config.fair_use.enabled:
+    """Register the fair-use monitor when ``[fair_use] enabled = true`` (the section is
+    validated either way, so a misspelt key stops the gateway at start)."""
+    if FairUseConfig.from_config(config).enabled:
         register(FairUseMonitor(config, store))

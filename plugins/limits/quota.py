@@ -51,8 +51,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from gateway.background import WarnOnce
-from gateway.store import StoreError
+from gateway.sdk import StoreError, WarnOnce
 
 Amounts = dict[str, int]
 

@@ -34,15 +34,10 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from gateway.background import WarnOnce
-from gateway.config import TierConfig
-from gateway.errors import APIError
-from gateway.hookspecs import hookimpl
-from gateway.store import StoreError
-from gateway.store.keys import KEY_LIMITS
-from gateway.streaming import estimate_prompt_tokens
-from gateway.tier_policy import TierPolicy
-from gateway.types import Admission, GenerationRequest, Principal, Usage
+from gateway import sdk
+from gateway.sdk import (KEY_LIMITS, Admission, APIError, GenerationRequest, Principal,
+                         StoreError, TierConfig, TierPolicy, Usage, WarnOnce,
+                         estimate_prompt_tokens, hookimpl)
 from plugins.limits.quota import DAY_HORIZON_SCALE, LeaseSettings, QuotaLeases
 
 log = logging.getLogger("allyoucantoken.limits")
@@ -112,7 +107,7 @@ class WindowClock:
         return (minute + 1) * 60 - now, self._day_end - now
 
 
-class TierLimiter:
+class TierLimiter(sdk.Limiter):
     """Exact per-account limits shared by every gateway process through MongoDB."""
 
     name = "tiers"

@@ -35,8 +35,7 @@ from email.utils import make_msgid
 import aiosmtplib
 from cryptography.fernet import Fernet, InvalidToken
 
-from gateway.background import stop_task
-from gateway.config import ConfigError, build_section
+from gateway.sdk import ConfigError, Service, build_options, stop_task
 
 log = logging.getLogger("allyoucantoken.mail")
 
@@ -62,7 +61,7 @@ class SmtpConfig:
     @classmethod
     def from_config(cls, config) -> "SmtpConfig":
         """Validate ``config.extra["smtp"]`` with messages that name the key."""
-        cfg = build_section(cls, dict(config.extra.get("smtp", {})), "smtp")
+        cfg = build_options(cls, dict(config.extra.get("smtp", {})), "smtp")
         if cfg.tls and cfg.starttls:
             # Implicit TLS wins when both are set explicitly only if the user meant it.
             if "starttls" in config.extra.get("smtp", {}):
@@ -171,7 +170,7 @@ async def enqueue(gateway, to: str, subject: str, body: str, *, kind: str = "",
             service.wake()
 
 
-class Mailer:
+class Mailer(Service):
     """Background sender over the outbox: claim, send, mark sent or back off."""
 
     name = "mailer"

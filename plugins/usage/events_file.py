@@ -12,11 +12,11 @@ import asyncio
 import json
 import os
 
-from gateway.background import stop_task
-from gateway.hookspecs import hookimpl
+from gateway import sdk
+from gateway.sdk import hookimpl, stop_task
 
 
-class EventsFile:
+class EventsFile(sdk.Service):
     """Appends usage events to a JSON-lines file (buffered; flushed every second)."""
 
     name = "usage_events_file"

@@ -16,13 +16,15 @@ from dashboard.config import DashboardConfig
 from dashboard.retention import RetentionConfig
 from gateway import config as config_mod
 from gateway.plugins import get_plugin_manager
+from plugins.auth.api_key import AuthConfig
+from plugins.limits.fair_use import FairUseConfig
 from plugins.mail.mailer import SmtpConfig
 from tests.helpers import ROOT, env, free_port, wait_http
 
 EXAMPLE = ROOT / "allyoucantoken.example.toml"
 SECTIONS = {"server": config_mod.ServerConfig, "database": config_mod.DatabaseConfig,
-            "auth": config_mod.AuthConfig, "usage": config_mod.UsageConfig,
-            "limits": config_mod.LimitsConfig, "fair_use": config_mod.FairUseConfig,
+            "auth": AuthConfig, "usage": config_mod.UsageConfig,
+            "limits": config_mod.LimitsConfig, "fair_use": FairUseConfig,
             "plugins": config_mod.PluginsConfig, "websocket": config_mod.WebSocketConfig,
             "dashboard": DashboardConfig, "smtp": SmtpConfig, "retention": RetentionConfig}
 
