@@ -2,6 +2,12 @@
 
 Hook implementations are synchronous (pluggy). A hook that needs I/O registers an
 object whose methods are async: a backend factory, a limiter, an authenticator.
+
+Plugins take everything they need of the core from ``gateway.sdk``: ``sdk.hookimpl``,
+the types named below (``sdk.Chunk``, ``sdk.APIError``...), base classes with defaults
+(``sdk.Backend``, ``sdk.Limiter``, ``sdk.Authenticator``, ``sdk.Service``) and
+``Protocol`` classes typing the objects these hooks register (``sdk.BackendProtocol``,
+``sdk.LimiterProtocol``, ``sdk.AuthenticatorProtocol``, ``sdk.ServiceProtocol``).
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ def register_backends(register, config):
     ``factory(model_config, config)`` returns a backend serving one configured model
     (``[[models]] backend = name``). A backend has ``name``, and async methods
     ``start()``, ``chat(request)`` and ``completions(request)`` (async iterators of
-    ``gateway.types.Chunk``), ``health()`` (dict with ``ok``) and ``close()``.
+    ``sdk.Chunk``), ``health()`` (dict with ``ok``) and ``close()``.
     Closing the iterator early must cancel the generation at once.
 
     A Chunk is about one choice. Plain-text backends yield ``Chunk(text)``, then
@@ -57,7 +63,7 @@ def register_authenticators(register, config, store):
 
     An authenticator has ``name`` and ``async authenticate(request) -> Principal | None``,
     where ``request`` is the Tornado ``HTTPServerRequest``. It may raise
-    ``gateway.errors.APIError`` (e.g. 401 for a revoked key). The first principal wins.
+    ``sdk.APIError`` (e.g. 401 for a revoked key). The first principal wins.
     """
 
 

@@ -5,7 +5,7 @@ The default model is SmolLM2-135M-Instruct, a GGUF file shipped inside the
 in a model worker (``plugins.backends.llamacpp_engine`` inside
 ``plugins.backends.worker_server``), never in the gateway: a crash there costs that
 worker's in-flight requests, and the worker is started again (see
-``plugins.backends.local_worker`` and ``gateway.model_workers``). ``serve --workers N``
+``plugins.backends.local_worker`` and ``sdk.workers``). ``serve --workers N``
 shares one worker, so one copy of the weights, between its N processes.
 
 What it does of the OpenAI request (anything else is a 400 naming the field, never

@@ -2,7 +2,7 @@
 
 :class:`LocalWorkerBackend` is the gateway's side of a local runtime (llamacpp, mlc):
 its native code runs in worker processes (``plugins.backends.worker_server``) that
-``gateway.model_workers`` starts and supervises, once per machine, shared by all
+``sdk.workers`` starts and supervises, once per machine, shared by all
 ``serve --workers`` processes. The gateway relays to them exactly as to any
 OpenAI-compatible upstream (one relay path), so every relay feature (backpressure,
 cancellation on disconnect, usage folding, retries across replicas before the first

@@ -1,5 +1,5 @@
 """Split an upstream's SSE lines into gateway Chunks, for pass-through (the events
-themselves are parsed by ``gateway.chunks.parse_event``, shared by every backend).
+themselves are parsed by ``sdk.parse_event``, shared by every backend).
 
 Each upstream event is decoded once, for what the gateway reads (finish_reason, usage,
 the amount of output) and for the WebSocket and non-streaming paths (``delta``,
@@ -31,7 +31,7 @@ class EventShape:
     as the bytes before and after its content string. A later event with exactly those
     bytes around a plain string (no quote, backslash or control character) is the same
     JSON with another content, so its Chunk is built without decoding it: the Chunk
-    :func:`gateway.chunks.parse_event` would give (same index and extra fields, no
+    :func:`sdk.parse_event` would give (same index and extra fields, no
     finish_reason, usage or logprobs, the event's bytes as ``raw``). Anything else is
     parsed in full (and may be learnt from anew)."""
 

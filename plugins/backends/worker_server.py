@@ -1,6 +1,6 @@
 """A model worker: one local engine (llamacpp, mlc) behind an OpenAI-compatible HTTP API.
 
-The gateway's supervisor (``gateway.model_workers``) runs it as::
+The gateway's supervisor (``sdk.workers``) runs it as::
 
     python -m plugins.backends.worker_server --engine MODULE:CLASS --model NAME \
         --options JSON --fd N
@@ -42,7 +42,7 @@ import tornado.web
 from gateway.sdk import APIError, ChunkEncoder, GenerationRequest, internal_error
 
 log = logging.getLogger("allyoucantoken.worker")
-TOKEN_ENV = "AYCT_WORKER_TOKEN"   # the same name as gateway.model_workers.TOKEN_ENV
+TOKEN_ENV = "AYCT_WORKER_TOKEN"   # the same name as sdk.workers.TOKEN_ENV
 EXIT_GRACE = 2.0                  # seconds from SIGTERM to exit, at the most
 
 

@@ -20,7 +20,7 @@ the cached principal) are pools of their own (``q:m:key:<key id>``, ``q:d:key:<k
 reserved in the same all-or-nothing step as the account's; the account's tier limits
 still apply, so a key never gets more than its tier. A key's model list narrows the
 tier's. Which tier an account has and which models it may use is ``TierPolicy``
-(``gateway.tier_policy``), the same object ``/v1/models`` asks.
+(``sdk.TierPolicy``), the same object ``/v1/models`` asks.
 
 Model lists are authorisation, not limits: with ``[limits] enabled = false`` the limiter
 is still registered and still refuses a model outside the tier's or the key's list, and
