@@ -31,7 +31,9 @@ What is used, and by whom:
   :func:`status_reason`, for :mod:`gateway.handlers.base`, :mod:`gateway.sse`,
   :mod:`gateway.handlers.openai` and the dashboard. The lean path's
   :class:`gateway.leanhttp.LeanHandler` keeps its state under the same names, so these
-  serve both kinds of handler.
+  serve both kinds of handler. (``gateway/errors.py``'s ``ErrorRenderer`` still reads
+  ``_reason`` and ``_finished`` itself: to move to :func:`status_reason` and
+  :func:`response_finished`.)
 
 Behaviour relied upon without a private name (checked by the test too): Tornado answers
 a malformed request line or header block by writing exactly :data:`BARE_400` to the
