@@ -111,6 +111,7 @@ class Gateway:
         """Start backends, the usage writer and background services."""
         await asyncio.gather(*(b.start() for b in self.backends.values()))
         self.dispatcher.build(self.backends, self.store)
+        await self.dispatcher.start_sharing()
         await self.usage.start()
         for service in self.services:
             await service.start(self)

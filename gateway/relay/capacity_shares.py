@@ -2,8 +2,11 @@
 
 Every process reports its demand for a model (requests holding or waiting for a slot)
 to one document per model (gateway.store.capacity) every ``INTERVAL`` seconds, in the
-background, and takes its share of the slots from everyone's reports: no database
-round trip per request. :func:`split` is the rule, the same in every process:
+background: no database round trip per request. Its target is its share by everyone's
+demand (:func:`shares`, the same rule in every process); it gives slots back down to
+its target (or to what it still runs), and takes more only with a conditional update
+that keeps the total within the capacity, so the processes together never hold more
+slots than the model has. The rule:
 
 - while demand exceeds capacity, slots go in proportion to demand (whole slots, the
   remainders by largest fraction, ties by holder id), each holder with demand getting
@@ -11,10 +14,10 @@ round trip per request. :func:`split` is the rule, the same in every process:
 - slots nobody demands are spread over all holders (so an idle process can start a
   request at once while capacity is free).
 
-A process alone (or whose database does not answer) keeps the whole capacity, or the
-last shares it computed. A holder that stops reporting drops out after ``TTL``. Shares
-lag demand by at most one interval: a process whose share shrank starts nothing new
-until its running requests are under the new share.
+A process alone takes the whole capacity at its first report (before it listens). One
+whose database does not answer keeps the slots it holds (the whole capacity if it never
+reached the database: availability first). A holder that stops reporting is reclaimed
+after ``TTL``. Shares follow demand within an interval or two.
 """
 from __future__ import annotations
 
@@ -63,18 +66,12 @@ def shares(capacity: int, demands: dict[str, int]) -> dict[str, int]:
     return out
 
 
-def replica_slots(capacities: list[int], demands: dict[str, int], me: str) -> list[int]:
-    """My slots on each replica: the holders' shares of the total capacity, laid over
-    the replicas' slots in one order every process computes alike."""
-    total = sum(capacities)
-    mine = shares(total, demands)
-    if me not in mine:
-        return list(capacities)
-    # the slots in order: replica 0's first slot, replica 1's first slot, ...
+def lay(capacities: list[int], start: int, count: int) -> list[int]:
+    """``count`` slots from position ``start`` of the replicas' slots in one order that
+    every process computes alike (replica 0's first slot, replica 1's first, ...)."""
     order = [r for k in range(max(capacities, default=0)) for r, c in enumerate(capacities)
              if k < c]
-    start = sum(mine[h] for h in sorted(mine) if h < me)
     out = [0] * len(capacities)
-    for r in order[start:start + mine[me]]:
+    for r in order[start:start + count]:
         out[r] += 1
     return out

@@ -48,6 +48,8 @@ class Dispatcher:
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._task: asyncio.Task | None = None
         self._store = None
+        self._reported: set[str] = set()        # models whose shares were agreed once
+        self._failing = False
 
     def build(self, backends: dict, store=None) -> None:
         """A queue for each model whose capacity is configured or reported (call after
@@ -74,41 +76,84 @@ class Dispatcher:
 
         if store is not None and self.queues:
             self._store = store
-            self._task = asyncio.ensure_future(self._share())
 
-    async def _share(self) -> None:
-        """Report this process's demand and take its share, every INTERVAL seconds."""
-        failing = False
+    async def start_sharing(self) -> None:
+        """The first round before the gateway listens (at most 2 s), then the loop."""
+        if self._store is None:
+            return
+        for queue in self.queues.values():       # nothing held yet: start from none
+            for replica in range(len(queue.capacity)):
+                queue.capacity[replica] = 0
+        try:
+            await asyncio.wait_for(self.share_round(), 2.0)
+        except TimeoutError:
+            pass
+        for model, queue in self.queues.items():  # never reached the database: all of it
+            if model not in self._reported:
+                for replica, capacity in enumerate(self.capacities[model]):
+                    queue.set_capacity(replica, capacity)
+        self._task = asyncio.ensure_future(self._share_loop())
+
+    async def share_round(self) -> None:
+        """One round for every model: report demand, give back or take slots (see
+        :mod:`gateway.relay.capacity_shares`), and set this process's capacity."""
+        for model, queue in self.queues.items():
+            try:
+                await self._share(model, queue)
+                self._reported.add(model)
+                self._failing = False
+            except Exception as exc:  # noqa: BLE001 - keep what it holds
+                if not self._failing:
+                    log.warning("capacity shares of %s not reported (%s); keeping %s", model,
+                                type(exc).__name__, "the slots held" if model in
+                                self._reported else "the whole capacity")
+                self._failing = True
+
+    async def _share(self, model: str, queue: FairQueue) -> None:
+        store, me = self._store.capacity, self.holder
+        capacities = self.capacities[model]
+        capacity = sum(capacities)
+        view = await store.report(model, me, queue.slots_busy + queue.waiting,
+                                  capacity_shares.TTL)
+        holders = view["holders"]
+        held = holders.get(me, {}).get("slots", 0)
+        target = capacity_shares.shares(capacity, {h: v["demand"]
+                                                   for h, v in holders.items()})[me]
+        keep = max(target, queue.slots_busy)
+        if held > keep:
+            await store.give_back(model, me, held - keep)
+            held = keep
+        elif held < target:
+            want = target - held
+            while want > 0 and not await store.take(model, me, want, capacity):
+                want //= 2
+            held += want
+        holders.setdefault(me, {})["slots"] = held
+        mine = min(held, target)
+        start = sum(holders[h]["slots"] for h in sorted(holders) if h < me)
+        for replica, slots in enumerate(capacity_shares.lay(capacities, start, mine)):
+            if queue.capacity[replica] != slots:
+                queue.set_capacity(replica, slots)
+
+    async def _share_loop(self) -> None:
         while True:
-            for model, queue in self.queues.items():
-                demand = queue.slots_busy + queue.waiting
-                try:
-                    demands = await self._store.capacity.report(
-                        model, self.holder, demand, capacity_shares.TTL)
-                    failing = False
-                except Exception as exc:  # noqa: BLE001 - keep the last shares
-                    if not failing:
-                        log.warning("capacity shares not reported (%s); keeping the last "
-                                    "ones", type(exc).__name__)
-                    failing = True
-                    continue
-                slots = capacity_shares.replica_slots(self.capacities[model], demands,
-                                                      self.holder)
-                for replica, capacity in enumerate(slots):
-                    if queue.capacity[replica] != capacity:
-                        queue.set_capacity(replica, capacity)
             await asyncio.sleep(capacity_shares.INTERVAL)
+            await self.share_round()
 
     async def stop(self) -> None:
-        """Stop sharing; give this process's share back at once."""
+        """Stop sharing; give this process's slots back at once."""
         if self._task is None:
             return
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
-        for model in self.queues:
+        for model, queue in self.queues.items():
             try:
-                await asyncio.wait_for(self._store.capacity.leave(model, self.holder), 1.0)
-            except Exception:  # noqa: BLE001 - it expires anyway
+                view = await asyncio.wait_for(self._store.capacity.report(
+                    model, self.holder, 0, capacity_shares.TTL), 1.0)
+                slots = view["holders"].get(self.holder, {}).get("slots", 0)
+                await asyncio.wait_for(self._store.capacity.leave(model, self.holder, slots),
+                                       1.0)
+            except Exception:  # noqa: BLE001 - reclaimed once expired anyway
                 pass
 
     async def turn(self, queue: FairQueue, req, principal,

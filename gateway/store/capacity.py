@@ -1,10 +1,11 @@
 """Model capacity shared between gateway processes: one document per model.
 
-``{_id: model, holders: {<process id>: {"demand": n, "expires": t}}}``: each process
-writes its demand (requests holding or waiting for a slot) with an expiry, and reads
-everyone's, to take its share of the model's slots (gateway.relay.capacity_shares).
-One document per model, rewritten in place: the collection never grows with requests,
-and a dead process's entry is dropped once it expired.
+``{_id: model, total: n, holders: {<process>: {"slots", "demand", "expires"}}}``. A
+process holds ``slots`` of the model's capacity; ``total`` is their sum, and slots are
+only ever taken with one conditional update that keeps ``total`` within the capacity
+(as quota leases are), so no number of processes can hold more slots than the model
+has. A holder that stopped reporting is reclaimed once expired (again conditionally).
+One document per model, rewritten in place: the collection never grows with requests.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pymongo import ReturnDocument
 
 
 class CapacityShares:
-    """The ``capacity_shares`` collection."""
+    """The ``capacity_shares`` collection (see the module)."""
 
     def __init__(self, db) -> None:
         self.col = db["capacity_shares"]
@@ -22,32 +23,54 @@ class CapacityShares:
     async def init(self) -> None:
         pass                      # addressed by _id only
 
-    async def report(self, model: str, holder: str, demand: int,
-                     ttl: float) -> dict[str, int]:
-        """Write this holder's demand, drop expired holders; every live holder's demand
-        (this one's included). One round trip (plus one for the expired, rarely)."""
+    async def report(self, model: str, holder: str, demand: int, ttl: float) -> dict:
+        """Write this holder's demand and expiry; reclaim expired holders' slots.
+        Returns ``{"total": n, "holders": {h: {"slots", "demand"}}}`` (live holders)."""
         now = datetime.now(UTC)
         doc = await self.col.find_one_and_update(
             {"_id": model},
-            {"$set": {f"holders.{holder}": {"demand": int(demand),
-                                             "expires": now + timedelta(seconds=ttl)}}},
+            {"$set": {f"holders.{holder}.demand": int(demand),
+                      f"holders.{holder}.expires": now + timedelta(seconds=ttl)},
+             "$setOnInsert": {"total": 0}},
             upsert=True, return_document=ReturnDocument.AFTER)
         holders = doc.get("holders") or {}
-        expired = [h for h, v in holders.items() if _expired(v, now)]
-        if expired:
-            await self.col.update_one({"_id": model},
-                                      {"$unset": {f"holders.{h}": "" for h in expired}})
-        return {h: int(v.get("demand", 0)) for h, v in holders.items() if h not in expired}
+        for other, entry in list(holders.items()):
+            if other != holder and _expired(entry, now):
+                res = await self.col.update_one(
+                    {"_id": model, f"holders.{other}.expires": entry.get("expires")},
+                    {"$inc": {"total": -int(entry.get("slots", 0))},
+                     "$unset": {f"holders.{other}": ""}})
+                if res.modified_count:
+                    doc["total"] = doc.get("total", 0) - int(entry.get("slots", 0))
+                del holders[other]
+        return {"total": int(doc.get("total", 0)),
+                "holders": {h: {"slots": int(v.get("slots", 0)),
+                                "demand": int(v.get("demand", 0))}
+                            for h, v in holders.items()}}
 
-    async def leave(self, model: str, holder: str) -> None:
-        """This holder stops (its share goes to the others at their next report)."""
-        await self.col.update_one({"_id": model}, {"$unset": {f"holders.{holder}": ""}})
+    async def take(self, model: str, holder: str, want: int, capacity: int) -> bool:
+        """Take ``want`` more slots if the total stays within ``capacity`` (atomic)."""
+        res = await self.col.update_one(
+            {"_id": model, "total": {"$lte": capacity - want}},
+            {"$inc": {"total": want, f"holders.{holder}.slots": want}})
+        return res.modified_count == 1
+
+    async def give_back(self, model: str, holder: str, count: int) -> None:
+        """Return ``count`` slots."""
+        await self.col.update_one({"_id": model},
+                                  {"$inc": {"total": -count, f"holders.{holder}.slots": -count}})
+
+    async def leave(self, model: str, holder: str, slots: int) -> None:
+        """This holder stops: its slots go back at once."""
+        await self.col.update_one({"_id": model, f"holders.{holder}": {"$exists": True}},
+                                  {"$inc": {"total": -slots},
+                                   "$unset": {f"holders.{holder}": ""}})
 
 
 def _expired(entry: dict, now: datetime) -> bool:
     expires = entry.get("expires")
     if expires is None:
-        return True
+        return False              # mid-creation by its holder
     if expires.tzinfo is None:
         expires = expires.replace(tzinfo=UTC)
     return expires <= now

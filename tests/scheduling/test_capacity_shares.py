@@ -1,11 +1,11 @@
 """The rule that splits a model's slots between gateway processes."""
-from gateway.relay.capacity_shares import replica_slots, shares
+from gateway.relay.capacity_shares import lay, shares
 
 
 def test_alone_a_process_has_every_slot():
     assert shares(8, {"a": 0}) == {"a": 8}
     assert shares(8, {"a": 50}) == {"a": 8}
-    assert replica_slots([4, 4], {"a": 3}, "a") == [4, 4]
+    assert lay([4, 4], 0, 8) == [4, 4]
 
 
 def test_under_backlog_slots_follow_demand_and_sum_to_capacity():
@@ -22,7 +22,6 @@ def test_spare_slots_are_spread_so_an_idle_process_can_start_at_once():
 
 
 def test_processes_get_disjoint_slots_on_the_replicas():
-    demands = {"a": 10, "b": 10}
-    a = replica_slots([2, 2], demands, "a")
-    b = replica_slots([2, 2], demands, "b")
-    assert [x + y for x, y in zip(a, b)] == [2, 2] and sum(a) == sum(b) == 2
+    a, b = lay([2, 2], 0, 2), lay([2, 2], 2, 2)
+    assert [x + y for x, y in zip(a, b)] == [2, 2] and a == b == [1, 1]
+    assert lay([3, 1], 0, 3) == [2, 1] and lay([3, 1], 3, 1) == [1, 0]

@@ -160,3 +160,29 @@ def test_nothing_waits_forever_and_an_account_cannot_flood_the_queue(gw):
     assert int(results[0][2]) >= 1
     assert time.monotonic() - started < 10
     t.join(30)
+
+
+def test_two_gateways_share_the_model_slots(standin, mongo, tmp_path):
+    """Two gateway processes with one database: together they send the model at most its
+    max_concurrency, each taking a share by its demand (no per-request round trip)."""
+    from tests.helpers import start_gateway
+    sections = {"models": [{"name": MODEL, "backend": "openai_compatible",
+                            "max_concurrency": 2, "options": {"base_url": standin + "/v1"}}],
+                "queue": {"keepalive": 0.5, "max_wait": 30.0}}
+    a = start_gateway(tmp_path / "a", mongo.uri, sections, db_name="shared_slots")
+    b = start_gateway(tmp_path / "b", mongo.uri, sections, db_name="shared_slots")
+    try:
+        key = a.create_key()
+        time.sleep(1.0)                               # both have reported once
+        threads = [hold(gw, key, tokens=20) for gw in (a, b) for _ in range(3)]
+        running = []
+        while any(t.is_alive() for t in threads):
+            running.append(httpx.get(standin + "/stats", timeout=10).json()["running"])
+            time.sleep(0.05)
+        for t in threads:
+            t.join(30)
+        assert max(running) <= 2                      # the model's capacity, not 2 x 2
+        assert running.count(2) > len(running) // 3   # and it is used
+    finally:
+        a.stop()
+        b.stop()
