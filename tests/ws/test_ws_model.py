@@ -3,6 +3,7 @@ import asyncio
 import os
 import time
 
+import httpx
 import pytest
 
 from tests.ws.client import Client, run, text_of
@@ -35,7 +36,9 @@ async def cpu_share(pid: int, seconds: float, work=None) -> float:
 def test_streaming_and_cancel_with_the_real_model(gateway):
     email = "ws-model@example.com"
     key = gateway.create_key(email)
-    pid = gateway.proc.pid
+    # the process that runs the model: its model worker (never the gateway itself)
+    pid = httpx.get(gateway.url + "/readyz", timeout=10).json()["backends"][
+        "smollm2-135m"]["pid"]
 
     async def go():
         c = await Client.connect(gateway, key)
@@ -49,8 +52,8 @@ def test_streaming_and_cancel_with_the_real_model(gateway):
         assert done["usage"]["prompt_tokens"] > 5 and done["usage"]["estimated"] is False
 
         # A long generation (this prompt and seed run to max_tokens), cancelled after a
-        # while: the model stops working at once. Evidence: the gateway's CPU use while it
-        # generates, against its CPU use after the cancel (a ratio, so a busy machine
+        # while: the model stops working at once. Evidence: the model worker's CPU use while
+        # it generates, against its CPU use after the cancel (a ratio, so a busy machine
         # slows both alike).
         await c.send({"type": "chat", "id": "long", "body": {
             "model": "smollm2-135m", "max_tokens": 1500, "temperature": 0.8, "seed": 1,
@@ -71,7 +74,7 @@ def test_streaming_and_cancel_with_the_real_model(gateway):
         assert seen <= cancelled["usage"]["completion_tokens"] < 1500
         await asyncio.sleep(0.5)
         after = await cpu_share(pid, 1.5)
-        print(f"\n[ws cancel] gateway CPU while generating {during:.2f} cores, "
+        print(f"\n[ws cancel] model worker CPU while generating {during:.2f} cores, "
               f"after cancel {after:.2f} cores")
         assert after < during / 3
 
