@@ -12,7 +12,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat setup.cfg Makefile | sha1sum | cut -c1-12)
 
-.PHONY: run test bench install install-test browser
+.PHONY: run test lint bench install install-test browser
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,9 @@ browser:
 
 run: install
 	$(VENV)/bin/allyoucantoken serve
+
+lint: install
+	$(VENV)/bin/ruff check .
 
 test: install browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)

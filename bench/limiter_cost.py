@@ -21,12 +21,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.soak import METERED  # noqa: E402
-from gateway import embedded_db  # noqa: E402
-from gateway.config import from_dict  # noqa: E402
-from gateway.store import Store  # noqa: E402
-from gateway.types import GenerationRequest, Principal, Usage  # noqa: E402
-from plugins.limits.tiers import TierLimiter  # noqa: E402
+from bench.soak import METERED
+from gateway import embedded_db
+from gateway.config import from_dict
+from gateway.store import Store
+from gateway.types import GenerationRequest, Principal, Usage
+from plugins.limits.tiers import TierLimiter
 
 BODY = {"model": "fake", "messages": [{"role": "user", "content": "soak benchmark prompt"}]}
 

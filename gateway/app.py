@@ -180,7 +180,7 @@ def serve_workers(config: Config, workers: int) -> int:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     signal.signal(sig, signal.SIG_DFL)
                 asyncio.run(serve(config, worker=index, workers=workers))
-            except BaseException:  # noqa: BLE001 - report and leave with an error code
+            except BaseException:
                 log.exception("worker %d failed", index)
                 code = 1
             finally:

@@ -203,7 +203,7 @@ async def _settle(granted, usage: Usage, outcome: str) -> None:
     for limiter, adm in granted:
         try:
             await limiter.settle(adm, usage, outcome)
-        except Exception:  # noqa: BLE001 - a failing settle must not hide the response
+        except Exception:
             log.exception("limiter %s failed to settle", getattr(limiter, "name", limiter))
 
 
@@ -351,7 +351,7 @@ class Generation:
             status, error_code, outcome = exc.status, exc.code or "backend_error", "error"
             metrics.BACKEND_ERRORS.labels(model, str(exc.status)).inc()
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any backend failure is a 502 to the client
             status, error_code, outcome = 502, "backend_error", "error"
             metrics.BACKEND_ERRORS.labels(model, "502").inc()
             log.error("backend %s failed: %s", model, type(exc).__name__)

@@ -122,7 +122,7 @@ class UsageRecorder:
         if self.observers and _implemented(self.observers):
             try:
                 self.observers(event=dict(event))
-            except Exception:  # noqa: BLE001 - an observer plugin must not break requests
+            except Exception:
                 log.exception("on_usage hook failed")
 
     async def start(self) -> None:

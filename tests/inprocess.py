@@ -85,7 +85,7 @@ class InProcessGateway:
             try:
                 with asyncio.Runner(loop_factory=self._new_loop) as runner:
                     runner.run(serve(config, ready=ready))
-            except BaseException as exc:  # noqa: BLE001 - reported to start() / stop()
+            except BaseException as exc:
                 self._error = exc
             finally:
                 self._ready.set()

@@ -5,7 +5,6 @@ gateway (``tests/plugins/witness.py``, in-process: tests.inprocess)."""
 from __future__ import annotations
 
 import pkgutil
-import time
 
 import httpx
 

@@ -150,7 +150,7 @@ class EmbeddingsHandler(BaseAPIHandler):
         for limiter, adm in gen.admissions:
             try:
                 await limiter.settle(adm, usage, outcome)
-            except Exception:  # noqa: BLE001 - a failing settle must not hide the response
+            except Exception:
                 log.exception("limiter %s failed to settle", getattr(limiter, "name", limiter))
         metrics.TOKENS.labels(req.model, "in").inc(usage.prompt_tokens)
         gen.usage = Usage(usage.prompt_tokens, 0, usage.estimated)

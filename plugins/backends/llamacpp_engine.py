@@ -102,7 +102,7 @@ class _Logprobs:
         def one(raw: bytes, logprob: float) -> dict:
             return {"token": raw.decode("utf-8", "replace"), "logprob": logprob,
                     "bytes": list(raw)}
-        return {"content": [{**one(raw, lp), "top_logprobs": [one(r, l) for r, l in alts]}
+        return {"content": [{**one(raw, lp), "top_logprobs": [one(r, p) for r, p in alts]}
                             for raw, lp, alts in entries], "refusal": None}
 
     @staticmethod
@@ -114,7 +114,7 @@ class _Logprobs:
             offset += len(tokens[-1])
         return {"tokens": tokens, "text_offset": offsets,
                 "token_logprobs": [lp for _, lp, _ in entries],
-                "top_logprobs": [{r.decode("utf-8", "replace"): l for r, l in alts}
+                "top_logprobs": [{r.decode("utf-8", "replace"): p for r, p in alts}
                                  for _, _, alts in entries]}
 
 

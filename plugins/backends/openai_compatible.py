@@ -176,7 +176,7 @@ class OpenAICompatibleBackend(sdk.Backend):
             await asyncio.sleep(self.health_interval)
             try:
                 await self._check_all()
-            except Exception:  # noqa: BLE001 - the loop must survive anything
+            except Exception:
                 log.exception("health check of %s failed", self.name)
 
     async def _check_all(self) -> None:

@@ -57,7 +57,7 @@ class FairUseMonitor(sdk.Service):
             await asyncio.sleep(self.cfg.check_interval)
             try:
                 await self.check()
-            except Exception:  # noqa: BLE001 - try again next round
+            except Exception:
                 log.exception("fair-use check failed")
 
     def verdict(self, totals: dict) -> str | None:

@@ -54,5 +54,5 @@ def test_bad_smtp_config_fails_at_start_with_a_clear_message(mongo, tmp_path, sm
     sections["smtp"] = {"host": "127.0.0.1", **smtp}
     with pytest.raises(RuntimeError) as info:
         start_gateway(tmp_path, mongo.uri, sections, timeout=30)
-    assert f"configuration error: " in str(info.value) and message in str(info.value)
+    assert "configuration error: " in str(info.value) and message in str(info.value)
     assert "Traceback" not in str(info.value)

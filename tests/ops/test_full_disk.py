@@ -141,8 +141,8 @@ def test_a_full_disk_holds_usage_in_memory_says_so_and_loses_none(tmpfs, tmp_pat
         gw = start_gateway(tmp_path / "gw", db.uri, config, db_name=gw.db_name)
         wait_until(lambda: daily(gw) == 60, 15, what="the spool replayed")
         assert daily(gw, "status_2xx") == 60
-        print(f"full disk: 60 of 60 requests counted (before: 10 of 40, a traceback and a "
-              f"stale .tmp)")
+        print("full disk: 60 of 60 requests counted (before: 10 of 40, a traceback and a "
+              "stale .tmp)")
     finally:
         gw.stop()
         db.stop()

@@ -19,7 +19,7 @@ class RawSocket:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.connect((url.hostname, url.port))
         key = base64.b64encode(os.urandom(16)).decode()
-        lines = [f"GET /v1/chat/ws HTTP/1.1", f"Host: {url.netloc}", "Upgrade: websocket",
+        lines = ["GET /v1/chat/ws HTTP/1.1", f"Host: {url.netloc}", "Upgrade: websocket",
                  "Connection: Upgrade", f"Sec-WebSocket-Key: {key}",
                  "Sec-WebSocket-Version: 13"]
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
