@@ -32,7 +32,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway import embedded_db  # noqa: E402
+from gateway.store import embedded_db  # noqa: E402
 from tests.helpers import (free_port, start_gateway, start_process,  # noqa: E402
                            stop_process)
 

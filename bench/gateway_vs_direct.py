@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.helpers import (db_commands, free_port, start_gateway,  # noqa: E402
                            start_process, stop_process)
-from gateway import embedded_db  # noqa: E402
+from gateway.store import embedded_db  # noqa: E402
 
 BODY = {"model": "fake", "stream": True,
         "messages": [{"role": "user", "content": "benchmark prompt"}]}

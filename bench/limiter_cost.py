@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.soak import METERED
-from gateway import embedded_db
+from gateway.store import embedded_db
 from gateway.config import from_dict
 from gateway.store import Store
 from gateway.types import GenerationRequest, Principal, Usage

@@ -27,7 +27,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway import embedded_db  # noqa: E402
+from gateway.store import embedded_db  # noqa: E402
 from tests.helpers import start_gateway  # noqa: E402
 
 MODELS = [{"name": "worker", "backend": "llamacpp"},

@@ -31,7 +31,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway import embedded_db  # noqa: E402
+from gateway.store import embedded_db  # noqa: E402
 from tests.helpers import (db_commands, db_run, free_port, start_gateway,  # noqa: E402
                            start_process, stop_process)
 

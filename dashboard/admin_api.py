@@ -13,7 +13,7 @@ from dashboard.pages_admin import (PAGE_SIZE, action_for_status, apply_action, a
                                    change_email)
 from dashboard.usage_view import FIELDS
 from dashboard.web import PageError
-from gateway import validation
+from gateway.relay import validation
 from gateway.errors import APIError
 from gateway.handlers.base import BaseAPIHandler
 from gateway.store.accounts import STATUSES

@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 
 from dashboard.chart import palette, stacked_bars
 from dashboard.web import DashboardHandler
-from gateway import metrics
+from gateway.obs import metrics
 from gateway.store.usage import TTFT_BUCKETS_MS
 
 TOP = 10

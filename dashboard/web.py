@@ -14,9 +14,9 @@ import tornado.web
 from dashboard.config import DashboardConfig
 from dashboard.deferred import TimeFloor
 from dashboard.throttle import LoginThrottle
-from gateway import tornado_compat
+from gateway.http import tornado_compat
 from gateway.errors import APIError, ErrorRenderer, internal_error
-from gateway.net import client_ip
+from gateway.http.net import client_ip
 from plugins.auth.session import SAFE_METHODS, SessionAuthenticator, cookie_name, is_secure
 
 log = logging.getLogger("allyoucantoken.dashboard")

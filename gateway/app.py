@@ -10,12 +10,25 @@ import ssl
 import tornado.httpserver
 import tornado.web
 
-from gateway import accesslog, datadir, drain, embedded_db, httpguard, leanhttp, requestid
+from gateway import datadir
+
+from gateway.http import accesslog
+
+from gateway.http import drain
+
+from gateway.store import embedded_db
+
+from gateway.http import guard as httpguard
+
+from gateway.http import lean as leanhttp
+
+from gateway.http import requestid
 from gateway import model_workers
+from gateway.children import die_with_parent
 from gateway.config import Config
 from gateway.handlers import embeddings, ops, openai, ws
 from gateway.handlers.base import NotFoundHandler
-from gateway.plugins import get_plugin_manager
+from gateway.plugin_manager import get_plugin_manager
 from gateway.runtime import Gateway
 from gateway.store import Store
 
@@ -174,7 +187,7 @@ def serve_workers(config: Config, workers: int) -> int:
                 os.setpgid(0, 0)
                 # Die with the parent, even when it is SIGKILLed: a worker left behind
                 # keeps the port with no database and answers 503.
-                embedded_db._die_with_parent()
+                die_with_parent()
                 if os.getppid() != parent:
                     os._exit(1)
                 for sig in (signal.SIGTERM, signal.SIGINT):

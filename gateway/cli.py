@@ -10,9 +10,9 @@ import socket
 import sys
 
 from gateway import config as config_mod
-from gateway import embedded_db
+from gateway.store import embedded_db
 from gateway import model_workers
-from gateway import logredact
+from gateway.obs import logredact
 
 KEY_CACHE_TTL = 2.0   # the api_key plugin's default [auth] key_cache_ttl (tests/test_sdk.py)
 
@@ -25,7 +25,7 @@ def _config(ns) -> config_mod.Config:
 
 
 def _setup_logging(level: str, log_format: str = "text") -> None:
-    from gateway import logformat
+    from gateway.obs import logformat
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
                         format=logformat.TEXT_FORMAT)
     for handler in logging.getLogger().handlers:
@@ -139,7 +139,7 @@ def _add_plugin_commands(sub, argv: list[str] | None) -> None:
                 return
             break
         i += 1
-    from gateway.plugins import get_plugin_manager
+    from gateway.plugin_manager import get_plugin_manager
     try:
         cfg = config_mod.load(config_path or os.environ.get("ALLYOUCANTOKEN_CONFIG"))
         modules, disabled = cfg.plugins.modules, cfg.plugins.disabled

@@ -34,13 +34,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from gateway import children
+
 log = logging.getLogger("allyoucantoken.workers")
 
 STARTING, UP, RESTARTING, STOPPED = 0, 1, 2, 3
 STATE_NAMES = {STARTING: "starting", UP: "up", RESTARTING: "restarting", STOPPED: "stopped"}
 BACKOFF_FIRST, BACKOFF_MAX, STABLE_AFTER = 0.5, 30.0, 60.0
 TOKEN_ENV = "AYCT_WORKER_TOKEN"
-PR_SET_PDEATHSIG = 1
 
 _PAGE = mmap.mmap(-1, mmap.PAGESIZE)     # shared with forked gateway processes
 _cells = 0
@@ -61,16 +62,6 @@ class WorkerSpec:
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
     start_timeout: float = 300.0
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: the kernel signals it when the thread that started it
-    (a supervisor thread, alive as long as the gateway) dies, even by SIGKILL."""
-    try:
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
 
 
 def _describe(code: int) -> str:
@@ -138,7 +129,7 @@ class ModelWorker:
         fd = self.sock.fileno()
         return subprocess.Popen([*self.spec.argv, "--fd", str(fd)], stdout=subprocess.PIPE,
                                 stdin=subprocess.DEVNULL, env=env, pass_fds=(fd,),
-                                preexec_fn=_die_with_parent)
+                                preexec_fn=children.die_with_parent_by_sigkill)
 
     def _wait_ready(self, proc: subprocess.Popen) -> bool:
         """True once the worker printed READY; False if it exited first."""

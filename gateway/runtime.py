@@ -10,9 +10,9 @@ from typing import Any
 from gateway.config import Config, ConfigError
 from gateway.errors import APIError
 from gateway.relay.dispatch import Dispatcher
-from gateway.tier_policy import TierPolicy
+from gateway.relay.tier_policy import TierPolicy
 from gateway.types import Principal
-from gateway.usage import UsageRecorder
+from gateway.relay.usage_recorder import UsageRecorder
 
 log = logging.getLogger("allyoucantoken")
 

@@ -71,20 +71,21 @@ import importlib
 from typing import TYPE_CHECKING, Any, AsyncIterator, Protocol, runtime_checkable
 
 from gateway.background import WarnOnce, stop_task
-from gateway.chunks import choice_text, parse_event, usage_of
+from gateway.relay.chunks import choice_text, parse_event, usage_of
 from gateway.config import Config, ConfigError, ModelConfig, TierConfig, build_section
 from gateway.errors import APIError, internal_error
 from gateway.hookspecs import hookimpl
-from gateway.net import client_ip, in_networks
-from gateway.sse import ChunkEncoder
+from gateway.http.net import client_ip, in_networks
+from gateway.http.sse import ChunkEncoder
 from gateway.types import Admission, Chunk, GenerationRequest, Principal, Usage
 
 if TYPE_CHECKING:   # loaded lazily at run time (see _LAZY)
-    from gateway import metrics, model_workers as workers
+    from gateway import model_workers as workers
+    from gateway.obs import metrics
     from gateway.store import StoreError
     from gateway.store.keys import KEY_LIMITS, KEY_PREFIX, hash_key
-    from gateway.streaming import estimate_prompt_tokens
-    from gateway.tier_policy import TierPolicy
+    from gateway.relay.streaming import estimate_prompt_tokens
+    from gateway.relay.tier_policy import TierPolicy
 
 __all__ = ["Admission", "APIError", "Authenticator", "AuthenticatorProtocol", "Backend",
            "BackendProtocol", "Chunk", "ChunkEncoder", "Config", "ConfigError",
@@ -97,14 +98,14 @@ __all__ = ["Admission", "APIError", "Authenticator", "AuthenticatorProtocol", "B
 
 # name -> (module, attribute or None for the module itself), imported on first use
 _LAZY: dict[str, tuple[str, str | None]] = {
-    "metrics": ("gateway.metrics", None),
+    "metrics": ("gateway.obs.metrics", None),
     "workers": ("gateway.model_workers", None),
     "StoreError": ("gateway.store", "StoreError"),
     "KEY_LIMITS": ("gateway.store.keys", "KEY_LIMITS"),
     "KEY_PREFIX": ("gateway.store.keys", "KEY_PREFIX"),
     "hash_key": ("gateway.store.keys", "hash_key"),
-    "estimate_prompt_tokens": ("gateway.streaming", "estimate_prompt_tokens"),
-    "TierPolicy": ("gateway.tier_policy", "TierPolicy"),
+    "estimate_prompt_tokens": ("gateway.relay.streaming", "estimate_prompt_tokens"),
+    "TierPolicy": ("gateway.relay.tier_policy", "TierPolicy"),
 }
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway import embedded_db
+from gateway.store import embedded_db
 from tests.helpers import free_port, start_gateway, start_process, stop_process
 
 

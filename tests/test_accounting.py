@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 
-from gateway import embedded_db
+from gateway.store import embedded_db
 from tests.db_proxy import DelayProxy
 from tests.helpers import db_commands, db_run, free_port, start_gateway, wait_until
 

@@ -1,4 +1,4 @@
-"""The one chunk parser every backend shares (gateway/chunks.py, ``sdk.parse_event``)."""
+"""The one chunk parser every backend shares (gateway/relay/chunks.py, ``sdk.parse_event``)."""
 from __future__ import annotations
 
 from types import SimpleNamespace as NS

@@ -1,5 +1,5 @@
 """The private internals of Tornado and mongoeco that the gateway uses are still there and
-still behave as :mod:`gateway.tornado_compat` and :mod:`gateway.mongoeco_compat` say.
+still behave as :mod:`gateway.http.tornado_compat` and :mod:`gateway.store.mongoeco_compat` say.
 
 Each failure names the internal, the installed version and the tested one (the cap in
 setup.cfg). Tornado's are exercised through the compat module over real sockets: a
@@ -26,8 +26,10 @@ from tornado.http1connection import HTTP1Connection
 from tornado.iostream import IOStream
 from tornado.websocket import WebSocketProtocol13
 
-from gateway import mongoeco_compat, tornado_compat
-from gateway.tornado_compat import (BARE_400, HTTP1ConnectionHooks, SmallQueue,
+from gateway.store import mongoeco_compat
+
+from gateway.http import tornado_compat
+from gateway.http.tornado_compat import (BARE_400, HTTP1ConnectionHooks, SmallQueue,
                                     WebSocketProtocol13Hooks)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,17 +38,17 @@ ROOT = Path(__file__).resolve().parent.parent
 def tornado_broke(internal: str, what: str) -> str:
     tested = tornado_compat.tested_version()
     return (f"TORNADO INTERNAL CHANGED: `{internal}` {what}. Installed Tornado "
-            f"{tornado.version}; gateway/tornado_compat.py was written against Tornado "
-            f"{tested} (setup.cfg caps it at {tested}.x). Adapt gateway/tornado_compat.py "
+            f"{tornado.version}; gateway/http/tornado_compat.py was written against Tornado "
+            f"{tested} (setup.cfg caps it at {tested}.x). Adapt gateway/http/tornado_compat.py "
             f"before raising the cap.")
 
 
 def mongoeco_broke(internal: str, what: str) -> str:
     tested = mongoeco_compat.tested_version()
     return (f"MONGOECO INTERNAL CHANGED: `{internal}` {what}. Installed mongoeco "
-            f"{mongoeco.__version__}; gateway/mongoeco_compat.py was written against "
+            f"{mongoeco.__version__}; gateway/store/mongoeco_compat.py was written against "
             f"mongoeco {tested} (setup.cfg caps it at {tested}.x). Adapt "
-            f"gateway/mongoeco_compat.py before raising the cap.")
+            f"gateway/store/mongoeco_compat.py before raising the cap.")
 
 
 # -- versions and caps ------------------------------------------------------------------
@@ -121,7 +123,7 @@ def test_header_maps_are_what_http_headers_reads():
         "HTTPHeaders._as_list", f"holds {as_list!r}")
     assert "X-A" not in combined and headers["X-A"] == "1,2" and combined["X-A"] == "1,2", \
         tornado_broke("HTTPHeaders._combined_cache", f"holds {combined!r}")
-    # Filled directly, as gateway.headerparse.parse_headers does: a working HTTPHeaders.
+    # Filled directly, as gateway.http.headerparse.parse_headers does: a working HTTPHeaders.
     built = tornado_compat.RequestHeaders()
     as_list, combined = tornado_compat.header_maps(built)
     as_list.update({"Host": ["h"], "X-B": ["1", "2"]})
@@ -312,7 +314,7 @@ def test_parse_headers_chunked_body_and_body_hooks_are_called_by_tornado():
     fixed, chunk, deliver = probe.seen[:3]
     assert fixed["class"] is HTTP1Connection, tornado_broke(
         "HTTPServer", f"makes {fixed['class']} connections, not HTTP1Connection "
-        "(gateway.headerparse.speed_up swaps their class)")
+        "(gateway.http.headerparse.speed_up swaps their class)")
     calls, chunk_calls = probe.connections[0].calls, probe.connections[1].calls
     header_block = len(request_1) - len(body)
     assert ("parse_headers", header_block) in calls, tornado_broke(
@@ -378,7 +380,7 @@ def test_a_malformed_request_is_answered_with_the_bare_400():
     asyncio.run(serve_probe(client))
     assert results == [BARE_400], tornado_broke(
         "HTTP1Connection (bad request)", f"answers {results!r}, not {BARE_400!r} "
-        "(gateway.httpguard gives that exact write a JSON body)")
+        "(gateway.http.guard gives that exact write a JSON body)")
 
 
 # -- WebSocket --------------------------------------------------------------------------
@@ -608,7 +610,7 @@ def test_the_embedded_database_applies_the_patch(tmp_path):
     import subprocess
     import sys
     proc = subprocess.run(
-        [sys.executable, "-c", "import sys; from gateway import embedded_db, "
+        [sys.executable, "-c", "import sys; from gateway.store import embedded_db, "
          "mongoeco_compat as m; embedded_db._skip_payload_id_scan(); "
          "from mongoeco.engines.sqlite import SQLiteEngine as S; "
          "print(getattr(S._validate_document_against_unique_indexes, '_ayct_patched', 0))"],
@@ -628,7 +630,7 @@ def test_an_unpatchable_mongoeco_is_reported_not_broken(monkeypatch, capsys):
     def no_keyword(self, db_name, coll_name, candidate):
         return None
     monkeypatch.setattr(MemoryEngine, "_ensure_unique_indexes", no_keyword)
-    from gateway import embedded_db
+    from gateway.store import embedded_db
     embedded_db._skip_payload_id_scan()
     assert MemoryEngine._ensure_unique_indexes is no_keyword
     err = capsys.readouterr().err
@@ -637,6 +639,6 @@ def test_an_unpatchable_mongoeco_is_reported_not_broken(monkeypatch, capsys):
 
 
 def test_io_stream_class_is_what_the_guard_checks():
-    """gateway.httpguard leaves streams whose class has its own set_nodelay alone."""
+    """gateway.http.guard leaves streams whose class has its own set_nodelay alone."""
     assert "set_nodelay" in vars(IOStream), tornado_broke("IOStream.set_nodelay",
                                                           "is no longer defined by IOStream")

@@ -7,7 +7,7 @@ import time
 import httpx
 import pytest
 
-from gateway import embedded_db
+from gateway.store import embedded_db
 from tests.helpers import db_run, free_port, start_gateway
 
 BODY = {"model": "echo", "messages": [{"role": "user", "content": "outage test"}]}

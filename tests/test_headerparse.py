@@ -1,4 +1,4 @@
-"""gateway.headerparse gives exactly what Tornado's header parser gives, or leaves the
+"""gateway.http.headerparse gives exactly what Tornado's header parser gives, or leaves the
 block to it (which then accepts or refuses it as before)."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from tornado import httputil
 from tornado.http1connection import HTTP1Connection
 
-from gateway.headerparse import FastHeaderConnection, parse_headers, speed_up
+from gateway.http.headerparse import FastHeaderConnection, parse_headers, speed_up
 
 
 def tornado_parse(data: bytes):

@@ -16,7 +16,7 @@ fails on
 - a plugin importing any core module but the SDK, ``gateway.sdk`` (issue 21): the
   built-ins use the boundary third-party plugins get, so what they do, any plugin can.
 
-Dynamic imports by name (``DEFAULT_PLUGINS`` in ``gateway/plugins.py``) are not import
+Dynamic imports by name (``DEFAULT_PLUGINS`` in ``gateway/plugin_manager.py``) are not import
 statements: the plugin manager loads plugins that way, which is the point of it.
 """
 from __future__ import annotations
@@ -196,7 +196,7 @@ def test_the_sdk_rule_flags_any_other_core_import(tmp_path):
                       "from gateway import metrics\n"                  # 5
                       "import gateway\n"                               # 6
                       "def f():\n"
-                      "    import gateway.streaming as streaming\n"    # 8
+                      "    import gateway.relay.streaming as streaming\n"    # 8
                       "    return sdk.workers, streaming.Generation\n"  # 9: 8's module
                       "from dashboard import web\n")                   # 10: another rule
     found = core_imports_besides_the_sdk("plugins.sample", sample)

@@ -1,7 +1,7 @@
 """The lean path and the Tornado handlers answer the same requests the same way.
 
 ``POST /v1/chat/completions`` and ``/v1/completions`` take the lean path
-(:mod:`gateway.leanhttp`); the same routes are served by the Tornado application's
+(:mod:`gateway.http.lean`); the same routes are served by the Tornado application's
 handlers (:class:`gateway.handlers.openai.GenerationHandler`) when the request guard has
 no lean router, which is how these tests force it (``RequestGuard.lean = None`` on a
 running gateway). Each request is sent both ways, over real HTTP/1.1 on loopback, to one
@@ -19,7 +19,7 @@ import urllib.parse
 
 import pytest
 
-from gateway import leanhttp
+from gateway.http import lean as leanhttp
 from gateway.handlers import openai
 
 ECHO = {"plugins": {"modules": ["tests.plugins.echo_backend"]},

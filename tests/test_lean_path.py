@@ -1,4 +1,4 @@
-"""The lean path (gateway.leanhttp): POST /v1/chat/completions and /v1/completions served
+"""The lean path (gateway.http.lean): POST /v1/chat/completions and /v1/completions served
 without Tornado's web layer answer as the Tornado handlers do (headers, request ids,
 errors), against an in-process gateway (tests.inprocess) with the echo backend."""
 import json
@@ -7,7 +7,7 @@ import logging
 import httpx
 import pytest
 
-from gateway import leanhttp
+from gateway.http import lean as leanhttp
 from gateway.handlers import openai
 
 ECHO = {"plugins": {"modules": ["tests.plugins.echo_backend"]},

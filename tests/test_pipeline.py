@@ -1,4 +1,4 @@
-"""The shared request pipeline (gateway.pipeline) and error renderer (gateway.errors),
+"""The shared request pipeline (gateway.relay.pipeline) and error renderer (gateway.errors),
 unit by unit: what every transport relies on, without a gateway process."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import tornado.web
 
 from gateway import sdk
 from gateway.errors import APIError, ErrorRenderer, error_message
-from gateway.pipeline import RequestPipeline
+from gateway.relay.pipeline import RequestPipeline
 
 
 class _Backend:

@@ -8,7 +8,7 @@ import pkgutil
 
 import httpx
 
-from gateway.plugins import get_plugin_manager
+from gateway.plugin_manager import get_plugin_manager
 from tests import plugins as test_plugins
 from tests.plugins import witness as witness_plugin
 from tests.docs import read_doc

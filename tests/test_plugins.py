@@ -4,7 +4,7 @@ documents each one, tests/test_sdk.py runs its example backend)."""
 import openai
 
 from gateway import hookspecs
-from gateway.plugins import DEFAULT_PLUGINS, get_plugin_manager
+from gateway.plugin_manager import DEFAULT_PLUGINS, get_plugin_manager
 
 
 def test_plugin_backend_from_a_test_module_streams(inprocess_gw):

@@ -10,7 +10,9 @@ from pathlib import Path
 import openai
 import pytest
 
-from gateway import sdk, streaming
+from gateway import sdk
+
+from gateway.relay import streaming
 from gateway.config import ModelConfig
 from tests.docs import code_blocks
 from tests.helpers import env, write_config
@@ -290,7 +292,7 @@ def test_auth_and_fair_use_are_plugin_sections_with_the_same_keys(tmp_path):
     overrides, and a misspelt key still stops the gateway at start."""
     from gateway import cli
     from gateway import config as config_mod
-    from gateway.plugins import get_plugin_manager
+    from gateway.plugin_manager import get_plugin_manager
     from plugins.auth.api_key import AuthConfig
     from plugins.limits.fair_use import FairUseConfig
 

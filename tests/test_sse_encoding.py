@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from gateway.sse import ChunkEncoder
+from gateway.http.sse import ChunkEncoder
 from gateway.types import Chunk, Usage
 
 TEXTS = ["plain", 'quote " and \\ backslash', "line\nbreak\ttab", "ünïcödé ✓ 🌟", "", "\x00\x1f"]

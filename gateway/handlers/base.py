@@ -11,10 +11,10 @@ import tornado
 import tornado.web
 from tornado import httputil
 
-from gateway import tornado_compat
+from gateway.http import tornado_compat
 from gateway.background import WarnOnce
 from gateway.errors import APIError, ErrorRenderer
-from gateway.net import client_ip
+from gateway.http.net import client_ip
 from gateway.store import StoreError
 from gateway.types import Principal
 
@@ -39,7 +39,7 @@ class APIRequestMixin(ErrorRenderer):
     (a database outage is a 503), auth, body size, client address. Needs ``gateway``,
     ``request`` and the handler methods ``ErrorRenderer`` uses (``set_status``,
     ``set_header``, ``finish``...): a Tornado ``RequestHandler``
-    (:class:`BaseAPIHandler`) or the lean path's :class:`gateway.leanhttp.LeanHandler`."""
+    (:class:`BaseAPIHandler`) or the lean path's :class:`gateway.http.lean.LeanHandler`."""
 
     def write_json(self, data: Any, status: int = 200) -> None:
         self.set_status(status)

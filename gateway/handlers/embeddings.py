@@ -21,11 +21,11 @@ import secrets
 
 import numpy as np
 
-from gateway import metrics
+from gateway.obs import metrics
 from gateway.errors import APIError
 from gateway.handlers.base import BaseAPIHandler
-from gateway.pipeline import RequestPipeline
-from gateway.streaming import estimate_prompt_tokens
+from gateway.relay.pipeline import RequestPipeline
+from gateway.relay.streaming import estimate_prompt_tokens
 from gateway.types import GenerationRequest, Usage
 
 log = logging.getLogger("allyoucantoken.embeddings")
@@ -99,7 +99,7 @@ class EmbeddingsHandler(BaseAPIHandler):
     ``embeddings`` runs as a task a disconnect cancels (the relay then closes its
     connection to the backend, and a model worker stops between batches); limits settle
     and usage is
-    recorded through the request's :class:`gateway.streaming.Generation`."""
+    recorded through the request's :class:`gateway.relay.streaming.Generation`."""
 
     def on_finish(self) -> None:
         pipeline = getattr(self, "pipeline", None)   # the model, once the body is valid

@@ -7,13 +7,17 @@ import time
 from tornado import httputil
 from tornado.iostream import StreamClosedError
 
-from gateway import drain, metrics, tornado_compat
+from gateway.http import drain
+
+from gateway.obs import metrics
+
+from gateway.http import tornado_compat
 from gateway.errors import APIError
 from gateway.handlers.base import BaseAPIHandler
-from gateway.leanhttp import LeanHandler
-from gateway.pipeline import RequestPipeline
-from gateway.sse import ChunkEncoder, Flusher
-from gateway.streaming import Accumulator, ClientGone, Generation
+from gateway.http.lean import LeanHandler
+from gateway.relay.pipeline import RequestPipeline
+from gateway.http.sse import ChunkEncoder, Flusher
+from gateway.relay.streaming import Accumulator, ClientGone, Generation
 from gateway.types import Chunk
 
 
@@ -47,10 +51,10 @@ class ModelsHandler(BaseAPIHandler):
 class GenerationService:
     """POST a chat or text completion; streams SSE when ``stream`` is true.
 
-    The body goes through :class:`gateway.pipeline.RequestPipeline` (validate, build,
+    The body goes through :class:`gateway.relay.pipeline.RequestPipeline` (validate, build,
     admit); this writes the answer: SSE events or one JSON body. A mixin over the
     handler that serves the HTTP: a Tornado ``RequestHandler`` (:class:`GenerationHandler`)
-    or the lean path's :class:`gateway.leanhttp.LeanHandler` (:class:`LeanGeneration`)."""
+    or the lean path's :class:`gateway.http.lean.LeanHandler` (:class:`LeanGeneration`)."""
 
     kind = "chat"
 
@@ -231,7 +235,7 @@ class GenerationHandler(GenerationService, BaseAPIHandler):
 
 
 class LeanGeneration(GenerationService, LeanHandler):
-    """A completion route on the lean path (:mod:`gateway.leanhttp`)."""
+    """A completion route on the lean path (:mod:`gateway.http.lean`)."""
 
 
 class ChatCompletionsHandler(GenerationHandler):

@@ -18,10 +18,10 @@ import hmac
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway import drain
+from gateway.http import drain
 from gateway.errors import APIError
 from gateway.handlers.base import BaseAPIHandler
-from gateway.pipeline import record_refusal
+from gateway.relay.pipeline import record_refusal
 
 CHECK_TIMEOUT = 2.0   # seconds a readiness check waits for the database or a backend
 

@@ -3,8 +3,8 @@ protocol reference).
 
 One socket carries several chat requests at once, each tagged with the client's own
 ``id``. Every request runs as its own asyncio task through the same path as the SSE
-API (:class:`gateway.pipeline.RequestPipeline`: validate -> build -> admit, then
-:class:`gateway.streaming.Generation` run -> usage), so limits, usage recording
+API (:class:`gateway.relay.pipeline.RequestPipeline`: validate -> build -> admit, then
+:class:`gateway.relay.streaming.Generation` run -> usage), so limits, usage recording
 (``transport="ws"``, metadata only) and error codes match.
 
 Client -> server: ``auth``, ``chat``, ``cancel``, ``ping``.
@@ -30,13 +30,15 @@ import tornado.httputil
 import tornado.web
 import tornado.websocket
 
-from gateway import metrics, tornado_compat
+from gateway.obs import metrics
+
+from gateway.http import tornado_compat
 from gateway.errors import APIError, ErrorRenderer, error_message, internal_error
-from gateway.pipeline import RequestPipeline
+from gateway.relay.pipeline import RequestPipeline
 from gateway.store import StoreError
-from gateway.streaming import ClientGone
+from gateway.relay.streaming import ClientGone
 from gateway.types import Chunk, Principal
-from gateway.validation import OFFLOAD_BYTES, loads, loads_async
+from gateway.relay.validation import OFFLOAD_BYTES, loads, loads_async
 
 log = logging.getLogger("allyoucantoken.ws")
 
@@ -71,7 +73,7 @@ def close_all_sockets() -> None:
     """End of the drain: each request still running gets an ``error`` message
     (``server_shutdown``) and is cancelled (recorded as cut off, 499); then each socket
     gets the goodbye and close code 1001."""
-    from gateway.drain import shutdown_error
+    from gateway.http.drain import shutdown_error
     for handler in list(OPEN_SOCKETS):
         running = [(rid, t) for rid, t in handler.tasks.items() if not t.done()]
         for req_id, _task in running:
@@ -333,7 +335,7 @@ class ChatSocketHandler(ErrorRenderer, tornado.websocket.WebSocketHandler):
                                  "first, or connect with 'Authorization: Bearer YOUR_KEY'.",
                             code="missing_api_key"))
         if self.gateway.draining:
-            from gateway.drain import shutdown_error
+            from gateway.http.drain import shutdown_error
             refuse(shutdown_error())
         if req_id in self.tasks:
             # Tagged with no id: that id's messages belong to the request already running.

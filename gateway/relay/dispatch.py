@@ -27,11 +27,11 @@ import secrets
 import socket
 from typing import Awaitable, Callable
 
-from gateway import metrics
+from gateway.obs import metrics
 from gateway.errors import APIError
 from gateway.relay import capacity_shares
 from gateway.relay.fair_queue import FairQueue, QueueFull, Ticket
-from gateway.streaming import estimate_prompt_tokens
+from gateway.relay.streaming import estimate_prompt_tokens
 from gateway.types import Usage
 
 log = logging.getLogger("allyoucantoken.queue")

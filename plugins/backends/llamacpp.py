@@ -53,7 +53,7 @@ class LlamaCppBackend(LocalWorkerBackend):
 
     def check(self, body: dict) -> None:
         """A 400 for what this backend cannot honour, before the limiters count the
-        request (``gateway.validation.check_backend``)."""
+        request (``gateway.relay.validation.check_backend``)."""
         plan("chat" if "messages" in body else "completion", body, self._chatml)
 
 

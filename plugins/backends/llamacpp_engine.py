@@ -426,7 +426,7 @@ class LlamaCppEngine:
 
     def check(self, body: dict) -> None:
         """A 400 for what this backend cannot honour, before the limiters count the
-        request (``gateway.validation.check_backend``)."""
+        request (``gateway.relay.validation.check_backend``)."""
         plan("chat" if "messages" in body else "completion", body, self._chatml)
 
     def chat(self, req: GenerationRequest) -> AsyncIterator[Chunk]:

@@ -12,7 +12,7 @@ OpenAI-style API only:
   engine.terminate()                  # gateway shutdown
 
 MLC reports zero usage for an aborted request; the gateway then counts the tokens it
-relayed itself and marks the figure estimated (gateway/streaming.py).
+relayed itself and marks the figure estimated (gateway/relay/streaming.py).
 
 Model options (``[[models]] options``):
   model           compiled model directory or "HF://mlc-ai/<name>-MLC" (required)

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from gateway import embedded_db
+from gateway.store import embedded_db
 from tests.dashboard.conftest import dashboard_sections
 from tests.dashboard.support import Browserless, wait_until
 from tests.dashboard.test_accounts import PASSWORD, new_email

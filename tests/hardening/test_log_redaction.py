@@ -8,7 +8,7 @@ import logging
 import re
 import secrets
 
-from gateway import logredact
+from gateway.obs import logredact
 from tests.hardening.rawhttp import exchange, json_error
 from tests.helpers import wait_until
 
@@ -134,7 +134,7 @@ def test_paths_cannot_forge_fields_or_lines_in_text_logs(hard_gw):
 
 
 def test_text_log_lines_show_control_characters_escaped():
-    from gateway.logformat import formatter
+    from gateway.obs.logformat import formatter
     out = io.StringIO()
     handler = logging.StreamHandler(out)
     handler.setFormatter(formatter("text"))

@@ -1,4 +1,4 @@
-"""One tier policy (``gateway.tier_policy.TierPolicy``) for ``/v1/models`` and the tier
+"""One tier policy (``gateway.relay.tier_policy.TierPolicy``) for ``/v1/models`` and the tier
 limiter: which tier an account has, which models it may use. Unit tests, no database:
 the model checks come before any quota is touched."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from gateway.config import Config, LimitsConfig, ModelConfig, TierConfig
-from gateway.tier_policy import TierPolicy
+from gateway.relay.tier_policy import TierPolicy
 from gateway.types import GenerationRequest, Principal
 from plugins.limits.tiers import TierLimiter
 

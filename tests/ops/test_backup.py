@@ -7,7 +7,7 @@ import sqlite3
 
 import httpx
 
-from gateway import embedded_db
+from gateway.store import embedded_db
 from tests.helpers import db_run, start_gateway, wait_until
 
 ECHO = {"plugins": {"modules": ["tests.plugins.echo_backend"]},

@@ -15,7 +15,7 @@ import httpx
 from dashboard.config import DashboardConfig
 from dashboard.retention import RetentionConfig
 from gateway import config as config_mod
-from gateway.plugins import get_plugin_manager
+from gateway.plugin_manager import get_plugin_manager
 from plugins.auth.api_key import AuthConfig
 from plugins.limits.fair_use import FairUseConfig
 from plugins.mail.mailer import SmtpConfig

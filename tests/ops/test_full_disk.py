@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway import embedded_db
+from gateway.store import embedded_db
 from tests.helpers import db_run, env, free_port, start_gateway, wait_until, write_config
 
 ECHO = {"plugins": {"modules": ["tests.plugins.echo_backend"]},

@@ -10,7 +10,7 @@ import httpx
 import tornado.httpclient
 import tornado.websocket
 
-from gateway import embedded_db
+from gateway.store import embedded_db
 from tests.helpers import free_port, start_gateway
 from tests.ws.client import ws_url
 

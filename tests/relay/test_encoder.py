@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from gateway.sse import ChunkEncoder
+from gateway.http.sse import ChunkEncoder
 from gateway.types import Chunk
 
 

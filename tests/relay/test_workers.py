@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway import embedded_db
+from gateway.store import embedded_db
 from gateway.runtime import spool_path
 from tests.helpers import db_run, env, free_port, wait_http, wait_until, write_config
 from tests.limits.conftest import wait_for_fresh_minute

@@ -24,7 +24,7 @@ the application (it is the server's request callback) and instead answers:
 Errors are OpenAI-style JSON, or a small HTML page for browsers (``Accept: text/html``),
 with ``Connection: close`` (and the connection does close), and no body for ``HEAD``.
 A request that passes goes to the lean path when ``lean`` (a
-:class:`gateway.leanhttp.LeanRouter`) takes it, else to the Tornado application.
+:class:`gateway.http.lean.LeanRouter`) takes it, else to the Tornado application.
 """
 from __future__ import annotations
 
@@ -39,7 +39,9 @@ from tornado import httputil
 from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream
 
-from gateway import headerparse, tornado_compat
+from gateway.http import headerparse
+
+from gateway.http import tornado_compat
 from gateway.errors import APIError
 
 HEADER_HARD_CAP_FACTOR = 4

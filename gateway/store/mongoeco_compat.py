@@ -1,6 +1,6 @@
 """Every use of mongoeco's private internals, in one place, for one tested minor version.
 
-The embedded database launcher (:mod:`gateway.embedded_db`) patches mongoeco's insert
+The embedded database launcher (:mod:`gateway.store.embedded_db`) patches mongoeco's insert
 path: the unique-id check of both engines, ``SQLiteEngine._validate_document_against_
 unique_indexes`` and ``MemoryEngine._ensure_unique_indexes``, with their keyword
 ``scan_payload_id``. ``setup.cfg`` caps mongoeco below the next minor version, and

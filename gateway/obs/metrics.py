@@ -78,6 +78,6 @@ _request_children: dict[tuple, object] = {}
 
 
 def _client_gone(task) -> bool:
-    from gateway.streaming import ClientGone  # noqa: PLC0415 - streaming imports metrics
+    from gateway.relay.streaming import ClientGone  # noqa: PLC0415 - streaming imports metrics
 
     return isinstance(task.exception(), ClientGone)

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Callable
 
-from gateway import metrics
+from gateway.obs import metrics
 from gateway.background import WarnOnce, stop_task
 from gateway.store.usage import add_counts, counts_of
 

@@ -9,28 +9,28 @@ Tornado: raise the cap, run that test, and adapt what it names here.
 What is used, and by whom:
 
 - ``httputil._normalize_header`` (cached Http-Header-Case): :data:`normalize_header`,
-  for :mod:`gateway.leanhttp` and :mod:`gateway.headerparse`.
+  for :mod:`gateway.http.lean` and :mod:`gateway.http.headerparse`.
 - ``HTTPHeaders._as_list`` / ``_combined_cache`` (the two dicts behind the headers):
-  :func:`header_maps` and :class:`RequestHeaders`, for :mod:`gateway.headerparse`.
+  :func:`header_maps` and :class:`RequestHeaders`, for :mod:`gateway.http.headerparse`.
 - ``HTTP1Connection._parse_headers``, ``_read_chunked_body``, ``_deliver_body``,
   ``_max_body_size``: :class:`HTTP1ConnectionHooks`, the base of
-  :class:`gateway.headerparse.FastHeaderConnection`.
+  :class:`gateway.http.headerparse.FastHeaderConnection`.
 - ``HTTP1Connection._chunking_output``: :func:`chunking_output` and
-  :func:`write_last_chunk`, for :mod:`gateway.leanhttp`.
+  :func:`write_last_chunk`, for :mod:`gateway.http.lean`.
 - ``HTTP1Connection._disconnect_on_finish``: :func:`close_after_response`, for
-  :mod:`gateway.httpguard`.
+  :mod:`gateway.http.guard`.
 - ``IOStream._read_buffer_size``: :func:`read_buffer_size`; ``IOStream._write_futures``
   and ``_StreamBuffer._buffers`` (two deques per connection): :func:`small_write_queues`;
-  for :mod:`gateway.httpguard`.
+  for :mod:`gateway.http.guard`.
 - ``WebSocketProtocol13._handle_message`` and ``_frame_compressed``:
   :class:`WebSocketProtocol13Hooks`, the base of the WebSocket handler's strict UTF-8
   protocol (:mod:`gateway.handlers.ws`).
 - ``RequestHandler._headers``, ``_write_buffer``, ``_status_code``, ``_reason`` (what
   ``clear()`` resets), ``_finished`` and ``_headers_written``: :func:`reset_response`,
   :func:`response_finished`, :func:`headers_written`, :func:`replace_headers` and
-  :func:`status_reason`, for :mod:`gateway.handlers.base`, :mod:`gateway.sse`,
+  :func:`status_reason`, for :mod:`gateway.handlers.base`, :mod:`gateway.http.sse`,
   :mod:`gateway.handlers.openai` and the dashboard. The lean path's
-  :class:`gateway.leanhttp.LeanHandler` keeps its state under the same names, so these
+  :class:`gateway.http.lean.LeanHandler` keeps its state under the same names, so these
   serve both kinds of handler. (``gateway/errors.py``'s ``ErrorRenderer`` still reads
   ``_reason`` and ``_finished`` itself: to move to :func:`status_reason` and
   :func:`response_finished`.)

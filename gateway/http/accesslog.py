@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import logging
 
-from gateway import drain, logredact, requestid
+from gateway.http import drain
+
+from gateway.obs import logredact
+
+from gateway.http import requestid
 
 _access_log = logging.getLogger("allyoucantoken.access")
 
@@ -12,7 +16,7 @@ def log_request(handler) -> None:
     """Access log: status, method, path (no query string), duration, request id (and the
     completion id of a generation). Never bodies. JSON logs get the same as fields.
     ``handler``: a Tornado handler, or anything with ``request`` and ``get_status()``.
-    The request stops counting as in flight (:data:`gateway.drain.IN_FLIGHT`)."""
+    The request stops counting as in flight (:data:`gateway.http.drain.IN_FLIGHT`)."""
     request = handler.request
     drain.IN_FLIGHT.discard(request)
     status = handler.get_status()

@@ -1,7 +1,7 @@
 """The lean path: hot API routes served without Tornado's web layer.
 
 ``POST /v1/chat/completions`` and ``POST /v1/completions`` are most of the traffic. For
-them :class:`gateway.httpguard.RequestGuard` asks a :class:`LeanRouter` for a
+them :class:`gateway.http.guard.RequestGuard` asks a :class:`LeanRouter` for a
 :class:`LeanDelegate` instead of handing the request to the Tornado ``Application``:
 no routing table, no ``RequestHandler`` (with its output transforms, UI namespaces and
 ``HTTPHeaders``), and the handler's coroutine starts eagerly, in the loop pass that
@@ -30,7 +30,13 @@ from typing import Any
 import tornado.web
 from tornado import httputil
 
-from gateway import accesslog, drain, requestid, tornado_compat
+from gateway.http import accesslog
+
+from gateway.http import drain
+
+from gateway.http import requestid
+
+from gateway.http import tornado_compat
 from gateway.handlers.base import APIRequestMixin, http_date
 
 _normalize = tornado_compat.normalize_header   # Tornado's own (cached) normalisation
@@ -59,7 +65,7 @@ class LeanHandler(APIRequestMixin):
 
     Its state has the names of ``RequestHandler``'s (``_headers``, ``_finished``,
     ``_headers_written``, ``_status_code``, ``_reason``, ``_write_buffer``), so that
-    :mod:`gateway.tornado_compat`'s accessors serve both kinds of handler."""
+    :mod:`gateway.http.tornado_compat`'s accessors serve both kinds of handler."""
 
     def __init__(self, gateway, request: httputil.HTTPServerRequest) -> None:
         self.gateway = gateway
@@ -177,7 +183,7 @@ class LeanHandler(APIRequestMixin):
 
 
 class LeanDelegate(httputil.HTTPMessageDelegate):
-    """Reads one request for a lean route (after :class:`gateway.httpguard.RequestGuard`
+    """Reads one request for a lean route (after :class:`gateway.http.guard.RequestGuard`
     has checked its limits), then runs its handler class."""
 
     __slots__ = ("handler_class", "gateway", "server_conn", "conn", "request", "chunks",

@@ -6,7 +6,7 @@ the value against RFC 9110's rules, and Http-Header-Case normalisation three tim
 to seven Python calls per header): about 40 µs for the seven headers of a usual API
 request, on the path to the first token.
 
-:class:`FastHeaderConnection` (what :class:`gateway.httpguard.RequestGuard` makes of each
+:class:`FastHeaderConnection` (what :class:`gateway.http.guard.RequestGuard` makes of each
 server-side ``HTTP1Connection``) checks the whole block against those same rules with one
 compiled pattern and then builds the same ``HTTPHeaders`` (names normalised, repeated
 headers kept in order, values stripped of spaces and tabs). A block the pattern does not
@@ -25,8 +25,8 @@ import re
 from tornado import httputil
 from tornado.http1connection import HTTP1Connection
 
-from gateway import tornado_compat
-from gateway.tornado_compat import RequestHeaders
+from gateway.http import tornado_compat
+from gateway.http.tornado_compat import RequestHeaders
 
 _normalize = tornado_compat.normalize_header   # Tornado's own (cached) normalisation
 

@@ -76,7 +76,7 @@ async def drain(server, gateway, timeout: float, hurry: asyncio.Event | None = N
     server.stop()
     server.conn_params.no_keep_alive = True   # "Connection: close" on every response now
     ws.begin_drain()
-    guard = getattr(server, "request_callback", None)   # gateway.httpguard.RequestGuard
+    guard = getattr(server, "request_callback", None)   # gateway.http.guard.RequestGuard
     connections = getattr(guard, "open_connections", lambda: 0)
     close_idle = getattr(guard, "close_idle", None)
     idle_after = loop.time() + IDLE_GRACE   # no kept-alive connection is closed before

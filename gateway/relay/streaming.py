@@ -13,7 +13,7 @@ import logging
 import time
 from typing import Awaitable, Callable
 
-from gateway import metrics
+from gateway.obs import metrics
 from gateway.errors import APIError
 from gateway.types import Admission, Chunk, GenerationRequest, Principal, Usage
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from gateway.tornado_compat import response_finished
+from gateway.http.tornado_compat import response_finished
 from gateway.types import Chunk, Usage
 
 

@@ -1,5 +1,5 @@
 """One request pipeline for every transport: from a request body to an admitted
-:class:`gateway.streaming.Generation`.
+:class:`gateway.relay.streaming.Generation`.
 
 The SSE/JSON handlers (``/v1/chat/completions``, ``/v1/completions``), the WebSocket
 handler (``/v1/chat/ws``) and the embeddings handler authenticate in their own way, then
@@ -25,10 +25,10 @@ import time
 from typing import Any
 
 from gateway.errors import APIError
-from gateway.requestid import token_hex
-from gateway.streaming import Generation
+from gateway.http.requestid import token_hex
+from gateway.relay.streaming import Generation
 from gateway.types import GenerationRequest, Principal
-from gateway.validation import (check_backend, params_policy, parse_and_validate_async,
+from gateway.relay.validation import (check_backend, params_policy, parse_and_validate_async,
                                 validate_async)
 
 ID_PREFIXES = {"chat": "chatcmpl-", "completion": "cmpl-"}
@@ -88,7 +88,7 @@ class RequestPipeline:
     # -- 1. validate --------------------------------------------------------------------
     def policy(self):
         """``policy(model)`` for fields the gateway does not know (see
-        :func:`gateway.validation.params_policy`); ``None``: refuse them."""
+        :func:`gateway.relay.validation.params_policy`); ``None``: refuse them."""
         return params_policy(self.gateway)
 
     async def parse(self, raw: bytes) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 JSON lines come from python-json-logger: ``timestamp``, ``level``, ``logger``,
 ``message`` and the record's extra fields (access log lines add ``request_id``,
 ``completion_id``, ``method``, ``path``, ``status``, ``duration_ms``). Tracebacks are
-redacted like the message (see :mod:`gateway.logredact`). Text lines show control and
+redacted like the message (see :mod:`gateway.obs.logredact`). Text lines show control and
 line-separator characters escaped (no log injection).
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import re
 
 from pythonjsonlogger.json import JsonFormatter
 
-from gateway import logredact
+from gateway.obs import logredact
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 

@@ -4,7 +4,7 @@ The gateway talks to it over TCP with the ordinary pymongo driver, exactly as it
 would talk to a real mongod; only the process that serves the socket differs.
 Run as a module it is the launcher itself:
 
-    python -m gateway.embedded_db --engine sqlite --path var/db.sqlite --port 0
+    python -m gateway.store.embedded_db --engine sqlite --path var/db.sqlite --port 0
 
 and prints ``READY <port>`` on stdout once it accepts connections.
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import json
 import os
 import secrets
@@ -27,7 +26,8 @@ import threading
 import time
 from dataclasses import dataclass
 
-PR_SET_PDEATHSIG = 1
+from gateway import children
+
 EXIT_GRACE = 5.0      # after SIGTERM (or the gateway's death), exit within this long
 AUTH_FILE = "embedded-db.auth"
 USER = "allyoucantoken"
@@ -94,7 +94,7 @@ def start(engine: str = "sqlite", path: str | None = None, port: int = 0,
           timeout: float = 60.0, auth_file: str | None = None) -> EmbeddedDB:
     """Start the launcher as a child process and wait until it answers. With
     ``auth_file`` the server requires the credentials kept in it."""
-    args = [sys.executable, "-m", "gateway.embedded_db", "--engine", engine, "--port", str(port)]
+    args = [sys.executable, "-m", "gateway.store.embedded_db", "--engine", engine, "--port", str(port)]
     if path:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         args += ["--path", path]
@@ -102,10 +102,10 @@ def start(engine: str = "sqlite", path: str | None = None, port: int = 0,
         credentials(auth_file)
         args += ["--auth-file", auth_file]
     env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, env=env, text=True,
-                            preexec_fn=_die_with_parent)
+                            preexec_fn=children.die_with_parent)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
@@ -117,21 +117,11 @@ def start(engine: str = "sqlite", path: str | None = None, port: int = 0,
     raise RuntimeError("embedded MongoDB-wire server did not start in time")
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: the kernel sends SIGTERM when the gateway dies, even
-    by SIGKILL, so the database server never outlives it (Linux; elsewhere the child
-    still polls its parent id)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
-
-
 def _skip_payload_id_scan() -> None:
     """Make mongoeco's inserts O(log n) instead of O(n)
-    (:func:`gateway.mongoeco_compat.skip_payload_id_scan`); says on stderr when this
+    (:func:`gateway.store.mongoeco_compat.skip_payload_id_scan`); says on stderr when this
     mongoeco does not let it (inserts then stay O(n), and still correct)."""
-    from gateway import mongoeco_compat
+    from gateway.store import mongoeco_compat
 
     for problem in mongoeco_compat.skip_payload_id_scan():
         print(f"embedded database: inserts scan whole collections: {problem} (mongoeco "

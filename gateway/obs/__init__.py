@@ -1,0 +1,1 @@
+"""Observability: Prometheus metrics, the log format, and log redaction."""
