@@ -26,7 +26,8 @@ SECTIONS = {"server": config_mod.ServerConfig, "database": config_mod.DatabaseCo
             "auth": AuthConfig, "usage": config_mod.UsageConfig,
             "limits": config_mod.LimitsConfig, "fair_use": FairUseConfig,
             "plugins": config_mod.PluginsConfig, "websocket": config_mod.WebSocketConfig,
-            "dashboard": DashboardConfig, "smtp": SmtpConfig, "retention": RetentionConfig}
+            "dashboard": DashboardConfig, "smtp": SmtpConfig, "retention": RetentionConfig,
+            "queue": config_mod.QueueConfig, "embeddings": config_mod.EmbeddingsConfig}
 
 
 def test_the_example_is_complete_and_valid():
