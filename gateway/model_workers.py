@@ -35,6 +35,7 @@ import time
 from dataclasses import dataclass, field
 
 from gateway import children
+from gateway.children import until_stopped_or_orphaned  # noqa: F401 - sdk.workers' too
 
 log = logging.getLogger("allyoucantoken.workers")
 

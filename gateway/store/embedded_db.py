@@ -168,14 +168,7 @@ async def _serve(engine_name: str, path: str | None, port: int,
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
     print(f"READY {bound}", flush=True)
-    # Exit when the parent goes away, too (stdin closes or the ppid changes).
-    parent = os.getppid()
-    while not stop.is_set():
-        try:
-            await asyncio.wait_for(stop.wait(), 1.0)
-        except TimeoutError:
-            if os.getppid() != parent:
-                break
+    await children.until_stopped_or_orphaned(stop)   # or the parent went away
     try:
         await asyncio.wait_for(server.close(), EXIT_GRACE / 2)
     except TimeoutError:

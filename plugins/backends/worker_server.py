@@ -39,6 +39,7 @@ import tornado.httpserver
 import tornado.iostream
 import tornado.web
 
+from gateway import sdk
 from gateway.sdk import APIError, ChunkEncoder, GenerationRequest, internal_error
 
 log = logging.getLogger("allyoucantoken.worker")
@@ -242,15 +243,9 @@ async def serve(engine_spec: str, model: str, options: dict, fd: int) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    parent = os.getppid()
     print("READY", flush=True)
     os.dup2(2, 1)       # anything native code prints goes to the log, not the pipe
-    while not stop.is_set():
-        try:
-            await asyncio.wait_for(stop.wait(), 1.0)
-        except TimeoutError:
-            if os.getppid() != parent:
-                break
+    await sdk.workers.until_stopped_or_orphaned(stop)   # or the gateway went away
     server.stop()
     # The engine's close may wait on a native generation thread: exit within EXIT_GRACE
     # whatever it is doing.
