@@ -26,7 +26,7 @@ from gateway.http import requestid
 from gateway import model_workers
 from gateway.children import die_with_parent
 from gateway.config import Config
-from gateway.handlers import embeddings, ops, openai, responses, ws
+from gateway.handlers import embeddings, messages, ops, openai, responses, ws
 from gateway.handlers.base import NotFoundHandler
 from gateway.plugin_manager import get_plugin_manager
 from gateway.runtime import Gateway
@@ -34,7 +34,8 @@ from gateway.store import Store
 
 log = logging.getLogger("allyoucantoken")
 
-CORE_ROUTES = [*openai.ROUTES, *responses.ROUTES, *embeddings.ROUTES, *ws.ROUTES, *ops.ROUTES]
+CORE_ROUTES = [*openai.ROUTES, *responses.ROUTES, *messages.ROUTES, *embeddings.ROUTES,
+               *ws.ROUTES, *ops.ROUTES]
 
 
 class _PerRequest(requestid.RequestIdTransform):

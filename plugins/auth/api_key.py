@@ -1,4 +1,5 @@
-"""Built-in auth plugin: ``Authorization: Bearer <key>`` API keys.
+"""Built-in auth plugin: ``Authorization: Bearer <key>`` API keys (on the Anthropic
+Messages routes, ``/v1/messages*``, also ``x-api-key: <key>``).
 
 Keys are looked up by SHA-256 in a small in-process cache (bounded size) and in MongoDB
 on a miss. A key in use is looked up again in the background once its entry is half
@@ -107,7 +108,12 @@ class ApiKeyAuthenticator(Authenticator):
     async def authenticate(self, request) -> Principal | None:
         header = request.headers.get("Authorization", "")
         if not header:
-            return None
+            # The Anthropic Messages API sends the same keys as ``x-api-key``.
+            key = request.headers.get("x-api-key", "") \
+                if request.path.startswith("/v1/messages") else ""
+            if not key:
+                return None
+            header = "Bearer " + key
         scheme, _, key = header.partition(" ")
         key = key.strip()
         if scheme.lower() != "bearer" or not key:

@@ -1,0 +1,218 @@
+"""The Anthropic Messages API: ``POST /v1/messages`` (JSON or SSE) and
+``POST /v1/messages/count_tokens``.
+
+The body is translated to a chat request (:mod:`gateway.relay.translate_messages`) and
+goes through the same :class:`gateway.relay.pipeline.RequestPipeline` as
+``/v1/chat/completions`` (auth, validation, tier limits, fair queue, usage rollups with
+the transport ``"messages"``); the Chunks come back as a Messages object or its SSE
+events. The key comes as ``x-api-key`` or ``Authorization: Bearer`` (the same API keys);
+``anthropic-version`` and ``anthropic-beta`` are accepted and not needed. Errors are in
+Anthropic's shape, with 529 ``overloaded_error`` when the backends are busy.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+
+from tornado.iostream import StreamClosedError
+
+from gateway.errors import APIError
+from gateway.handlers.base import BaseAPIHandler
+from gateway.http import drain
+from gateway.http.requestid import token_hex
+from gateway.http.sse import Flusher
+from gateway.obs import metrics
+from gateway.relay import translate_messages as tm
+from gateway.relay.pipeline import RequestPipeline
+from gateway.relay.streaming import Accumulator, ClientGone, Generation, estimate_prompt_tokens
+from gateway.relay.validation import parse_json
+from gateway.types import Chunk, GenerationRequest
+
+
+class MessagesPipeline(RequestPipeline):
+    """The chat pipeline, with Messages ids (``msg_...``) and the transport named."""
+
+    def __init__(self, gateway, started: float | None = None) -> None:
+        super().__init__(gateway, "chat", "messages", started)
+
+    def build(self) -> GenerationRequest:
+        req = super().build()
+        req.request_id = "msg_" + token_hex(12)
+        return req
+
+
+class AnthropicHandler(BaseAPIHandler):
+    """Errors in Anthropic's shape; the key from ``x-api-key`` or Bearer."""
+
+    def send_api_error(self, err: APIError, exc: BaseException | None = None) -> None:
+        super().send_api_error(tm.anthropic_error(err), exc)
+
+    def render_error(self, err: APIError, exc: BaseException | None = None) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(tm.error_body(err)))
+
+    async def require_principal(self):
+        if not self.request.headers.get("Authorization") and \
+                not self.request.headers.get("x-api-key"):
+            raise APIError(401, "No API key: send it in the x-api-key header (or as "
+                                "'Authorization: Bearer YOUR_KEY').", code="missing_api_key")
+        return await super().require_principal()
+
+    def read_body(self) -> dict:
+        self.check_body_size()
+        return parse_json(self.request.body or b"")
+
+    def on_finish(self) -> None:
+        pipeline = getattr(self, "pipeline", None)
+        metrics.count_request(self.gateway, self.request.path,
+                              pipeline.model if pipeline else None,
+                              499 if getattr(self, "_cut", False) else self.get_status())
+
+
+class MessagesHandler(AnthropicHandler):
+    """POST /v1/messages"""
+
+    async def post(self) -> None:
+        self._task: asyncio.Task | None = None
+        self._cut = False
+        pipeline = self.pipeline = MessagesPipeline(self.gateway)
+        try:
+            principal = await self.require_principal()
+            body = self.read_body()
+            try:
+                chat = tm.to_chat(body)
+            except APIError as err:
+                pipeline.refused(principal, err)
+                raise
+            gen = await pipeline.start(principal, chat, len(self.request.body))
+        except APIError as err:
+            return self.send_api_error(err)
+        self.request.body = b""
+        self.request.completion_id = gen.req.request_id
+        for name, value in gen.headers.items():
+            self.set_header(name, value)
+        if chat.get("stream"):
+            await self._stream(gen)
+        else:
+            await self._complete(gen)
+
+    def on_connection_close(self) -> None:
+        task = getattr(self, "_task", None)
+        if task is not None:
+            task.cancel()
+
+    async def _run(self, gen: Generation, emit) -> bool:
+        self._task = asyncio.current_task()
+        try:
+            await gen.run(emit)
+        except (asyncio.CancelledError, ClientGone):
+            task, self._task, self._cut = self._task, None, True
+            while task.cancelling():
+                task.uncancel()
+            return False
+        finally:
+            self._task = None
+        return True
+
+    async def _complete(self, gen: Generation) -> None:
+        acc = Accumulator(True)
+
+        async def emit(chunk: Chunk) -> None:
+            acc.add(chunk)
+
+        try:
+            if not await self._run(gen, emit):
+                return await drain.end_cut_off(self)
+        except APIError as err:
+            return self.send_api_error(err)
+        choice = acc.result(gen.finish_reason)[0]
+        self.write_json(tm.message_object(gen.req.request_id, gen.req.model, choice,
+                                          gen.usage))
+
+    async def _stream(self, gen: Generation) -> None:
+        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Accel-Buffering", "no")
+        self.request.connection.stream.set_nodelay(True)
+        events = tm.MessageStream(gen.req.request_id, gen.req.model,
+                                  estimate_prompt_tokens(gen.req))
+        flusher = Flusher(self)
+        written = [0]
+
+        async def send(text: str) -> None:
+            self.write(text)
+            written[0] += 1
+            try:
+                pending = flusher.written_nowait()
+                while pending is not None:
+                    await pending
+                    pending = flusher.written_nowait()
+            except StreamClosedError:
+                raise ClientGone() from None
+
+        async def queued(position: int) -> None:
+            # Waiting for the model's capacity: a ping keeps the stream alive.
+            self.write(tm.PING)
+            written[0] += 1
+            try:
+                await self.flush()
+            except StreamClosedError:
+                raise ClientGone() from None
+
+        async def emit(chunk: Chunk) -> None:
+            text = events.chunk(chunk)
+            if text:
+                await send(text)
+
+        gen.on_queued = queued
+        try:
+            if not await self._run(gen, emit):
+                return await drain.end_cut_off(self, _ERROR_EVENTS, written[0])
+        except APIError as err:
+            if written[0] == 0:
+                return self.send_api_error(err)
+            self.write(tm.event("error", tm.error_body(tm.anthropic_error(err))))
+            return self.finish()
+        self.write(events.end(gen.finish_reason, gen.usage))
+        try:
+            await self.finish()
+        except StreamClosedError:
+            pass
+
+
+class _ErrorEvents:
+    """What :func:`gateway.http.drain.end_cut_off` writes when the drain cuts a stream
+    off: an OpenAI error body as the Messages ``error`` event."""
+
+    @staticmethod
+    def error(body: dict) -> str:
+        return tm.event("error", {"type": "error", "error": {
+            "type": "api_error", "message": body["error"]["message"]}})
+
+
+_ERROR_EVENTS = _ErrorEvents()
+
+
+class CountTokensHandler(AnthropicHandler):
+    """POST /v1/messages/count_tokens: the gateway's prompt estimate (about four
+    characters a token, tool definitions included), as the limiters see it."""
+
+    async def post(self) -> None:
+        try:
+            principal = await self.require_principal()
+            chat = tm.to_chat(self.read_body(), count_only=True)
+            model = chat["model"]
+            self.gateway.backend_for(model)
+            if model not in self.gateway.models_for(principal):
+                raise APIError(404, f"The model `{model}` does not exist or you do not have "
+                                    "access to it.", param="model", code="model_not_found")
+        except APIError as err:
+            return self.send_api_error(err)
+        req = GenerationRequest("chat", model, chat)
+        self.write_json({"input_tokens": estimate_prompt_tokens(req)})
+
+
+ROUTES = [
+    (r"/v1/messages", MessagesHandler),
+    (r"/v1/messages/count_tokens", CountTokensHandler),
+]

@@ -1,0 +1,417 @@
+"""The Anthropic Messages API (``POST /v1/messages``) translated to and from the
+gateway's chat request and :class:`gateway.types.Chunk` stream. Pure: no I/O, no state
+beyond one response's :class:`MessageStream`.
+
+- :func:`to_chat` turns a Messages request body into an OpenAI-style chat body, which
+  the :class:`gateway.relay.pipeline.RequestPipeline` then validates like any other, or
+  raises a 400 naming the Anthropic field that is wrong.
+- :func:`message_object` builds the non-streaming answer from the accumulated choice.
+- :class:`MessageStream` turns Chunks into the Messages SSE events (``message_start``,
+  ``content_block_start``/``_delta``/``_stop``, ``message_delta``, ``message_stop``).
+- :func:`anthropic_error` gives an :class:`APIError` Anthropic's status and error type.
+
+What is not translated: ``thinking`` (accepted and ignored: no backend gets it, no
+thinking block comes back, reasoning text of a backend is dropped), ``metadata``
+(accepted, not forwarded), ``cache_control`` (ignored), ``service_tier``,
+``output_config`` and the other newer fields of :data:`_FIELDS` (accepted, ignored), server tools
+(web search, code execution, computer use...: a 400 naming the tool), ``document`` and
+other non-text, non-image blocks (a 400 naming the block type). ``stop_reason``
+``stop_sequence`` needs the backend to say which sequence matched; chat backends say
+only ``stop``, which is answered as ``end_turn``.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from gateway.errors import APIError
+from gateway.types import Chunk, Usage
+
+MAX_STOP_SEQUENCES = 4       # the chat request's ``stop`` limit
+
+STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
+                "function_call": "tool_use", "content_filter": "refusal"}
+
+# Anthropic's error type for each status (529: the backends are busy).
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
+               403: "permission_error", 404: "not_found_error", 405: "invalid_request_error",
+               413: "request_too_large", 429: "rate_limit_error", 529: "overloaded_error"}
+OVERLOADED_CODES = frozenset({"backend_busy", "backend_unavailable", "model_restarting"})
+
+
+def _bad(message: str, param: str | None = None) -> APIError:
+    return APIError(400, message, param=param, code="invalid_request")
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+            int: "an integer", float: "a number", type(None): "null"}.get(type(value),
+                                                                          "a value")
+
+
+def _text_of(blocks: Any, where: str) -> str:
+    """A string, or a list of ``text`` blocks, as one string."""
+    if isinstance(blocks, str):
+        return blocks
+    if not isinstance(blocks, list):
+        raise _bad(f"{where}: expected a string or an array of text blocks, got "
+                   f"{_type_name(blocks)}.", where)
+    parts = []
+    for i, block in enumerate(blocks):
+        if not isinstance(block, dict) or block.get("type") != "text" or \
+                not isinstance(block.get("text"), str):
+            raise _bad(f"{where}.{i}: expected a text block "
+                       '({"type": "text", "text": "..."}).', where)
+        parts.append(block["text"])
+    return "\n".join(parts)
+
+
+def _image_part(block: dict, where: str) -> dict:
+    source = block.get("source")
+    if not isinstance(source, dict):
+        raise _bad(f"{where}.source: expected an object.", where)
+    if source.get("type") == "base64":
+        url = f"data:{source.get('media_type', 'image/png')};base64,{source.get('data', '')}"
+    elif source.get("type") == "url" and isinstance(source.get("url"), str):
+        url = source["url"]
+    else:
+        raise _bad(f"{where}.source.type: only base64 and url images are supported.", where)
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def _user_messages(content: Any, where: str) -> list[dict]:
+    """One user turn as chat messages: its tool results first (each a ``tool``
+    message, as chat requests want them right after the assistant's calls), then the
+    user's text and images, if any."""
+    if isinstance(content, str):
+        return [{"role": "user", "content": content}]
+    if not isinstance(content, list):
+        raise _bad(f"{where}.content: expected a string or an array of content blocks.",
+                   f"{where}.content")
+    tools: list[dict] = []
+    parts: list[dict] = []
+    for i, block in enumerate(content):
+        at = f"{where}.content.{i}"
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "text" and isinstance(block.get("text"), str):
+            parts.append({"type": "text", "text": block["text"]})
+        elif kind == "image":
+            parts.append(_image_part(block, at))
+        elif kind == "tool_result":
+            if not isinstance(block.get("tool_use_id"), str):
+                raise _bad(f"{at}.tool_use_id: a string is required.", at)
+            result = block.get("content", "")
+            text = _text_of(result, f"{at}.content") if result is not None else ""
+            if block.get("is_error"):
+                text = f"Error: {text}"
+            tools.append({"role": "tool", "tool_call_id": block["tool_use_id"],
+                          "content": text})
+        elif kind in ("thinking", "redacted_thinking"):
+            continue
+        else:
+            raise _bad(f"{at}.type: {kind!r} blocks are not supported here (text, image "
+                       "and tool_result are).", at)
+    out = tools
+    if parts:
+        if all(p["type"] == "text" for p in parts):
+            out.append({"role": "user", "content": "\n".join(p["text"] for p in parts)})
+        else:
+            out.append({"role": "user", "content": parts})
+    return out
+
+
+def _assistant_message(content: Any, where: str) -> dict:
+    if isinstance(content, str):
+        return {"role": "assistant", "content": content}
+    if not isinstance(content, list):
+        raise _bad(f"{where}.content: expected a string or an array of content blocks.",
+                   f"{where}.content")
+    texts: list[str] = []
+    calls: list[dict] = []
+    for i, block in enumerate(content):
+        at = f"{where}.content.{i}"
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "text" and isinstance(block.get("text"), str):
+            texts.append(block["text"])
+        elif kind == "tool_use":
+            if not isinstance(block.get("id"), str) or not isinstance(block.get("name"), str):
+                raise _bad(f"{at}: a tool_use block needs a string id and name.", at)
+            calls.append({"id": block["id"], "type": "function",
+                          "function": {"name": block["name"],
+                                       "arguments": json.dumps(block.get("input") or {})}})
+        elif kind in ("thinking", "redacted_thinking"):
+            continue
+        else:
+            raise _bad(f"{at}.type: {kind!r} blocks are not supported in assistant turns "
+                       "(text and tool_use are).", at)
+    msg: dict = {"role": "assistant", "content": "".join(texts) if texts or not calls
+                 else None}
+    if calls:
+        msg["tool_calls"] = calls
+    return msg
+
+
+def _tools(tools: Any) -> list[dict]:
+    if not isinstance(tools, list):
+        raise _bad("tools: expected an array.", "tools")
+    out = []
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict):
+            raise _bad(f"tools.{i}: expected an object.", "tools")
+        kind = tool.get("type")
+        name = tool.get("name")
+        if kind not in (None, "custom"):
+            raise _bad(f"tools.{i}: the server tool {kind!r} ({name}) is not available "
+                       "here; only client tools with an input_schema are.", "tools")
+        if not isinstance(name, str) or not name:
+            raise _bad(f"tools.{i}.name: a string is required.", "tools")
+        schema = tool.get("input_schema")
+        if not isinstance(schema, dict):
+            raise _bad(f"tools.{i}.input_schema: an object (a JSON schema) is required.",
+                       "tools")
+        fn: dict = {"name": name, "parameters": schema}
+        if isinstance(tool.get("description"), str):
+            fn["description"] = tool["description"]
+        out.append({"type": "function", "function": fn})
+    return out
+
+
+def _tool_choice(choice: Any, chat: dict) -> None:
+    if not isinstance(choice, dict) or choice.get("type") not in ("auto", "any", "tool",
+                                                                  "none"):
+        raise _bad("tool_choice: expected {\"type\": \"auto\"|\"any\"|\"tool\"|\"none\"}.",
+                   "tool_choice")
+    kind = choice["type"]
+    if kind == "tool":
+        if not isinstance(choice.get("name"), str):
+            raise _bad("tool_choice.name: a string is required with type \"tool\".",
+                       "tool_choice")
+        chat["tool_choice"] = {"type": "function", "function": {"name": choice["name"]}}
+    else:
+        chat["tool_choice"] = {"auto": "auto", "any": "required", "none": "none"}[kind]
+    if choice.get("disable_parallel_tool_use") is True and kind != "none":
+        chat["parallel_tool_calls"] = False
+
+
+_FIELDS = frozenset({"model", "messages", "system", "max_tokens", "stop_sequences", "stream",
+                     "temperature", "top_p", "top_k", "tools", "tool_choice", "metadata",
+                     *"""thinking service_tier container mcp_servers context_management
+                     cache_control output_config output_format speed diagnostics
+                     inference_geo user_profile_id workspace_id""".split()})
+# Accepted and ignored: the fields after ``metadata`` (the SDK sends some of them).
+
+
+def to_chat(body: Any, *, count_only: bool = False) -> dict:
+    """The chat body for a Messages request body (a 400 naming the field when it is not
+    a valid Messages request). ``count_only``: for ``count_tokens`` (no ``max_tokens``)."""
+    if not isinstance(body, dict):
+        raise _bad("The request body must be a JSON object.")
+    unknown = sorted(set(body) - _FIELDS)
+    if unknown:
+        raise _bad(f"{unknown[0]}: Extra inputs are not permitted.", unknown[0])
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise _bad("model: Field required (a string).", "model")
+    chat: dict[str, Any] = {"model": model}
+    if not count_only:
+        mt = body.get("max_tokens")
+        if type(mt) is not int or mt < 1:
+            raise _bad("max_tokens: Field required (an integer of at least 1).",
+                       "max_tokens")
+        chat["max_tokens"] = mt
+    messages: list[dict] = []
+    system = body.get("system")
+    if system is not None:
+        text = _text_of(system, "system")
+        if text:
+            messages.append({"role": "system", "content": text})
+    turns = body.get("messages")
+    if not isinstance(turns, list) or not turns:
+        raise _bad("messages: Field required (a non-empty array).", "messages")
+    for i, turn in enumerate(turns):
+        where = f"messages.{i}"
+        role = turn.get("role") if isinstance(turn, dict) else None
+        if role == "user":
+            messages.extend(_user_messages(turn.get("content"), where))
+        elif role == "assistant":
+            messages.append(_assistant_message(turn.get("content"), where))
+        else:
+            raise _bad(f"{where}.role: expected \"user\" or \"assistant\".", f"{where}.role")
+    chat["messages"] = messages
+    stops = body.get("stop_sequences")
+    if stops is not None:
+        if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+            raise _bad("stop_sequences: expected an array of strings.", "stop_sequences")
+        if len(stops) > MAX_STOP_SEQUENCES:
+            raise _bad(f"stop_sequences: at most {MAX_STOP_SEQUENCES} are supported here.",
+                       "stop_sequences")
+        if stops:
+            chat["stop"] = stops
+    for name in ("temperature", "top_p"):
+        value = body.get(name)
+        if value is not None:
+            if type(value) not in (int, float) or not 0 <= value <= 1:
+                raise _bad(f"{name}: expected a number from 0 to 1.", name)
+            chat[name] = value
+    top_k = body.get("top_k")
+    if top_k is not None:
+        if type(top_k) is not int or top_k < 0:
+            raise _bad("top_k: expected a non-negative integer.", "top_k")
+        chat["top_k"] = top_k
+    stream = body.get("stream")
+    if stream is not None and type(stream) is not bool:
+        raise _bad("stream: expected a boolean.", "stream")
+    if stream:
+        chat["stream"] = True
+    if body.get("tools"):
+        chat["tools"] = _tools(body["tools"])
+    if body.get("tool_choice") is not None:
+        _tool_choice(body["tool_choice"], chat)
+        if chat.get("tool_choice") != "none" and not chat.get("tools"):
+            raise _bad("tool_choice: requires tools.", "tool_choice")
+    if body.get("metadata") is not None and not isinstance(body["metadata"], dict):
+        raise _bad("metadata: expected an object.", "metadata")
+    return chat
+
+
+# -- answers ------------------------------------------------------------------------------
+def stop_reason(finish_reason: str | None) -> str:
+    return STOP_REASONS.get(finish_reason or "stop", "end_turn")
+
+
+def usage_object(usage: Usage) -> dict:
+    return {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens,
+            "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+
+
+def _tool_input(arguments: str) -> dict:
+    """A tool call's arguments as the ``input`` object (not an object: ``{}``)."""
+    try:
+        value = json.loads(arguments or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def message_object(msg_id: str, model: str, choice: dict, usage: Usage) -> dict:
+    """The Messages answer from an accumulated chat choice
+    (:meth:`gateway.relay.streaming.Accumulator.result`)."""
+    message = choice.get("message") or {}
+    content: list[dict] = []
+    if message.get("content"):
+        content.append({"type": "text", "text": message["content"]})
+    for call in message.get("tool_calls") or ():
+        fn = call.get("function") or {}
+        content.append({"type": "tool_use", "id": call.get("id") or _tool_id(msg_id, len(content)),
+                        "name": fn.get("name") or "", "input": _tool_input(fn.get("arguments"))})
+    return {"id": msg_id, "type": "message", "role": "assistant", "model": model,
+            "content": content, "stop_reason": stop_reason(choice.get("finish_reason")),
+            "stop_sequence": None, "usage": usage_object(usage)}
+
+
+def _tool_id(msg_id: str, index: int) -> str:
+    return f"toolu_{msg_id.removeprefix('msg_')}_{index}"
+
+
+def event(name: str, data: dict) -> str:
+    """One SSE event of the Messages stream."""
+    return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+PING = event("ping", {"type": "ping"})
+
+
+class MessageStream:
+    """The Messages SSE events of one streamed answer, from its Chunks (choice 0).
+
+    :meth:`start` is the ``message_start`` event, :meth:`chunk` the events for one
+    Chunk (text becomes a ``text`` block with ``text_delta``s, each tool call a
+    ``tool_use`` block with ``input_json_delta``s; a new kind of output closes the open
+    block), :meth:`end` closes the open block and sends ``message_delta`` and
+    ``message_stop``."""
+
+    __slots__ = ("msg_id", "model", "input_tokens", "index", "open", "started")
+
+    def __init__(self, msg_id: str, model: str, input_tokens: int) -> None:
+        self.msg_id, self.model, self.input_tokens = msg_id, model, input_tokens
+        self.index = -1         # the current content block
+        self.open: Any = None   # "text", or ("tool", the chat tool-call index), or None
+        self.started = False
+
+    def start(self) -> str:
+        self.started = True
+        return event("message_start", {"type": "message_start", "message": {
+            "id": self.msg_id, "type": "message", "role": "assistant", "model": self.model,
+            "content": [], "stop_reason": None, "stop_sequence": None,
+            "usage": {"input_tokens": self.input_tokens, "output_tokens": 0,
+                      "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}}})
+
+    def _close(self) -> str:
+        if self.open is None:
+            return ""
+        self.open = None
+        return event("content_block_stop", {"type": "content_block_stop", "index": self.index})
+
+    def _begin(self, block: dict, open_as: Any) -> str:
+        out = self._close()
+        self.index += 1
+        self.open = open_as
+        return out + event("content_block_start", {"type": "content_block_start",
+                                                   "index": self.index,
+                                                   "content_block": block})
+
+    def chunk(self, chunk: Chunk) -> str:
+        if chunk.index:
+            return ""
+        out = "" if self.started else self.start()
+        delta = chunk.delta
+        text = chunk.text if delta is None else delta.get("content")
+        if text:
+            if self.open != "text":
+                out += self._begin({"type": "text", "text": ""}, "text")
+            out += event("content_block_delta", {"type": "content_block_delta",
+                                                 "index": self.index,
+                                                 "delta": {"type": "text_delta", "text": text}})
+        for call in (delta.get("tool_calls") if delta else None) or ():
+            if not isinstance(call, dict):
+                continue
+            key = ("tool", call.get("index", 0))
+            fn = call.get("function") or {}
+            if self.open != key:
+                out += self._begin({"type": "tool_use",
+                                    "id": call.get("id") or _tool_id(self.msg_id,
+                                                                     self.index + 1),
+                                    "name": fn.get("name") or "", "input": {}}, key)
+            args = fn.get("arguments")
+            if args:
+                out += event("content_block_delta", {
+                    "type": "content_block_delta", "index": self.index,
+                    "delta": {"type": "input_json_delta", "partial_json": args}})
+        return out
+
+    def end(self, finish_reason: str | None, usage: Usage) -> str:
+        out = ("" if self.started else self.start()) + self._close()
+        return out + event("message_delta", {
+            "type": "message_delta",
+            "delta": {"stop_reason": stop_reason(finish_reason), "stop_sequence": None},
+            "usage": {"input_tokens": usage.prompt_tokens,
+                      "output_tokens": usage.completion_tokens}}) + \
+            event("message_stop", {"type": "message_stop"})
+
+
+# -- errors --------------------------------------------------------------------------------
+def anthropic_error(err: APIError) -> APIError:
+    """``err`` with Anthropic's status and error type: the backends busy or restarting
+    (503) is 529 ``overloaded_error``; other statuses keep theirs, with the type Anthropic
+    uses for it (5xx: ``api_error``)."""
+    status = err.status
+    if status == 503 and err.code in OVERLOADED_CODES:
+        status = 529
+    kind = ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    return APIError(status, err.message, param=err.param, code=err.code, type=kind,
+                    headers=err.headers)
+
+
+def error_body(err: APIError) -> dict:
+    """Anthropic's error body (``err`` already through :func:`anthropic_error`)."""
+    return {"type": "error", "error": {"type": err.type, "message": err.message}}

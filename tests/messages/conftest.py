@@ -1,0 +1,66 @@
+"""A real fake upstream (bench.fake_upstream, which can answer with tool calls) behind
+an in-process gateway, for the Anthropic Messages API tests; plus a tier of one request
+a minute (429) and a model whose upstream is down (529)."""
+from __future__ import annotations
+
+import sys
+
+import anthropic
+import httpx
+import pytest
+
+from tests.helpers import free_port, start_process, stop_process
+from tests.inprocess import start_inprocess
+
+PLAIN = {"tokens": 6, "interval": 0.0, "chunk_chars": 4, "tool_calls": [], "reasoning": 0,
+         "send_usage": True, "first_delay": 0.0}
+TIERS = {"open": {"requests_per_minute": 100000},
+         "tight": {"requests_per_minute": 1}}
+
+
+@pytest.fixture(scope="package")
+def upstream(tmp_path_factory):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = start_process([sys.executable, "-m", "bench.fake_upstream", "--port", str(port)],
+                         url + "/v1/models", tmp_path_factory.mktemp("up") / "upstream.log")
+    yield url
+    stop_process(proc)
+
+
+@pytest.fixture
+def up(upstream):
+    """The upstream, reset to plain text; ``up.set(**settings)``, ``up.last()``."""
+    class Up:
+        url = upstream
+
+        def set(self, **settings):
+            httpx.post(upstream + "/settings", json=settings, timeout=10).raise_for_status()
+
+        def last(self) -> dict:
+            return httpx.get(upstream + "/last", timeout=10).json()
+    u = Up()
+    u.set(**PLAIN)
+    return u
+
+
+@pytest.fixture(scope="package")
+def gw(mongo, upstream, tmp_path_factory):
+    opts = {"base_url": upstream + "/v1", "upstream_model": "fake"}
+    down = {"base_url": f"http://127.0.0.1:{free_port()}/v1", "upstream_model": "fake",
+            "max_attempts": 1}
+    models = [{"name": "fake", "backend": "openai_compatible", "options": opts},
+              {"name": "down", "backend": "openai_compatible", "options": down}]
+    g = start_inprocess(tmp_path_factory.mktemp("messages"), mongo.uri, {
+        "models": models, "tiers": TIERS, "limits": {"default_tier": "open"}})
+    g.key = g.create_key("messages@example.com")
+    yield g
+    g.stop()
+
+
+@pytest.fixture(scope="package")
+def client(gw):
+    """The official SDK with the key as ``x-api-key`` (what Claude Code sends for
+    ``ANTHROPIC_API_KEY``)."""
+    return anthropic.Anthropic(base_url=gw.url, api_key=None, auth_token=None,
+                               default_headers={"x-api-key": gw.key}, max_retries=0)
