@@ -1,6 +1,7 @@
 """A real fake upstream (bench.fake_upstream, which can answer with tool calls) behind
 an in-process gateway, for the Anthropic Messages API tests; plus a tier of one request
-a minute (429) and a model whose upstream is down (529)."""
+a minute (429), a model whose upstream is down (529) and one that serves one request
+at a time (the others wait in the queue)."""
 from __future__ import annotations
 
 import sys
@@ -50,9 +51,12 @@ def gw(mongo, upstream, tmp_path_factory):
     down = {"base_url": f"http://127.0.0.1:{free_port()}/v1", "upstream_model": "fake",
             "max_attempts": 1}
     models = [{"name": "fake", "backend": "openai_compatible", "options": opts},
-              {"name": "down", "backend": "openai_compatible", "options": down}]
+              {"name": "down", "backend": "openai_compatible", "options": down},
+              {"name": "one", "backend": "openai_compatible", "options": opts,
+               "max_concurrency": 1}]   # a second request waits in the fair queue
     g = start_inprocess(tmp_path_factory.mktemp("messages"), mongo.uri, {
-        "models": models, "tiers": TIERS, "limits": {"default_tier": "open"}})
+        "models": models, "tiers": TIERS, "limits": {"default_tier": "open"},
+        "queue": {"keepalive": 0.1}})
     g.key = g.create_key("messages@example.com")
     yield g
     g.stop()

@@ -4,6 +4,7 @@ answer with tool calls (bench.fake_upstream) behind an in-process gateway."""
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import anthropic
 import httpx
@@ -214,3 +215,22 @@ def test_usage_rollups_name_the_messages_api(client, gw, up):
     event = next(e for e in gw.usage_events() if e.get("request_id") == msg.id)
     assert event["transport"] == "messages" and event["status"] == 200
     assert event["completion_tokens"] == 5 and "content" not in json.dumps(event)
+
+
+def test_a_stream_waiting_in_the_queue_gets_pings_then_its_message(gw, up):
+    up.set(interval=0.1)   # six tokens: about half a second per request
+    body = {"model": "one", "max_tokens": 50, "messages": HI, "stream": True}
+    headers = {"x-api-key": gw.key}
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(gw.fetch, "/v1/messages", "POST", body, headers)
+        wait_until(lambda: httpx.get(up.url + "/stats").json()["active"] == 1)
+        second = pool.submit(gw.fetch, "/v1/messages", "POST", body, headers)
+        results = [first.result(), second.result()]
+    waited = sse(results[1])
+    names = [name for name, _ in waited]
+    assert names[0] == "ping" and names.count("ping") >= 2, names
+    rest = [n for n in names if n != "ping"]
+    assert rest[0] == "message_start" and rest[-2:] == ["message_delta", "message_stop"]
+    assert "".join(d["delta"]["text"] for n, d in waited
+                   if n == "content_block_delta") == "xxxx" * 6
+    assert "ping" not in [name for name, _ in sse(results[0])]

@@ -1,0 +1,28 @@
+"""The Anthropic SDK, unchanged, against the built-in model (SmolLM2-135M-Instruct
+through the llamacpp backend): the Messages API is translated for every backend."""
+import anthropic
+import pytest
+
+MODEL = "smollm2-135m"
+HELLO = [{"role": "user", "content": "Say hello to the world in one short sentence."}]
+
+
+@pytest.fixture(scope="module")
+def claude(gateway, api_key):
+    return anthropic.Anthropic(base_url=gateway.url, api_key=None, max_retries=0,
+                               default_headers={"x-api-key": api_key})
+
+
+def test_create_and_stream_with_the_built_in_model(claude):
+    msg = claude.messages.create(model=MODEL, max_tokens=20, messages=HELLO,
+                                 system="You are friendly.")
+    assert msg.content[0].type == "text" and msg.content[0].text.strip()
+    assert msg.stop_reason in ("end_turn", "max_tokens")
+    assert msg.usage.input_tokens > 10 and 0 < msg.usage.output_tokens <= 20
+    with claude.messages.stream(model=MODEL, max_tokens=4, messages=HELLO) as stream:
+        pieces = list(stream.text_stream)
+        final = stream.get_final_message()
+    assert len(pieces) >= 2 and "".join(pieces) == final.content[0].text
+    assert final.stop_reason == "max_tokens" and final.usage.output_tokens == 4
+    count = claude.messages.count_tokens(model=MODEL, messages=HELLO)
+    assert count.input_tokens > 0
