@@ -54,10 +54,10 @@ def test_canary_never_reaches_storage_or_logs(start_gw):
     fields = set().union(*(e.keys() for e in events))
     assert fields <= {"request_id", "account_id", "key_id", "model", "kind", "transport",
                       "status", "error_code", "prompt_tokens", "completion_tokens", "estimated",
-                      "ttft_ms", "duration_ms", "ts"}
+                      "ttft_ms", "duration_ms", "queue_ms", "ts"}
     rollup_fields = set().union(*(d.keys() for d in data["usage_hourly"]))
     assert rollup_fields <= {"_id", "account_id", "key_id", "model", "hour", "day", "applied",
                              "requests", "prompt_tokens", "completion_tokens", "errors",
                              "estimated", "status_2xx", "status_4xx", "status_5xx",
                              "ttft_ms_sum", "ttft_count", "ttft_hist", "duration_ms_sum",
-                             "duration_hist"}
+                             "duration_hist", "queue_ms_sum", "queued", "queue_hist"}

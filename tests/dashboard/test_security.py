@@ -118,7 +118,7 @@ def test_pages_are_autoescaped(dash_gw, admin, inbox):
 def admin_routes(gw):
     acc = db_run(gw.db_uri, gw.db_name, lambda s: s.accounts.by_email(ADMIN[0]))
     return [("GET", "/dashboard/admin"), ("GET", "/dashboard/admin?status=all"),
-            ("GET", "/dashboard/admin/audit"),
+            ("GET", "/dashboard/admin/audit"), ("GET", "/dashboard/admin/overview"),
             ("POST", f"/dashboard/admin/accounts/{acc['_id']}/status"),
             ("POST", f"/dashboard/admin/accounts/{acc['_id']}/tier"),
             ("GET", f"/dashboard/admin/accounts/{acc['_id']}"),
