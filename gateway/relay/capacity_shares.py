@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import math
 
-INTERVAL = 0.25      # seconds between reports
-TTL = 1.5            # a holder that has not reported for this long is gone
+INTERVAL = 0.1       # seconds between reports
+TTL = 1.0            # a holder that has not reported for this long is gone
 
 
 def shares(capacity: int, demands: dict[str, int]) -> dict[str, int]:
