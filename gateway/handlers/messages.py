@@ -20,13 +20,13 @@ from gateway.errors import APIError
 from gateway.handlers.base import BaseAPIHandler
 from gateway.http import drain
 from gateway.http.requestid import token_hex
-from gateway.http.sse import Flusher
 from gateway.obs import metrics
 from gateway.relay import translate_messages as tm
 from gateway.relay.pipeline import RequestPipeline
 from gateway.relay.streaming import Accumulator, ClientGone, Generation, estimate_prompt_tokens
 from gateway.relay.validation import parse_json
 from gateway.types import Chunk, GenerationRequest
+from gateway.handlers.sink import StreamSink
 
 
 class MessagesPipeline(RequestPipeline):
@@ -136,40 +136,22 @@ class MessagesHandler(AnthropicHandler):
         self.request.connection.stream.set_nodelay(True)
         events = tm.MessageStream(gen.req.request_id, gen.req.model,
                                   estimate_prompt_tokens(gen.req))
-        flusher = Flusher(self)
-        written = [0]
-
-        async def send(text: str) -> None:
-            self.write(text)
-            written[0] += 1
-            try:
-                pending = flusher.written_nowait()
-                while pending is not None:
-                    await pending
-                    pending = flusher.written_nowait()
-            except StreamClosedError:
-                raise ClientGone() from None
+        sink = StreamSink(self)
 
         async def queued(position: int) -> None:
-            # Waiting for the model's capacity: a ping keeps the stream alive.
-            self.write(tm.PING)
-            written[0] += 1
-            try:
-                await self.flush()
-            except StreamClosedError:
-                raise ClientGone() from None
+            await sink.keepalive(tm.PING)    # waiting for the model's capacity: a ping
 
         async def emit(chunk: Chunk) -> None:
             text = events.chunk(chunk)
             if text:
-                await send(text)
+                await sink.write(text)
 
         gen.on_queued = queued
         try:
             if not await self._run(gen, emit):
-                return await drain.end_cut_off(self, _ERROR_EVENTS, written[0])
+                return await drain.end_cut_off(self, _ERROR_EVENTS, sink.sent + sink.keepalives)
         except APIError as err:
-            if written[0] == 0:
+            if not sink.started:
                 return self.send_api_error(err)
             self.write(tm.event("error", tm.error_body(tm.anthropic_error(err))))
             return self.finish()

@@ -16,9 +16,10 @@ from gateway.errors import APIError
 from gateway.handlers.base import BaseAPIHandler
 from gateway.http.lean import LeanHandler
 from gateway.relay.pipeline import RequestPipeline
-from gateway.http.sse import ChunkEncoder, Flusher
+from gateway.http.sse import ChunkEncoder
 from gateway.relay.streaming import Accumulator, ClientGone, Generation
 from gateway.types import Chunk
+from gateway.handlers.sink import StreamSink
 
 
 class ModelsHandler(BaseAPIHandler):
@@ -134,7 +135,7 @@ class GenerationService:
             return await drain.end_cut_off(self, encoder, sink.sent)
         except APIError as err:
             self._task = None
-            if sink.sent == 0 and not sink.keepalives:
+            if not sink.started:
                 return self.send_api_error(err)
             self.write(encoder.error(err.body()))
             return self.finish()
@@ -168,45 +169,26 @@ class GenerationService:
                          "usage": gen.usage.as_openai(), **acc.extra})
 
 
-class _SSESink:
+class _SSESink(StreamSink):
     """Writes a stream's chunks as SSE events: one small object per stream instead of a
     closure and its cells."""
 
-    __slots__ = ("handler", "encoder", "flusher", "sent", "keepalives")
+    __slots__ = ("encoder",)
 
     def __init__(self, handler: GenerationService, encoder: ChunkEncoder) -> None:
-        self.handler, self.encoder = handler, encoder
-        self.flusher = Flusher(handler)
-        self.sent = 0
-        self.keepalives = 0
+        super().__init__(handler)
+        self.encoder = encoder
 
     async def queued(self, position: int) -> None:
-        """Waiting for the model's capacity: an SSE comment keeps the stream alive (the
-        response starts, so a later refusal is an error event)."""
-        self.keepalives += 1
-        self.handler.write(": queued\n\n")
-        try:
-            await self.handler.flush()
-        except StreamClosedError:
-            raise ClientGone() from None
+        """Waiting for the model's capacity: an SSE comment keeps the stream alive."""
+        await self.keepalive(": queued\n\n")
 
     async def emit(self, chunk: Chunk) -> None:
-        handler = self.handler
-        handler.write(self.encoder.encode(chunk))
-        self.sent += 1
-        # backpressure: wait while the previous flush is pending (no await otherwise)
-        flusher = self.flusher
-        try:
-            pending = flusher.written_nowait()
-            while pending is not None:
-                await pending
-                pending = flusher.written_nowait()
-        except StreamClosedError:
-            raise ClientGone() from None
-        if self.sent == 1 and tornado_compat.headers_written(handler):
+        await self.write(self.encoder.encode(chunk))
+        if self.sent == 1 and tornado_compat.headers_written(self.handler):
             # The response headers are out (the first event is flushed at once): Tornado
             # no longer reads them; not kept while the stream stays open.
-            tornado_compat.replace_headers(handler, _WRITTEN_HEADERS)
+            tornado_compat.replace_headers(self.handler, _WRITTEN_HEADERS)
 
 
 class _WrittenHeaders(httputil.HTTPHeaders):

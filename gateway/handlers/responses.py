@@ -22,13 +22,13 @@ from gateway.errors import APIError
 from gateway.handlers.base import BaseAPIHandler
 from gateway.handlers.openai import GenerationHandler
 from gateway.http import drain
-from gateway.http.sse import Flusher
 from gateway.obs import metrics
 from gateway.relay.pipeline import RequestPipeline
 from gateway.relay.streaming import ClientGone, Generation
 from gateway.relay.translate_responses import ResponseBuilder, to_chat
 from gateway.relay.validation import loads_async
 from gateway.types import Chunk
+from gateway.handlers.sink import StreamSink
 
 ROUTE = "/v1/responses"
 STORED_MESSAGE = ("This service keeps no content: responses are never stored, so none can "
@@ -114,7 +114,7 @@ class ResponsesHandler(GenerationHandler):
             return
         except APIError as err:
             self._task = None
-            if sink.sent == 0 and not sink.keepalives:
+            if not sink.started:
                 return self.send_api_error(err)
             self.write("".join(_sse(k, p) for k, p in builder.failed(err.body()["error"])))
             try:
@@ -134,39 +134,22 @@ class ResponsesHandler(GenerationHandler):
             pass
 
 
-class _EventSink:
+class _EventSink(StreamSink):
     """Writes the typed events a chunk makes, with backpressure (as the chat SSE sink)."""
 
-    __slots__ = ("handler", "builder", "flusher", "sent", "keepalives")
+    __slots__ = ("builder",)
 
     def __init__(self, handler: ResponsesHandler, builder: ResponseBuilder) -> None:
-        self.handler, self.builder = handler, builder
-        self.flusher = Flusher(handler)
-        self.sent = 0
-        self.keepalives = 0
+        super().__init__(handler)
+        self.builder = builder
 
     async def queued(self, position: int) -> None:
-        self.keepalives += 1
-        self.handler.write(": queued\n\n")
-        try:
-            await self.handler.flush()
-        except StreamClosedError:
-            raise ClientGone() from None
+        await self.keepalive(": queued\n\n")
 
     async def emit(self, chunk: Chunk) -> None:
         events = self.builder.add(chunk)
-        if not events:
-            return
-        self.handler.write("".join(_sse(k, p) for k, p in events))
-        self.sent += len(events)
-        flusher = self.flusher
-        try:
-            pending = flusher.written_nowait()
-            while pending is not None:
-                await pending
-                pending = flusher.written_nowait()
-        except StreamClosedError:
-            raise ClientGone() from None
+        if events:
+            await self.write("".join(_sse(k, p) for k, p in events), len(events))
 
 
 class StoredResponseHandler(BaseAPIHandler):
