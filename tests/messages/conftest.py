@@ -4,45 +4,19 @@ a minute (429), a model whose upstream is down (529) and one that serves one req
 at a time (the others wait in the queue)."""
 from __future__ import annotations
 
-import sys
 
 import anthropic
-import httpx
 import pytest
 
-from tests.helpers import free_port, start_process, stop_process
+from tests.helpers import free_port
 from tests.inprocess import start_inprocess
+from tests.upstream_fixtures import PLAIN, up, upstream_fixture  # noqa: F401 - fixtures
 
-PLAIN = {"tokens": 6, "interval": 0.0, "chunk_chars": 4, "tool_calls": [], "reasoning": 0,
-         "send_usage": True, "first_delay": 0.0}
 TIERS = {"open": {"requests_per_minute": 100000},
          "tight": {"requests_per_minute": 1}}
 
 
-@pytest.fixture(scope="package")
-def upstream(tmp_path_factory):
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = start_process([sys.executable, "-m", "bench.fake_upstream", "--port", str(port)],
-                         url + "/v1/models", tmp_path_factory.mktemp("up") / "upstream.log")
-    yield url
-    stop_process(proc)
-
-
-@pytest.fixture
-def up(upstream):
-    """The upstream, reset to plain text; ``up.set(**settings)``, ``up.last()``."""
-    class Up:
-        url = upstream
-
-        def set(self, **settings):
-            httpx.post(upstream + "/settings", json=settings, timeout=10).raise_for_status()
-
-        def last(self) -> dict:
-            return httpx.get(upstream + "/last", timeout=10).json()
-    u = Up()
-    u.set(**PLAIN)
-    return u
+upstream = upstream_fixture("package")
 
 
 @pytest.fixture(scope="package")
