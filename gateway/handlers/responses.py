@@ -20,7 +20,8 @@ from tornado.iostream import StreamClosedError
 
 from gateway.errors import APIError
 from gateway.handlers.base import BaseAPIHandler
-from gateway.handlers.openai import GenerationHandler
+from gateway.handlers.openai import GenerationService
+from gateway.http.lean import LeanHandler
 from gateway.http import drain
 from gateway.obs import metrics
 from gateway.relay.pipeline import RequestPipeline
@@ -40,15 +41,17 @@ def _sse(kind: str, payload: dict) -> str:
     return f"event: {kind}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n"
 
 
-class ResponsesHandler(GenerationHandler):
-    """POST /v1/responses"""
+class ResponsesService(GenerationService):
+    """POST /v1/responses: translated to a chat request, answered as a response object
+    or typed events. A mixin, like :class:`GenerationService`, over the Tornado handler
+    (:class:`ResponsesHandler`) or the lean path's (:class:`LeanResponses`)."""
 
     def on_finish(self) -> None:
         pipeline = getattr(self, "pipeline", None)
         metrics.count_request(self.gateway, ROUTE, pipeline.model if pipeline else None,
                               499 if getattr(self, "_cut", False) else self.get_status())
 
-    async def post(self) -> None:
+    async def serve(self) -> None:
         self._task = None
         self._cut = False
         pipeline = self.pipeline = RequestPipeline(self.gateway, "chat", "responses")
@@ -134,12 +137,23 @@ class ResponsesHandler(GenerationHandler):
             pass
 
 
+class ResponsesHandler(ResponsesService, BaseAPIHandler):
+    """POST /v1/responses, on the Tornado application (while draining, other methods)."""
+
+    async def post(self) -> None:
+        await self.serve()
+
+
+class LeanResponses(ResponsesService, LeanHandler):
+    """POST /v1/responses, lean path"""
+
+
 class _EventSink(StreamSink):
     """Writes the typed events a chunk makes, with backpressure (as the chat SSE sink)."""
 
     __slots__ = ("builder",)
 
-    def __init__(self, handler: ResponsesHandler, builder: ResponseBuilder) -> None:
+    def __init__(self, handler: ResponsesService, builder: ResponseBuilder) -> None:
         super().__init__(handler)
         self.builder = builder
 
@@ -173,3 +187,4 @@ ROUTES = [
     (r"/v1/responses", ResponsesHandler),
     (r"/v1/responses/(.+)", StoredResponseHandler),
 ]
+LEAN_ROUTES = {ROUTE: LeanResponses}

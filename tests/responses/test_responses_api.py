@@ -183,12 +183,15 @@ def test_text_format_json_schema(client, up):
 
 
 def test_usage_recorded_with_the_api_named(client, up, gw):
+    def recorded():
+        return [e for e in gw.usage_events() if e.get("transport") == "responses"
+                and e.get("status") == 200]
+    before = len(recorded())
     client.responses.create(model="gpt-relay", input="count me", metadata={"k": "v"})
     deadline = time.time() + 10
     while time.time() < deadline:
-        events = [e for e in gw.usage_events() if e.get("transport") == "responses"
-                  and e.get("status") == 200]
-        if events:
+        events = recorded()
+        if len(events) > before:      # this request's own event
             break
         time.sleep(0.1)
     assert events, gw.usage_events()
