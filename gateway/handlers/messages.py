@@ -18,12 +18,14 @@ from tornado.iostream import StreamClosedError
 
 from gateway.errors import APIError
 from gateway.handlers.base import BaseAPIHandler
+from gateway.handlers.openai import GenerationService
+from gateway.http.lean import LeanHandler
 from gateway.http import drain
 from gateway.http.requestid import token_hex
 from gateway.obs import metrics
 from gateway.relay import translate_messages as tm
 from gateway.relay.pipeline import RequestPipeline
-from gateway.relay.streaming import Accumulator, ClientGone, Generation, estimate_prompt_tokens
+from gateway.relay.streaming import Accumulator, Generation, estimate_prompt_tokens
 from gateway.relay.validation import parse_json
 from gateway.types import Chunk, GenerationRequest
 from gateway.handlers.sink import StreamSink
@@ -41,15 +43,12 @@ class MessagesPipeline(RequestPipeline):
         return req
 
 
-class AnthropicHandler(BaseAPIHandler):
-    """Errors in Anthropic's shape; the key from ``x-api-key`` or Bearer."""
+class AnthropicErrors:
+    """Errors in Anthropic's shape; the key from ``x-api-key`` or Bearer (a mixin over a
+    Tornado handler or the lean path's)."""
 
     def send_api_error(self, err: APIError, exc: BaseException | None = None) -> None:
         super().send_api_error(tm.anthropic_error(err), exc)
-
-    def render_error(self, err: APIError, exc: BaseException | None = None) -> None:
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(tm.error_body(err)))
 
     async def require_principal(self):
         if not self.request.headers.get("Authorization") and \
@@ -62,6 +61,14 @@ class AnthropicHandler(BaseAPIHandler):
         self.check_body_size()
         return parse_json(self.request.body or b"")
 
+    def render_error(self, err: APIError, exc: BaseException | None = None) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(tm.error_body(err)))
+
+
+class AnthropicHandler(AnthropicErrors, BaseAPIHandler):
+    """A Tornado handler of the Anthropic API."""
+
     def on_finish(self) -> None:
         pipeline = getattr(self, "pipeline", None)
         metrics.count_request(self.gateway, self.request.path,
@@ -69,10 +76,13 @@ class AnthropicHandler(BaseAPIHandler):
                               499 if getattr(self, "_cut", False) else self.get_status())
 
 
-class MessagesHandler(AnthropicHandler):
-    """POST /v1/messages"""
+class MessagesService(AnthropicErrors, GenerationService):
+    """POST /v1/messages: translated to a chat request, answered as a message object or
+    Anthropic's stream events; a mixin like :class:`GenerationService` (whose run,
+    disconnect and request counting it shares) over the Tornado handler
+    (:class:`MessagesHandler`) or the lean path's (:class:`LeanMessages`)."""
 
-    async def post(self) -> None:
+    async def serve(self) -> None:
         self._task: asyncio.Task | None = None
         self._cut = False
         pipeline = self.pipeline = MessagesPipeline(self.gateway)
@@ -95,24 +105,6 @@ class MessagesHandler(AnthropicHandler):
             await self._stream(gen)
         else:
             await self._complete(gen)
-
-    def on_connection_close(self) -> None:
-        task = getattr(self, "_task", None)
-        if task is not None:
-            task.cancel()
-
-    async def _run(self, gen: Generation, emit) -> bool:
-        self._task = asyncio.current_task()
-        try:
-            await gen.run(emit)
-        except (asyncio.CancelledError, ClientGone):
-            task, self._task, self._cut = self._task, None, True
-            while task.cancelling():
-                task.uncancel()
-            return False
-        finally:
-            self._task = None
-        return True
 
     async def _complete(self, gen: Generation) -> None:
         acc = Accumulator(True)
@@ -162,6 +154,17 @@ class MessagesHandler(AnthropicHandler):
             pass
 
 
+class MessagesHandler(MessagesService, BaseAPIHandler):
+    """POST /v1/messages, on the Tornado application (while draining, other methods)."""
+
+    async def post(self) -> None:
+        await self.serve()
+
+
+class LeanMessages(MessagesService, LeanHandler):
+    """POST /v1/messages, lean path"""
+
+
 class _ErrorEvents:
     """What :func:`gateway.http.drain.end_cut_off` writes when the drain cuts a stream
     off: an OpenAI error body as the Messages ``error`` event."""
@@ -198,3 +201,4 @@ ROUTES = [
     (r"/v1/messages", MessagesHandler),
     (r"/v1/messages/count_tokens", CountTokensHandler),
 ]
+LEAN_ROUTES = {"/v1/messages": LeanMessages}
