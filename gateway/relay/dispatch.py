@@ -45,7 +45,12 @@ class Dispatcher:
         self.config = config
         self.queues: dict[str, FairQueue] = {}
         self.capacities: dict[str, list[int]] = {}      # each replica's, whole model
-        self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        # The capacity document of each model: the model's name, or name@host for a model
+        # served by this machine's own model workers (another machine has its own).
+        self.share_ids: dict[str, str] = {}
+        # a field name in the capacity documents: no dots (a host name may have them)
+        host = socket.gethostname().replace(".", "_").replace("$", "_")
+        self.holder = f"{host}:{os.getpid()}:{secrets.token_hex(4)}"
         self._task: asyncio.Task | None = None
         self._store = None
         self._reported: set[str] = set()        # models whose shares were agreed once
@@ -68,6 +73,8 @@ class Dispatcher:
                 metrics.QUEUE_SLOTS.labels(model.name).set(per_replica * replicas)
                 queue = self.queues[model.name]
                 self.capacities[model.name] = [per_replica] * replicas
+                self.share_ids[model.name] = model.name if not getattr(
+                    backend, "workers", None) else f"{model.name}@{socket.gethostname()}"
                 for i in range(replicas):
                     metrics.SLOTS_BUSY.labels(model.name, str(i)).set_function(
                         lambda queue=queue, i=i: queue.busy[i])
@@ -113,7 +120,8 @@ class Dispatcher:
         store, me = self._store.capacity, self.holder
         capacities = self.capacities[model]
         capacity = sum(capacities)
-        view = await store.report(model, me, queue.slots_busy + queue.waiting,
+        doc = self.share_ids[model]
+        view = await store.report(doc, me, queue.slots_busy + queue.waiting,
                                   capacity_shares.TTL)
         holders = view["holders"]
         held = holders.get(me, {}).get("slots", 0)
@@ -121,11 +129,11 @@ class Dispatcher:
                                                    for h, v in holders.items()})[me]
         keep = max(target, queue.slots_busy)
         if held > keep:
-            await store.give_back(model, me, held - keep)
+            await store.give_back(doc, me, held - keep)
             held = keep
         elif held < target:
             want = target - held
-            while want > 0 and not await store.take(model, me, want, capacity):
+            while want > 0 and not await store.take(doc, me, want, capacity):
                 want //= 2
             held += want
         holders.setdefault(me, {})["slots"] = held
@@ -149,9 +157,10 @@ class Dispatcher:
         for model, queue in self.queues.items():
             try:
                 view = await asyncio.wait_for(self._store.capacity.report(
-                    model, self.holder, 0, capacity_shares.TTL), 1.0)
+                    self.share_ids[model], self.holder, 0, capacity_shares.TTL), 1.0)
                 slots = view["holders"].get(self.holder, {}).get("slots", 0)
-                await asyncio.wait_for(self._store.capacity.leave(model, self.holder, slots),
+                await asyncio.wait_for(self._store.capacity.leave(self.share_ids[model],
+                                                                  self.holder, slots),
                                        1.0)
             except Exception:  # noqa: BLE001 - reclaimed once expired anyway
                 pass
