@@ -25,7 +25,7 @@ from gateway.http.requestid import token_hex
 from gateway.obs import metrics
 from gateway.relay import translate_messages as tm
 from gateway.relay.pipeline import RequestPipeline
-from gateway.relay.streaming import Accumulator, Generation, estimate_prompt_tokens
+from gateway.relay.streaming import Generation, estimate_prompt_tokens
 from gateway.relay.validation import parse_json
 from gateway.types import Chunk, GenerationRequest
 from gateway.handlers.sink import StreamSink
@@ -107,16 +107,9 @@ class MessagesService(AnthropicErrors, GenerationService):
             await self._complete(gen)
 
     async def _complete(self, gen: Generation) -> None:
-        acc = Accumulator(True)
-
-        async def emit(chunk: Chunk) -> None:
-            acc.add(chunk)
-
-        try:
-            if not await self._run(gen, emit):
-                return await drain.end_cut_off(self)
-        except APIError as err:
-            return self.send_api_error(err)
+        acc = await self._collect(gen, True)
+        if acc is None:
+            return
         choice = acc.result(gen.finish_reason)[0]
         self.write_json(tm.message_object(gen.req.request_id, gen.req.model, choice,
                                           gen.usage))

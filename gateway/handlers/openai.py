@@ -152,17 +152,27 @@ class GenerationService:
             pass
 
     # -- non-streaming ------------------------------------------------------
-    async def _complete(self, gen: Generation) -> None:
-        acc = Accumulator(self.kind == "chat")
+    async def _collect(self, gen: Generation, chat: bool) -> Accumulator | None:
+        """Run the generation into an :class:`Accumulator` (non-streamed answers); None
+        when the answer was already given (cut off, or an error)."""
+        acc = Accumulator(chat)
 
         async def emit(chunk: Chunk) -> None:
             acc.add(chunk)
 
         try:
             if not await self._run(gen, emit):
-                return await drain.end_cut_off(self)
+                await drain.end_cut_off(self)
+                return None
         except APIError as err:
-            return self.send_api_error(err)
+            self.send_api_error(err)
+            return None
+        return acc
+
+    async def _complete(self, gen: Generation) -> None:
+        acc = await self._collect(gen, self.kind == "chat")
+        if acc is None:
+            return
         obj = "chat.completion" if self.kind == "chat" else "text_completion"
         self.write_json({"id": gen.req.request_id, "object": obj, "created": int(time.time()),
                          "model": gen.req.model, "choices": acc.result(gen.finish_reason),
