@@ -54,6 +54,10 @@ class Dispatcher:
         self._task: asyncio.Task | None = None
         self._store = None
         self._reported: set[str] = set()        # models whose shares were agreed once
+        self._locks: dict[str, asyncio.Lock] = {}  # one round at a time per model
+        self._kicked: set[str] = set()          # models with an early round on its way
+        self._held: dict[str, int] = {}         # slots held per model, as last agreed
+        self._last_kick: dict[str, float] = {}  # when each model's last early round began
         self._failing = False
 
     def build(self, backends: dict, store=None) -> None:
@@ -69,7 +73,8 @@ class Dispatcher:
                 replicas = len(getattr(backend, "replicas", None) or [None])
                 self.queues[model.name] = FairQueue(
                     [per_replica] * replicas,
-                    max_waiting_per_account=self.config.queue.max_waiting_per_account)
+                    max_waiting_per_account=self.config.queue.max_waiting_per_account,
+                    name=model.name)
                 metrics.QUEUE_SLOTS.labels(model.name).set(per_replica * replicas)
                 queue = self.queues[model.name]
                 self.capacities[model.name] = [per_replica] * replicas
@@ -88,9 +93,11 @@ class Dispatcher:
         """The first round before the gateway listens (at most 2 s), then the loop."""
         if self._store is None:
             return
-        for queue in self.queues.values():       # nothing held yet: start from none
+        for model, queue in self.queues.items():  # nothing held yet: start from none
             for replica in range(len(queue.capacity)):
                 queue.capacity[replica] = 0
+            queue.on_backlog = lambda model=model: self._kick(model)
+            queue.linger = capacity_shares.LINGER
         try:
             await asyncio.wait_for(self.share_round(), 2.0)
         except TimeoutError:
@@ -104,9 +111,14 @@ class Dispatcher:
     async def share_round(self) -> None:
         """One round for every model: report demand, give back or take slots (see
         :mod:`gateway.relay.capacity_shares`), and set this process's capacity."""
-        for model, queue in self.queues.items():
+        for model in self.queues:
+            await self._share_once(model)
+
+    async def _share_once(self, model: str) -> None:
+        lock = self._locks.setdefault(model, asyncio.Lock())
+        async with lock:
             try:
-                await self._share(model, queue)
+                await self._share(model, self.queues[model])
                 self._reported.add(model)
                 self._failing = False
             except Exception as exc:  # noqa: BLE001 - keep what it holds
@@ -116,16 +128,35 @@ class Dispatcher:
                                 self._reported else "the whole capacity")
                 self._failing = True
 
+    def _kick(self, model: str) -> None:
+        """A round for ``model`` now rather than at the next interval: an account started
+        waiting here, or this process holds slots it may no longer use. At most one
+        round on its way per model and one kick per ``KICK_SPACING``; the interval's
+        rounds catch what a skipped kick would have."""
+        now = asyncio.get_running_loop().time()
+        if self._task is None or model in self._kicked or \
+                now - self._last_kick.get(model, -1.0) < capacity_shares.KICK_SPACING:
+            return
+        self._kicked.add(model)
+        self._last_kick[model] = now
+
+        async def run() -> None:
+            try:
+                await self._share_once(model)
+            finally:
+                self._kicked.discard(model)
+        asyncio.ensure_future(run())
+
     async def _share(self, model: str, queue: FairQueue) -> None:
         store, me = self._store.capacity, self.holder
         capacities = self.capacities[model]
         capacity = sum(capacities)
         doc = self.share_ids[model]
-        view = await store.report(doc, me, queue.slots_busy + queue.waiting,
+        view = await store.report(doc, me, capacity_shares.bounded(queue.demand(), me),
                                   capacity_shares.TTL)
         holders = view["holders"]
         held = holders.get(me, {}).get("slots", 0)
-        target = capacity_shares.shares(capacity, {h: v["demand"]
+        target = capacity_shares.shares(capacity, {h: v["accounts"]
                                                    for h, v in holders.items()})[me]
         keep = max(target, queue.slots_busy)
         if held > keep:
@@ -137,6 +168,7 @@ class Dispatcher:
                 want //= 2
             held += want
         holders.setdefault(me, {})["slots"] = held
+        self._held[model] = held
         mine = min(held, target)
         start = sum(holders[h]["slots"] for h in sorted(holders) if h < me)
         for replica, slots in enumerate(capacity_shares.lay(capacities, start, mine)):
@@ -157,7 +189,7 @@ class Dispatcher:
         for model, queue in self.queues.items():
             try:
                 view = await asyncio.wait_for(self._store.capacity.report(
-                    self.share_ids[model], self.holder, 0, capacity_shares.TTL), 1.0)
+                    self.share_ids[model], self.holder, {}, capacity_shares.TTL), 1.0)
                 slots = view["holders"].get(self.holder, {}).get("slots", 0)
                 await asyncio.wait_for(self._store.capacity.leave(self.share_ids[model],
                                                                   self.holder, slots),
@@ -214,3 +246,7 @@ class Dispatcher:
         """Free the slot; charge the account what it was really served."""
         cost = usage.prompt_tokens * self.config.queue.input_weight + usage.completion_tokens
         queue.settle(ticket, cost, usage.completion_tokens)
+        model = queue.name
+        if model in self._held and self._held[model] > queue.slots and \
+                queue.slots_busy < self._held[model]:
+            self._kick(model)        # a slot this process may not use: give it back now

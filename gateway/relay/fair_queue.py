@@ -86,7 +86,8 @@ class FairQueue:
     """The slots of one model's replicas and the requests waiting for them."""
 
     def __init__(self, capacities: list[int], clock: Callable[[], float] = time.monotonic,
-                 max_waiting_per_account: int = 0) -> None:
+                 max_waiting_per_account: int = 0, name: str = "") -> None:
+        self.name = name                 # the model's
         self.capacity = [max(0, int(c)) for c in capacities]
         self.busy = [0] * len(self.capacity)
         self.clock = clock
@@ -96,6 +97,11 @@ class FairQueue:
         self.waiting = 0
         self.served: dict[str, float] = collections.defaultdict(float)  # weighted tokens
         self.typical_output = 128.0      # generated tokens of a request (moving average)
+        self.running: dict[str, int] = {}            # slots held, per account
+        self.tiers: dict[str, tuple[float, int]] = {}  # weight, priority of those present
+        self.on_backlog: Callable[[], None] | None = None  # an account started waiting
+        self.linger = 0.0                # see demand()
+        self._gone: dict[str, tuple[float, float, int]] = {}  # left at, weight, priority
         self._seq = itertools.count()
 
     # -- capacity ---------------------------------------------------------------------
@@ -129,6 +135,7 @@ class FairQueue:
         account's next request sees it at once); :meth:`settle` corrects it."""
         ticket = Ticket(self, account, weight if weight > 0 else 1.0, priority,
                         next(self._seq), self.clock(), cost)
+        self.tiers[account] = (ticket.weight, priority)
         if not self.waiting:
             replica = self._free_replica()
             if replica is not None:
@@ -148,7 +155,27 @@ class FairQueue:
         queue.append(ticket)
         self.waiting += 1
         self._dispatch()
+        if len(queue) == 1 and ticket.replica is None and self.on_backlog is not None:
+            self.on_backlog()
         return ticket
+
+    def demand(self) -> dict[str, tuple[int, float, int]]:
+        """Each present account's requests (running and waiting), weight and priority;
+        an account whose last request ended less than ``linger`` seconds ago counts as
+        one (a user between two requests: their share stays where they send them)."""
+        out = {}
+        for account, (weight, priority) in self.tiers.items():
+            count = self.running.get(account, 0) + len(self.backlog.get(account, ()))
+            if count:
+                out[account] = (count, weight, priority)
+        if self._gone:
+            since = self.clock() - self.linger
+            for account, (left, weight, priority) in list(self._gone.items()):
+                if left < since or account in out:
+                    del self._gone[account]
+                else:
+                    out[account] = (1, weight, priority)
+        return out
 
     def charge(self, account: str, weight: float, tokens: float) -> None:
         """Count ``tokens`` (already input-weighted) served to ``account``."""
@@ -170,6 +197,7 @@ class FairQueue:
             return
         replica, ticket.replica = ticket.replica, None
         self.busy[replica] -= 1
+        self._forget(ticket.account, -1)
         self._dispatch()
         if not self.waiting and not self.slots_busy:
             self.counters.clear()        # nobody backlogged, nothing in flight: no history
@@ -184,6 +212,7 @@ class FairQueue:
             self.waiting -= 1
             if not queue:
                 del self.backlog[ticket.account]
+                self._forget(ticket.account, 0)
         if ticket.future is not None and not ticket.future.done():
             ticket.future.cancel()
 
@@ -206,10 +235,23 @@ class FairQueue:
         return (-queue[0].priority, self.counters.get(account, 0.0), len(queue),
                 queue[0].seq)
 
+    def _forget(self, account: str, running: int) -> None:
+        """Count ``running`` more slots for ``account``; forget an account gone."""
+        left = self.running.get(account, 0) + running
+        if left > 0:
+            self.running[account] = left
+            return
+        self.running.pop(account, None)
+        if account not in self.backlog:
+            tier = self.tiers.pop(account, None)
+            if self.linger and tier is not None:
+                self._gone[account] = (self.clock(), *tier)
+
     def _grant(self, ticket: Ticket, replica: int) -> None:
         ticket.replica = replica
         ticket.granted_at = self.clock()
         self.busy[replica] += 1
+        self.running[ticket.account] = self.running.get(ticket.account, 0) + 1
         if ticket.cost:
             self.charge(ticket.account, ticket.weight, ticket.cost)
         if ticket.future is not None and not ticket.future.done():
@@ -228,5 +270,6 @@ class FairQueue:
                 del self.backlog[account]
             self.waiting -= 1
             if ticket.future is not None and ticket.future.cancelled():
+                self._forget(account, 0)
                 continue
             self._grant(ticket, replica)

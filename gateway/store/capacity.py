@@ -1,6 +1,8 @@
 """Model capacity shared between gateway processes: one document per model.
 
-``{_id: model, total: n, holders: {<process>: {"slots", "demand", "expires"}}}``. A
+``{_id: model, total: n, holders: {<process>: {"slots", "demand", "accounts",
+"expires"}}}``, where ``accounts`` is ``[[account, requests, weight, priority], ...]``
+(bounded by gateway.relay.capacity_shares.MAX_ACCOUNTS) and ``demand`` their sum. A
 process holds ``slots`` of the model's capacity; ``total`` is their sum, and slots are
 only ever taken with one conditional update that keeps ``total`` within the capacity
 (as quota leases are), so no number of processes can hold more slots than the model
@@ -23,13 +25,17 @@ class CapacityShares:
     async def init(self) -> None:
         pass                      # addressed by _id only
 
-    async def report(self, model: str, holder: str, demand: int, ttl: float) -> dict:
-        """Write this holder's demand and expiry; reclaim expired holders' slots.
-        Returns ``{"total": n, "holders": {h: {"slots", "demand"}}}`` (live holders)."""
+    async def report(self, model: str, holder: str,
+                     accounts: dict[str, tuple[int, float, int]], ttl: float) -> dict:
+        """Write this holder's demand per account and expiry; reclaim expired holders'
+        slots. Returns ``{"total": n, "holders": {h: {"slots", "demand", "accounts"}}}``
+        (live holders; ``accounts`` as given)."""
         now = datetime.now(UTC)
+        rows = [[a, int(n), float(w), int(p)] for a, (n, w, p) in accounts.items()]
         doc = await self.col.find_one_and_update(
             {"_id": model},
-            {"$set": {f"holders.{holder}.demand": int(demand),
+            {"$set": {f"holders.{holder}.demand": sum(r[1] for r in rows),
+                      f"holders.{holder}.accounts": rows,
                       f"holders.{holder}.expires": now + timedelta(seconds=ttl)},
              "$setOnInsert": {"total": 0}},
             upsert=True, return_document=ReturnDocument.AFTER)
@@ -45,7 +51,8 @@ class CapacityShares:
                 del holders[other]
         return {"total": int(doc.get("total", 0)),
                 "holders": {h: {"slots": int(v.get("slots", 0)),
-                                "demand": int(v.get("demand", 0))}
+                                "demand": int(v.get("demand", 0)),
+                                "accounts": _accounts(v)}
                             for h, v in holders.items()}}
 
     async def take(self, model: str, holder: str, want: int, capacity: int) -> bool:
@@ -65,6 +72,15 @@ class CapacityShares:
         await self.col.update_one({"_id": model, f"holders.{holder}": {"$exists": True}},
                                   {"$inc": {"total": -slots},
                                    "$unset": {f"holders.{holder}": ""}})
+
+
+def _accounts(entry: dict) -> dict[str, tuple[int, float, int]]:
+    """A holder's demand per account, as reported (none before its first report)."""
+    rows = entry.get("accounts")
+    if isinstance(rows, list):
+        return {str(r[0]): (int(r[1]), float(r[2]) or 1.0, int(r[3])) for r in rows
+                if isinstance(r, list) and len(r) == 4}
+    return {}
 
 
 def _expired(entry: dict, now: datetime) -> bool:

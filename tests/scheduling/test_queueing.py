@@ -186,3 +186,39 @@ def test_two_gateways_share_the_model_slots(standin, mongo, tmp_path):
     finally:
         a.stop()
         b.stop()
+
+
+def test_light_users_processes_are_given_the_slots_they_are_due(standin, mongo, tmp_path):
+    """Shares between processes are fair by account, not by request count: a heavy
+    account queues 12 requests on gateway b; then three light accounts ask one request
+    each on gateway a. Counted by requests a would hold 1 of the 4 slots (3 of 15
+    requests); by account each light user is due a whole slot, so a comes to hold 3 and
+    b gives them back as its requests end."""
+    import pymongo
+    from tests.helpers import start_gateway
+    sections = {"models": [{"name": MODEL, "backend": "openai_compatible",
+                            "max_concurrency": 4, "options": {"base_url": standin + "/v1"}}],
+                "queue": {"keepalive": 0.5, "max_wait": 60.0}}
+    a = start_gateway(tmp_path / "a", mongo.uri, sections, db_name="fair_shares")
+    b = start_gateway(tmp_path / "b", mongo.uri, sections, db_name="fair_shares")
+    doc = pymongo.MongoClient(mongo.uri)["fair_shares"]["capacity_shares"]
+
+    def held(field: str = "slots") -> dict[str, int]:
+        holders = (doc.find_one({"_id": MODEL}) or {}).get("holders", {})
+        return {name: sum(v.get(field, 0) for h, v in holders.items()
+                          if f":{gw.proc.pid}:" in h) for name, gw in (("a", a), ("b", b))}
+    try:
+        heavy = a.create_key("heavy@example.com")
+        light = [a.create_key(f"light{i}@example.com") for i in range(3)]
+        time.sleep(1.0)                                # both have reported once
+        threads = [hold(b, heavy, tokens=100) for _ in range(12)]
+        assert wait_until(lambda: held() == {"a": 0, "b": 4}, timeout=15)
+        threads += [hold(a, key, tokens=60) for key in light]
+        # while b still has requests waiting (by request count a would hold at most 2)
+        assert wait_until(lambda: held() == {"a": 3, "b": 1} and held("demand")["b"] > 4,
+                          timeout=20), (held(), held("demand"))
+        for t in threads:
+            t.join(60)
+    finally:
+        a.stop()
+        b.stop()
