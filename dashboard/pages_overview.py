@@ -3,10 +3,10 @@ first at peak. Rendered on the server (tables and the SVG chart helper, no JavaS
 
 Two sources, and the page says which figure comes from which:
 
-- **Now, this gateway process**: replicas, slots busy/total and waiting requests come
-  from this process's fair queues (``gateway.dispatcher.queues``; a model without a known
-  capacity has no queue); waiting requests per tier from this process's
-  ``ayct_queue_waiting`` gauge. With several gateway processes each has its own queues.
+- **Now, every gateway process**: slots busy/total and waiting requests, per model and
+  per tier, summed over the gateway processes that share the model's slots, as each
+  reported them last (every 0.1 s: ``Dispatcher.everywhere``); per replica only when this
+  process is the only one. A model without a known capacity has no queue.
 - **The usage rollups (all processes)**: time to first token, error rate and tokens per
   minute from the hourly rollups of the previous and the current UTC hour; tokens per
   tier and the top accounts from the daily rollups; the 24-hour chart from the hourly
@@ -50,6 +50,29 @@ def queued_per_tier() -> dict[str, int]:
     return out
 
 
+async def queues_now(gateway) -> tuple[dict[str, dict], dict[str, int]]:
+    """Each queued model's slots, busy slots, waiting requests and processes, and the
+    waiting requests per tier: across the processes sharing the slots, or this process's
+    own where it shares nothing."""
+    models, tiers, local_tiers = {}, {}, True
+    for name, queue in gateway.dispatcher.queues.items():
+        every = await gateway.dispatcher.everywhere(name)
+        if every is None:
+            models[name] = {"slots": queue.slots, "busy": queue.slots_busy,
+                            "waiting": queue.waiting, "processes": 1,
+                            "per_replica": list(zip(queue.busy, queue.capacity))}
+            continue
+        local_tiers = False
+        models[name] = {"slots": sum(gateway.dispatcher.capacities[name]),
+                        "busy": every["busy"], "waiting": every["waiting"],
+                        "processes": every["processes"],
+                        "per_replica": list(zip(queue.busy, queue.capacity))
+                        if every["processes"] <= 1 else []}
+        for tier, n in every["tiers"].items():
+            tiers[tier] = tiers.get(tier, 0) + n
+    return models, (queued_per_tier() if local_tiers else tiers)
+
+
 def _replicas(backend, queue) -> tuple[int, int | None]:
     """(replicas, how many are up, or None where the backend does not say)."""
     replicas = getattr(backend, "replicas", None)
@@ -70,9 +93,11 @@ async def overview(gateway, now: datetime | None = None) -> dict:
     week_from = (now - timedelta(days=6)).strftime("%Y-%m-%d")
 
     recent = await usage.per_model_since(since)
+    live, waiting = await queues_now(gateway)
     models = []
     for model in gateway.config.models:
         queue = gateway.dispatcher.queues.get(model.name)
+        now_q = live.get(model.name)
         n, up = _replicas(gateway.backends.get(model.name), queue)
         r = recent.get(model.name) or {}
         requests, errors = int(r.get("requests", 0)), int(r.get("errors", 0))
@@ -80,11 +105,12 @@ async def overview(gateway, now: datetime | None = None) -> dict:
         hist = r.get("ttft_hist") or {}
         models.append({
             "name": model.name, "replicas": n, "replicas_up": up,
-            "queue": queue is not None,
-            "slots": queue.slots if queue else None,
-            "busy": queue.slots_busy if queue else None,
-            "per_replica": list(zip(queue.busy, queue.capacity)) if queue else [],
-            "waiting": queue.waiting if queue else None,
+            "queue": now_q is not None,
+            "slots": now_q["slots"] if now_q else None,
+            "busy": now_q["busy"] if now_q else None,
+            "per_replica": now_q["per_replica"] if now_q else [],
+            "waiting": now_q["waiting"] if now_q else None,
+            "processes": now_q["processes"] if now_q else None,
             "requests": requests, "errors": errors,
             "errors_5xx": int(r.get("status_5xx", 0)), "errors_4xx": int(r.get("status_4xx", 0)),
             "error_rate": errors / requests if requests else None,
@@ -92,7 +118,6 @@ async def overview(gateway, now: datetime | None = None) -> dict:
             "ttft_mean": r["ttft_ms_sum"] / r["ttft_count"] if r.get("ttft_count") else None,
             "tokens": tokens, "tokens_per_min": tokens / window_min})
 
-    waiting = queued_per_tier()
     served = await usage.per_tier_on(today)
     total_tokens = sum(t["tokens"] for t in served.values())
     names = list(gateway.config.tiers) + sorted(

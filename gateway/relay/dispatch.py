@@ -58,6 +58,7 @@ class Dispatcher:
         self._kicked: set[str] = set()          # models with an early round on its way
         self._held: dict[str, int] = {}         # slots held per model, as last agreed
         self._last_kick: dict[str, float] = {}  # when each model's last early round began
+        self._waiting_tiers: dict[str, dict[str, int]] = {}  # model -> tier -> waiting
         self._failing = False
 
     def build(self, backends: dict, store=None) -> None:
@@ -152,8 +153,10 @@ class Dispatcher:
         capacities = self.capacities[model]
         capacity = sum(capacities)
         doc = self.share_ids[model]
+        live = {"busy": queue.slots_busy, "waiting": queue.waiting,
+                "tiers": [[t, n] for t, n in self._waiting_tiers.get(model, {}).items() if n]}
         view = await store.report(doc, me, capacity_shares.bounded(queue.demand(), me),
-                                  capacity_shares.TTL)
+                                  capacity_shares.TTL, live)
         holders = view["holders"]
         held = holders.get(me, {}).get("slots", 0)
         target = capacity_shares.shares(capacity, {h: v["accounts"]
@@ -197,6 +200,21 @@ class Dispatcher:
             except Exception:  # noqa: BLE001 - reclaimed once expired anyway
                 pass
 
+    async def everywhere(self, model: str) -> dict | None:
+        """``model``'s queue across every gateway process sharing it, as of their last
+        reports (at most ``INTERVAL`` old): ``{"processes", "slots", "busy", "waiting",
+        "tiers": {tier: waiting}}``; None when this process does not share it."""
+        if self._store is None or model not in self.queues:
+            return None
+        out = {"processes": 0, "slots": 0, "busy": 0, "waiting": 0, "tiers": {}}
+        for holder in await self._store.capacity.live(self.share_ids[model]):
+            out["processes"] += 1
+            for field in ("slots", "busy", "waiting"):
+                out[field] += int(holder.get(field, 0))
+            for tier, n in holder.get("tiers", []):
+                out["tiers"][tier] = out["tiers"].get(tier, 0) + int(n)
+        return out
+
     async def turn(self, queue: FairQueue, req, principal,
                    on_queued: OnQueued | None) -> Ticket:
         """Wait for a slot (see the module); the ticket says which replica."""
@@ -216,6 +234,8 @@ class Dispatcher:
             return ticket
         cfg = self.config.queue
         metrics.QUEUE_WAITING.labels(model, principal.tier).inc()
+        tiers = self._waiting_tiers.setdefault(model, {})
+        tiers[principal.tier] = tiers.get(principal.tier, 0) + 1
         try:
             deadline = asyncio.get_running_loop().time() + cfg.max_wait
             while True:
@@ -240,6 +260,7 @@ class Dispatcher:
             raise
         finally:
             metrics.QUEUE_WAITING.labels(model, principal.tier).dec()
+            tiers[principal.tier] -= 1
             metrics.QUEUE_WAIT.labels(model, principal.tier).observe(ticket.waited)
 
     def done(self, queue: FairQueue, ticket: Ticket, usage: Usage) -> None:

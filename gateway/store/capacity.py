@@ -26,16 +26,19 @@ class CapacityShares:
         pass                      # addressed by _id only
 
     async def report(self, model: str, holder: str,
-                     accounts: dict[str, tuple[int, float, int]], ttl: float) -> dict:
-        """Write this holder's demand per account and expiry; reclaim expired holders'
-        slots. Returns ``{"total": n, "holders": {h: {"slots", "demand", "accounts"}}}``
-        (live holders; ``accounts`` as given)."""
+                     accounts: dict[str, tuple[int, float, int]], ttl: float,
+                     live: dict | None = None) -> dict:
+        """Write this holder's demand per account and expiry, and ``live`` (what it runs
+        and queues now, for the operator: ``{"busy", "waiting", "tiers": [[tier, n]]}``);
+        reclaim expired holders' slots. Returns ``{"total": n, "holders": {h: {"slots",
+        "demand", "accounts"}}}`` (live holders; ``accounts`` as given)."""
         now = datetime.now(UTC)
         rows = [[a, int(n), float(w), int(p)] for a, (n, w, p) in accounts.items()]
         doc = await self.col.find_one_and_update(
             {"_id": model},
             {"$set": {f"holders.{holder}.demand": sum(r[1] for r in rows),
                       f"holders.{holder}.accounts": rows,
+                      f"holders.{holder}.live": live or {},
                       f"holders.{holder}.expires": now + timedelta(seconds=ttl)},
              "$setOnInsert": {"total": 0}},
             upsert=True, return_document=ReturnDocument.AFTER)
@@ -54,6 +57,14 @@ class CapacityShares:
                                 "demand": int(v.get("demand", 0)),
                                 "accounts": _accounts(v)}
                             for h, v in holders.items()}}
+
+    async def live(self, model: str) -> list[dict]:
+        """What each holder not yet expired runs and queues now (``live`` of its last
+        report, with its ``slots``): the operator's view across processes."""
+        doc = await self.col.find_one({"_id": model}) or {}
+        now = datetime.now(UTC)
+        return [{**(entry.get("live") or {}), "slots": int(entry.get("slots", 0))}
+                for entry in (doc.get("holders") or {}).values() if not _expired(entry, now)]
 
     async def take(self, model: str, holder: str, want: int, capacity: int) -> bool:
         """Take ``want`` more slots if the total stays within ``capacity`` (atomic)."""

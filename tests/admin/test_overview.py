@@ -299,3 +299,34 @@ def admin_client_of():
     yield make
     for c in clients:
         c.close()
+
+
+def test_overview_counts_the_queues_of_every_gateway_process(mongo, admin_inbox, tmp_path,
+                                                              admin_client_of):
+    """Two gateway processes share the queued model's one slot: the page served by a
+    shows the request running and the one waiting on b, and that two processes share."""
+    sections = overview_sections(admin_inbox.port)
+    a = start_gateway(tmp_path / "a", mongo.uri, sections, db_name="overview_two")
+    b = start_gateway(tmp_path / "b", mongo.uri, sections, db_name="overview_two")
+    try:
+        client = admin_client_of(a)
+        _, (heavy_key,) = make_account(b, tier="pro")
+        _, (light_key,) = make_account(b, tier="free")
+        holder = threading.Thread(target=chat, args=(b, heavy_key, QUEUED, words(250), True))
+        holder.start()
+        wait_until(lambda: page(client).rows("models", "data-model")[QUEUED]["slots"]
+                   .startswith("1 / 1"), what="b's request in the slot, seen from a")
+        waiter = threading.Thread(target=chat, args=(b, light_key, QUEUED, words(3)))
+        waiter.start()
+        t = wait_until(lambda: (p := page(client)).rows("models", "data-model")[QUEUED]
+                       ["waiting"] == "1" and p, what="b's waiting request, seen from a")
+        assert t.rows("models", "data-model")[QUEUED]["slots"] == \
+            "1 / 1 | 2 gateway processes"
+        assert t.rows("tiers", "data-tier")["free"]["waiting"] == "1"
+        holder.join(60)
+        waiter.join(60)
+        wait_until(lambda: page(client).rows("models", "data-model")[QUEUED]["waiting"] == "0",
+                   what="the queue empty again")
+    finally:
+        a.stop()
+        b.stop()
