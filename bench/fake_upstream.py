@@ -28,7 +28,8 @@ class FakeUpstream:
     them, the first delta of each call with id and name, then the arguments in
     ``chunk_chars`` pieces; ``finish_reason`` "tool_calls"), ``reasoning`` (that many
     ``reasoning_content`` chunks before the answer), ``logprobs``/``top_logprobs`` and
-    ``n`` when the request asks, a ``system_fingerprint`` on every chunk. ``GET /last``
+    ``n`` when the request asks, a ``system_fingerprint`` on every chunk. ``texts``: the
+    plain answer's pieces, in turn (default: ``chunk_chars`` x's each). ``GET /last``
     returns the body of the last completion request (what the gateway forwarded).
     """
 
@@ -42,6 +43,7 @@ class FakeUpstream:
         self.send_usage = send_usage
         self.fail_status = fail_status   # answer every completion with this HTTP status
         self.tool_calls: list[dict] = []
+        self.texts: list[str] = []
         self.reasoning = 0
         self.last_body: dict = {}
         self.stats = {"started": 0, "finished": 0, "disconnected": 0, "active": 0,
@@ -70,6 +72,10 @@ class FakeUpstream:
         for k, v in (await request.json()).items():
             setattr(self, k, v)
         return web.json_response({"ok": True})
+
+    def _piece(self, i: int, default: str) -> str:
+        """The plain answer's piece ``i``."""
+        return self.texts[i % len(self.texts)] if self.texts else default
 
     def _logprobs(self, piece: str, top: int) -> dict:
         return {"content": [{"token": piece, "logprob": -0.25, "bytes": list(piece.encode()),
@@ -117,7 +123,7 @@ class FakeUpstream:
         piece = "x" * self.chunk_chars
         plain = not (self.tool_calls or self.reasoning or body.get("logprobs") or n > 1)
         if not body.get("stream"):
-            text = piece * tokens
+            text = "".join(self._piece(i, piece) for i in range(tokens))
             choice = {"index": 0, "finish_reason": "length" if tokens < self.tokens else "stop",
                       **({"message": {"role": "assistant", "content": text}} if chat
                          else {"text": text})}
@@ -140,7 +146,8 @@ class FakeUpstream:
                     last = i == tokens - 1
                     choice = {"index": 0, "finish_reason": ("length" if tokens < self.tokens
                                                             else "stop") if last else None}
-                    choice.update({"delta": {"content": piece}} if chat else {"text": piece})
+                    text = self._piece(i, piece)
+                    choice.update({"delta": {"content": text}} if chat else {"text": text})
                     data = {"id": "x", "object": obj, "created": created, "model": "fake",
                             "choices": [choice]}
                     await resp.write(f"data: {json.dumps(data)}\n\n".encode())

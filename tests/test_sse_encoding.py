@@ -1,10 +1,16 @@
-"""The pre-encoded SSE events are exactly the JSON OpenAI clients expect, for any text."""
+"""The pre-encoded SSE events are exactly the JSON OpenAI clients expect, for any text;
+the Responses and Messages text deltas, filled into templates, are byte for byte what
+``json.dumps`` of the event gives."""
 import json
 
 import pytest
 
 from gateway.http.sse import ChunkEncoder
+from gateway.relay import translate_messages as tm
+from gateway.relay.sse_events import HOLE, event_template, json_string
+from gateway.relay.translate_responses import ResponseBuilder
 from gateway.types import Chunk, Usage
+from tests.upstream_fixtures import TRICKY_TEXTS
 
 TEXTS = ["plain", 'quote " and \\ backslash', "line\nbreak\ttab", "ünïcödé ✓ 🌟", "", "\x00\x1f"]
 
@@ -40,3 +46,49 @@ def test_completion_events():
         assert event["object"] == "text_completion"
         assert event["choices"] == [{"index": 0, "text": text, "logprobs": None,
                                      "finish_reason": "length"}]
+
+
+def dumps_event(name: str, payload: dict) -> str:
+    """The event as the Responses and Messages streams send it, encoded by json.dumps."""
+    return f"event: {name}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n"
+
+
+# What JSON escapes (and '%', which fills the templates), plus a lone surrogate.
+TRICKY = [*TRICKY_TEXTS, "\ud800 alone"]
+
+
+def test_event_template_is_the_event_with_its_holes_filled():
+    payload = {"type": "t", "n": HOLE, "fixed": '100% "%s" \\', "inner": {"text": HOLE}}
+    template = event_template("t", payload, 2)
+    for n, text in enumerate(TRICKY):
+        assert template % (n, json_string(text)) == \
+            dumps_event("t", {**payload, "n": n, "inner": {"text": text}})
+    with pytest.raises(ValueError):
+        event_template("t", payload, 1)
+
+
+def test_responses_events_are_json_dumps_of_the_event():
+    b = ResponseBuilder({"model": "m%s", "input": "x"}, 'm%s "1"', events=True)
+    kinds = ("response.created", "response.in_progress")
+    assert b.start() == [dumps_event(k, {"type": k, "sequence_number": n,
+                                         "response": b.response()})
+                         for n, k in enumerate(kinds)]
+    kind = "response.output_text.delta"
+    for text in TRICKY:
+        events = b.add(Chunk(text, delta={"content": text}))
+        payload = {"type": kind, "sequence_number": b.seq - 1, "item_id": b.output[0]["id"],
+                   "output_index": 0, "content_index": 0, "delta": text, "logprobs": []}
+        assert events[-1] == dumps_event(kind, payload)
+    final, obj = b.finish(Usage(1, len(TRICKY)), "stop")
+    assert obj["output"][0]["content"][0]["text"] == "".join(TRICKY)
+    assert json.loads(final[-1].split("data: ", 1)[1])["response"] == obj
+
+
+def test_messages_text_deltas_are_json_dumps_of_the_event():
+    s = tm.MessageStream("msg_1", "m", 1)
+    s.chunk(Chunk(delta={"tool_calls": [{"index": 0, "id": "c", "function": {"name": "f"}}]}))
+    for text in TRICKY:
+        out = s.chunk(Chunk(text))     # the first one opens the text block (index 1)
+        assert out.endswith(dumps_event("content_block_delta", {
+            "type": "content_block_delta", "index": 1,
+            "delta": {"type": "text_delta", "text": text}}))

@@ -11,8 +11,15 @@ import pytest
 
 from tests.helpers import free_port, start_process, stop_process
 
-PLAIN = {"tokens": 6, "interval": 0.0, "chunk_chars": 4, "tool_calls": [], "reasoning": 0,
-         "send_usage": True, "first_delay": 0.0, "fail_status": 0}
+PLAIN = {"tokens": 6, "interval": 0.0, "chunk_chars": 4, "tool_calls": [], "texts": [],
+         "reasoning": 0, "send_usage": True, "first_delay": 0.0, "fail_status": 0}
+
+# Pieces of text JSON must escape: quotes, backslashes, control characters, DEL, non-ASCII,
+# emoji (with a skin-tone modifier), the line and paragraph separators, and '%'.
+TRICKY_TEXTS = ['say "hi"', "back\\slash \\n \\u0041", "ctl \x00\x01\x08\x1b\x1f\x7f",
+                "tab\t nl\n cr\r crlf\r\n", "na\u00efve caf\u00e9 \u65e5\u672c\u8a9e",
+                "\U0001f389\U0001f44d\U0001f3fd", "line\u2028para\u2029end",
+                "100% %s %d %%", "</script>"]
 
 
 class Up:

@@ -14,7 +14,6 @@ Nothing is stored: ``GET``/``DELETE /v1/responses/{id}`` (and ``.../input_items`
 from __future__ import annotations
 
 import asyncio
-import json
 
 from tornado.iostream import StreamClosedError
 
@@ -35,10 +34,6 @@ ROUTE = "/v1/responses"
 STORED_MESSAGE = ("This service keeps no content: responses are never stored, so none can "
                   "be retrieved, listed, cancelled or deleted. Send the whole context in "
                   "`input` with every request (no previous_response_id).")
-
-
-def _sse(kind: str, payload: dict) -> str:
-    return f"event: {kind}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n"
 
 
 class ResponsesService(GenerationService):
@@ -108,8 +103,7 @@ class ResponsesService(GenerationService):
             if self.gateway.draining and not self.request.connection.stream.closed():
                 if sink.sent == 0:
                     return await drain.end_cut_off(self)
-                self.write("".join(_sse(k, p) for k, p in
-                                   builder.failed(drain.shutdown_error().body()["error"])))
+                self.write("".join(builder.failed(drain.shutdown_error().body()["error"])))
                 try:
                     await self.finish()
                 except StreamClosedError:
@@ -119,7 +113,7 @@ class ResponsesService(GenerationService):
             self._task = None
             if not sink.started:
                 return self.send_api_error(err)
-            self.write("".join(_sse(k, p) for k, p in builder.failed(err.body()["error"])))
+            self.write("".join(builder.failed(err.body()["error"])))
             try:
                 await self.finish()
             except StreamClosedError:
@@ -130,7 +124,7 @@ class ResponsesService(GenerationService):
             raise
         self._task = None
         events, _ = builder.finish(gen.usage, gen.finish_reason)
-        self.write("".join(_sse(k, p) for k, p in events))
+        self.write("".join(events))
         try:
             await self.finish()
         except StreamClosedError:
@@ -163,7 +157,7 @@ class _EventSink(StreamSink):
     async def emit(self, chunk: Chunk) -> None:
         events = self.builder.add(chunk)
         if events:
-            await self.write("".join(_sse(k, p) for k, p in events), len(events))
+            await self.write("".join(events), len(events))
 
 
 class StoredResponseHandler(BaseAPIHandler):

@@ -25,6 +25,7 @@ import json
 from typing import Any
 
 from gateway.errors import APIError
+from gateway.relay.sse_events import HOLE, event_template, json_string, sse_event
 from gateway.types import Chunk, Usage
 
 MAX_STOP_SEQUENCES = 4       # the chat request's ``stop`` limit
@@ -313,9 +314,7 @@ def _tool_id(msg_id: str, index: int) -> str:
     return f"toolu_{msg_id.removeprefix('msg_')}_{index}"
 
 
-def event(name: str, data: dict) -> str:
-    """One SSE event of the Messages stream."""
-    return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+event = sse_event   # one SSE event of the Messages stream
 
 
 PING = event("ping", {"type": "ping"})
@@ -328,15 +327,17 @@ class MessageStream:
     Chunk (text becomes a ``text`` block with ``text_delta``s, each tool call a
     ``tool_use`` block with ``input_json_delta``s; a new kind of output closes the open
     block), :meth:`end` closes the open block and sends ``message_delta`` and
-    ``message_stop``."""
+    ``message_stop``. A ``text_delta``, the event sent per token, fills a template made
+    when its block opens."""
 
-    __slots__ = ("msg_id", "model", "input_tokens", "index", "open", "started")
+    __slots__ = ("msg_id", "model", "input_tokens", "index", "open", "started", "_delta")
 
     def __init__(self, msg_id: str, model: str, input_tokens: int) -> None:
         self.msg_id, self.model, self.input_tokens = msg_id, model, input_tokens
         self.index = -1         # the current content block
         self.open: Any = None   # "text", or ("tool", the chat tool-call index), or None
         self.started = False
+        self._delta = ""        # the open text block's text_delta template
 
     def start(self) -> str:
         self.started = True
@@ -369,9 +370,10 @@ class MessageStream:
         if text:
             if self.open != "text":
                 out += self._begin({"type": "text", "text": ""}, "text")
-            out += event("content_block_delta", {"type": "content_block_delta",
-                                                 "index": self.index,
-                                                 "delta": {"type": "text_delta", "text": text}})
+                self._delta = event_template("content_block_delta", {
+                    "type": "content_block_delta", "index": self.index,
+                    "delta": {"type": "text_delta", "text": HOLE}}, 1)
+            out += self._delta % json_string(text)
         for call in (delta.get("tool_calls") if delta else None) or ():
             if not isinstance(call, dict):
                 continue

@@ -20,6 +20,8 @@ from typing import Any
 
 from gateway.errors import APIError
 from gateway.http.requestid import token_hex
+from gateway.relay.sse_events import (HOLE, event_template, json_string, json_text,
+                                      sse_event)
 from gateway.types import Chunk, Usage
 
 NO_CONTENT_KEPT = ("This service keeps no content: responses are not stored, so there is "
@@ -286,10 +288,18 @@ def response_usage(usage: Usage) -> dict:
             "total_tokens": usage.total_tokens}
 
 
+# The events that open a stream, with the same response object (encoded once).
+_OPENING = tuple(event_template(kind, {"type": kind, "sequence_number": HOLE,
+                                       "response": HOLE}, 2)
+                 for kind in ("response.created", "response.in_progress"))
+
+
 class ResponseBuilder:
     """The response object and its output items, built from the generation's Chunks;
-    with ``events`` (a stream), :meth:`add` also returns the typed SSE events, as
-    ``(type, payload)`` pairs whose payload holds ``type`` and ``sequence_number``.
+    with ``events`` (a stream), :meth:`add` also returns the typed SSE events, encoded
+    (``event:`` and ``data:`` lines), each payload with its ``type`` and
+    ``sequence_number``. A text delta, the event sent per token, fills a template made
+    when its message opens.
 
     Output items follow the generation: text opens a ``message`` item (one
     ``output_text`` part); each tool call opens a ``function_call`` item; an item is done
@@ -305,6 +315,7 @@ class ResponseBuilder:
         self._open: dict | None = None          # the item receiving output
         self._text: list[str] = []              # the open message's text pieces
         self._calls: dict[int, dict] = {}       # chat tool-call index -> item
+        self._delta = ""                        # the open message's text-delta template
 
     # -- the response object -----------------------------------------------------------
     def response(self, status: str = "in_progress", usage: Usage | None = None,
@@ -339,7 +350,7 @@ class ResponseBuilder:
     # -- events --------------------------------------------------------------------------
     def _event(self, out: list, kind: str, **payload) -> None:
         if self.events:
-            out.append((kind, {"type": kind, "sequence_number": self.seq, **payload}))
+            out.append(sse_event(kind, {"type": kind, "sequence_number": self.seq, **payload}))
             self.seq += 1
 
     def start(self) -> list:
@@ -347,8 +358,11 @@ class ResponseBuilder:
         out: list = []
         if not self.started:
             self.started = True
-            self._event(out, "response.created", response=self.response())
-            self._event(out, "response.in_progress", response=self.response())
+            if self.events:
+                response = json_text(self.response())   # the same in both
+                for template in _OPENING:
+                    out.append(template % (self.seq, response))
+                    self.seq += 1
         return out
 
     def _index(self, item: dict) -> int:
@@ -389,14 +403,19 @@ class ResponseBuilder:
                     output_index=index, content_index=0,
                     part={"type": "output_text", "text": "", "annotations": [],
                           "logprobs": []})
+        if self.events:
+            kind = "response.output_text.delta"
+            self._delta = event_template(kind, {
+                "type": kind, "sequence_number": HOLE, "item_id": item["id"],
+                "output_index": index, "content_index": 0, "delta": HOLE, "logprobs": []}, 2)
         return item
 
     def _text_delta(self, out: list, text: str) -> None:
-        item = self._open_message(out)
+        self._open_message(out)
         self._text.append(text)
-        self._event(out, "response.output_text.delta", item_id=item["id"],
-                    output_index=self._index(item), content_index=0, delta=text,
-                    logprobs=[])
+        if self.events:
+            out.append(self._delta % (self.seq, json_string(text)))
+            self.seq += 1
 
     def _call_delta(self, out: list, delta: dict, order: int) -> None:
         if not isinstance(delta, dict):

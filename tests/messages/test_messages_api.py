@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from tests.helpers import wait_until
+from tests.upstream_fixtures import TRICKY_TEXTS
 
 HI = [{"role": "user", "content": "Say hi."}]
 CALLS = [{"name": "get_weather", "arguments": json.dumps({"city": "Paris", "unit": "c"})},
@@ -79,6 +80,16 @@ def test_stream_text_with_the_sdk_and_the_event_order(client, up, gw):
     assert events[2][1]["delta"] == {"type": "text_delta", "text": "xxxx"}
     assert events[-2][1]["delta"]["stop_reason"] == "end_turn"
     assert events[-2][1]["usage"]["output_tokens"] == 6
+
+
+def test_text_json_must_escape_arrives_intact(client, up):
+    """Each text_delta is filled into a template (not json.dumps of an event): quotes,
+    backslashes, control characters, non-ASCII, emoji and U+2028 come out as sent."""
+    up.set(texts=TRICKY_TEXTS, tokens=len(TRICKY_TEXTS))
+    with client.messages.stream(model="fake", max_tokens=50, messages=HI) as stream:
+        texts = list(stream.text_stream)
+        final = stream.get_final_message()
+    assert texts == TRICKY_TEXTS and final.content[0].text == "".join(TRICKY_TEXTS)
 
 
 def test_tool_use_then_tool_result_round_trip(client, up):

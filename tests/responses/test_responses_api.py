@@ -11,6 +11,8 @@ import httpx
 import openai
 import pytest
 
+from tests.upstream_fixtures import TRICKY_TEXTS
+
 TEXT = "xxxx" * 6          # what the fake upstream streams: 6 pieces of 4 characters
 CALLS = [{"name": "get_weather", "arguments": json.dumps({"city": "Paris", "unit": "c"})},
          {"name": "get_time", "arguments": '{"tz": "Europe/Paris"}'}]
@@ -106,6 +108,16 @@ def test_stream_helper_accumulates(client, up):
         deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
         final = stream.get_final_response()
     assert "".join(deltas) == TEXT == final.output_text
+
+
+def test_text_json_must_escape_arrives_intact(client, up):
+    """Each delta is filled into a template (not json.dumps of an event): quotes,
+    backslashes, control characters, non-ASCII, emoji and U+2028 come out as sent."""
+    up.set(texts=TRICKY_TEXTS, tokens=len(TRICKY_TEXTS))
+    with client.responses.stream(model="gpt-relay", input="hi") as stream:
+        deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+    assert deltas == TRICKY_TEXTS and final.output_text == "".join(TRICKY_TEXTS)
 
 
 def test_function_call_round_trip(client, up):

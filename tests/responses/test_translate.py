@@ -2,6 +2,8 @@
 order when text and tool calls mix, response.failed, and what to_chat refuses."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from gateway.errors import APIError
@@ -15,6 +17,18 @@ def _call(index, id=None, name=None, args=None):
                                         "function": fn}]})
 
 
+def decoded(events: list[str]) -> list[tuple[str, dict]]:
+    """The builder's encoded SSE events as (event name, payload), each one event whose
+    name is its payload's type."""
+    out = []
+    for text in events:
+        name, data, end = text.split("\n", 2)
+        payload = json.loads(data.removeprefix("data: "))
+        assert end == "\n" and name == "event: " + payload["type"]
+        out.append((payload["type"], payload))
+    return out
+
+
 def test_text_then_tool_call_makes_two_items_in_order():
     b = ResponseBuilder({"model": "m", "input": "x"}, "m", events=True)
     events = []
@@ -23,7 +37,8 @@ def test_text_then_tool_call_makes_two_items_in_order():
                   Chunk(finish_reason="tool_calls")):
         events += b.add(chunk)
     final, obj = b.finish(Usage(3, 4), "tool_calls")
-    types = [k for k, _ in events + final]
+    events = decoded(events + final)
+    types = [k for k, _ in events]
     assert types == ["response.created", "response.in_progress",
                      "response.output_item.added", "response.content_part.added",
                      "response.output_text.delta", "response.output_text.done",
@@ -32,7 +47,7 @@ def test_text_then_tool_call_makes_two_items_in_order():
                      "response.function_call_arguments.delta",
                      "response.function_call_arguments.done", "response.output_item.done",
                      "response.completed"]
-    assert [p["sequence_number"] for _, p in events + final] == list(range(len(types)))
+    assert [p["sequence_number"] for _, p in events] == list(range(len(types)))
     assert [o["type"] for o in obj["output"]] == ["message", "function_call"]
     assert obj["output"][0]["content"][0]["text"] == "Let me check."
     assert (obj["output"][1]["call_id"], obj["output"][1]["arguments"]) == \
@@ -44,7 +59,7 @@ def test_failure_after_the_start_is_response_failed():
     b = ResponseBuilder({"model": "m", "input": "x"}, "m", events=True)
     started = b.add(Chunk("Hel"))
     failed = b.failed({"message": "The model backend failed.", "code": "backend_error"})
-    kind, payload = failed[-1]
+    kind, payload = decoded(failed)[-1]
     assert kind == "response.failed" and payload["sequence_number"] == len(started)
     assert payload["response"]["status"] == "failed"
     assert payload["response"]["error"] == {"code": "backend_error",
