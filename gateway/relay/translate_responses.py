@@ -411,7 +411,9 @@ class ResponseBuilder:
         return item
 
     def _text_delta(self, out: list, text: str) -> None:
-        self._open_message(out)
+        item = self._open
+        if item is None or item["type"] != "message":
+            self._open_message(out)
         self._text.append(text)
         if self.events:
             out.append(self._delta % (self.seq, json_string(text)))
@@ -448,7 +450,7 @@ class ResponseBuilder:
 
     def add(self, chunk: Chunk) -> list:
         """Take one chunk (choice 0 only: the Responses API has no ``n``)."""
-        out = self.start() if self.events else []
+        out = [] if self.started or not self.events else self.start()
         if chunk.index:
             return out
         delta = chunk.delta
