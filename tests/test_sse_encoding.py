@@ -92,3 +92,28 @@ def test_messages_text_deltas_are_json_dumps_of_the_event():
         assert out.endswith(dumps_event("content_block_delta", {
             "type": "content_block_delta", "index": 1,
             "delta": {"type": "text_delta", "text": text}}))
+
+
+@pytest.mark.parametrize("finish", [None, "stop", "length", "tool_calls"])
+def test_every_messages_event_is_json_dumps_of_the_event(finish):
+    """The events every answer sends (start, block start and stop, the end) come from
+    templates too: byte for byte the events built as dictionaries."""
+    msg_id, model = 'msg_"1"\\', "model ✓ 100%"
+    s = tm.MessageStream(msg_id, model, 7)
+    out = s.chunk(Chunk("hi %s"))
+    assert out == dumps_event("message_start", {"type": "message_start", "message": {
+        "id": msg_id, "type": "message", "role": "assistant", "model": model, "content": [],
+        "stop_reason": None, "stop_sequence": None,
+        "usage": {"input_tokens": 7, "output_tokens": 0, "cache_creation_input_tokens": 0,
+                  "cache_read_input_tokens": 0}}}) + dumps_event("content_block_start", {
+            "type": "content_block_start", "index": 0,
+            "content_block": {"type": "text", "text": ""}}) + dumps_event(
+        "content_block_delta", {"type": "content_block_delta", "index": 0,
+                                "delta": {"type": "text_delta", "text": "hi %s"}})
+    assert s.end(finish, Usage(7, 3)) == dumps_event(
+        "content_block_stop", {"type": "content_block_stop", "index": 0}) + dumps_event(
+        "message_delta", {"type": "message_delta",
+                          "delta": {"stop_reason": tm.stop_reason(finish),
+                                    "stop_sequence": None},
+                          "usage": {"input_tokens": 7, "output_tokens": 3}}) + dumps_event(
+        "message_stop", {"type": "message_stop"})

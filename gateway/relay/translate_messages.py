@@ -25,7 +25,7 @@ import json
 from typing import Any
 
 from gateway.errors import APIError
-from gateway.relay.sse_events import HOLE, event_template, json_string, sse_event
+from gateway.relay.sse_events import HOLE, event_template, json_string, json_text, sse_event
 from gateway.types import Chunk, Usage
 
 MAX_STOP_SEQUENCES = 4       # the chat request's ``stop`` limit
@@ -319,6 +319,26 @@ event = sse_event   # one SSE event of the Messages stream
 
 PING = event("ping", {"type": "ping"})
 
+# The events of every streamed answer, encoded once: their values filled per answer
+# (ids and models with json_string, numbers with str, stop reasons with json_text).
+_START = event_template("message_start", {"type": "message_start", "message": {
+    "id": HOLE, "type": "message", "role": "assistant", "model": HOLE, "content": [],
+    "stop_reason": None, "stop_sequence": None,
+    "usage": {"input_tokens": HOLE, "output_tokens": 0, "cache_creation_input_tokens": 0,
+              "cache_read_input_tokens": 0}}}, 3)
+_TEXT_START = event_template("content_block_start", {
+    "type": "content_block_start", "index": HOLE,
+    "content_block": {"type": "text", "text": ""}}, 1)
+_TEXT_DELTA = event_template("content_block_delta", {
+    "type": "content_block_delta", "index": HOLE,
+    "delta": {"type": "text_delta", "text": HOLE}}, 2)
+_STOP_BLOCK = event_template("content_block_stop", {"type": "content_block_stop",
+                                                    "index": HOLE}, 1)
+_END = event_template("message_delta", {
+    "type": "message_delta", "delta": {"stop_reason": HOLE, "stop_sequence": None},
+    "usage": {"input_tokens": HOLE, "output_tokens": HOLE}}, 3) + \
+    event("message_stop", {"type": "message_stop"}).replace("%", "%%")
+
 
 class MessageStream:
     """The Messages SSE events of one streamed answer, from its Chunks (choice 0).
@@ -327,31 +347,26 @@ class MessageStream:
     Chunk (text becomes a ``text`` block with ``text_delta``s, each tool call a
     ``tool_use`` block with ``input_json_delta``s; a new kind of output closes the open
     block), :meth:`end` closes the open block and sends ``message_delta`` and
-    ``message_stop``. A ``text_delta``, the event sent per token, fills a template made
-    when its block opens."""
+    ``message_stop``. The events every answer sends fill templates made once."""
 
-    __slots__ = ("msg_id", "model", "input_tokens", "index", "open", "started", "_delta")
+    __slots__ = ("msg_id", "model", "input_tokens", "index", "open", "started")
 
     def __init__(self, msg_id: str, model: str, input_tokens: int) -> None:
         self.msg_id, self.model, self.input_tokens = msg_id, model, input_tokens
         self.index = -1         # the current content block
         self.open: Any = None   # "text", or ("tool", the chat tool-call index), or None
         self.started = False
-        self._delta = ""        # the open text block's text_delta template
 
     def start(self) -> str:
         self.started = True
-        return event("message_start", {"type": "message_start", "message": {
-            "id": self.msg_id, "type": "message", "role": "assistant", "model": self.model,
-            "content": [], "stop_reason": None, "stop_sequence": None,
-            "usage": {"input_tokens": self.input_tokens, "output_tokens": 0,
-                      "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}}})
+        return _START % (json_string(self.msg_id), json_string(self.model),
+                         int(self.input_tokens))
 
     def _close(self) -> str:
         if self.open is None:
             return ""
         self.open = None
-        return event("content_block_stop", {"type": "content_block_stop", "index": self.index})
+        return _STOP_BLOCK % self.index
 
     def _begin(self, block: dict, open_as: Any) -> str:
         out = self._close()
@@ -369,11 +384,11 @@ class MessageStream:
         text = chunk.text if delta is None else delta.get("content")
         if text:
             if self.open != "text":
-                out += self._begin({"type": "text", "text": ""}, "text")
-                self._delta = event_template("content_block_delta", {
-                    "type": "content_block_delta", "index": self.index,
-                    "delta": {"type": "text_delta", "text": HOLE}}, 1)
-            out += self._delta % json_string(text)
+                out += self._close()
+                self.index += 1
+                self.open = "text"
+                out += _TEXT_START % self.index
+            out += _TEXT_DELTA % (self.index, json_string(text))
         for call in (delta.get("tool_calls") if delta else None) or ():
             if not isinstance(call, dict):
                 continue
@@ -393,12 +408,8 @@ class MessageStream:
 
     def end(self, finish_reason: str | None, usage: Usage) -> str:
         out = ("" if self.started else self.start()) + self._close()
-        return out + event("message_delta", {
-            "type": "message_delta",
-            "delta": {"stop_reason": stop_reason(finish_reason), "stop_sequence": None},
-            "usage": {"input_tokens": usage.prompt_tokens,
-                      "output_tokens": usage.completion_tokens}}) + \
-            event("message_stop", {"type": "message_stop"})
+        return out + _END % (json_text(stop_reason(finish_reason)), int(usage.prompt_tokens),
+                             int(usage.completion_tokens))
 
 
 # -- errors --------------------------------------------------------------------------------
