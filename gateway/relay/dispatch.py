@@ -56,6 +56,7 @@ class Dispatcher:
         self._reported: set[str] = set()        # models whose shares were agreed once
         self._locks: dict[str, asyncio.Lock] = {}  # one round at a time per model
         self._kicked: set[str] = set()          # models with an early round on its way
+        self._early: set[asyncio.Task] = set()  # those rounds
         self._held: dict[str, int] = {}         # slots held per model, as last agreed
         self._last_kick: dict[str, float] = {}  # when each model's last early round began
         self._waiting_tiers: dict[str, dict[str, int]] = {}  # model -> tier -> waiting
@@ -146,7 +147,9 @@ class Dispatcher:
                 await self._share_once(model)
             finally:
                 self._kicked.discard(model)
-        asyncio.ensure_future(run())
+        task = asyncio.ensure_future(run())
+        self._early.add(task)                   # held: the loop keeps only weak refs
+        task.add_done_callback(self._early.discard)
 
     async def _share(self, model: str, queue: FairQueue) -> None:
         store, me = self._store.capacity, self.holder
@@ -187,8 +190,9 @@ class Dispatcher:
         """Stop sharing; give this process's slots back at once."""
         if self._task is None:
             return
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+        for task in (self._task, *self._early):
+            task.cancel()
+        await asyncio.gather(self._task, *self._early, return_exceptions=True)
         for model, queue in self.queues.items():
             try:
                 view = await asyncio.wait_for(self._store.capacity.report(
