@@ -128,3 +128,33 @@ def test_positions_follow_the_order_of_service():
         b1 = q.enter("b")       # lifted to a's counter; fewer waiting: b goes first
         assert (b1.position(), a1.position(), a2.position()) == (0, 1, 2)
     run(go())
+
+
+def test_demand_counts_each_accounts_requests_and_keeps_one_for_a_user_between_two():
+    """What a process reports to share slots with others: per account, its requests
+    running or waiting, with its weight and band; an account whose last request ended
+    less than ``linger`` ago still counts one, then none; a new backlog is announced."""
+    async def go():
+        clock = Clock()
+        q = FairQueue([2], clock)
+        q.linger = 1.0
+        announced = []
+        q.on_backlog = lambda: announced.append(clock.now)
+        light = q.enter("light")                 # a slot at once
+        heavy = [q.enter("heavy", 2.0, 1) for _ in range(3)]   # one slot, two wait
+        assert q.demand() == {"heavy": (3, 2.0, 1), "light": (1, 1.0, 0)}
+        assert announced == [0.0]                # heavy's second request began a backlog
+        clock.now = 5.0
+        q.release(light)                         # heavy's next request takes the slot
+        assert heavy[1].granted
+        assert q.demand() == {"heavy": (3, 2.0, 1), "light": (1, 1.0, 0)}  # lingering
+        clock.now = 5.9
+        assert q.demand()["light"] == (1, 1.0, 0)
+        clock.now = 6.1
+        assert q.demand() == {"heavy": (3, 2.0, 1)}
+        for t in heavy:
+            await t.wait()
+            q.release(t)
+        clock.now = 8.0
+        assert q.demand() == {} and not q.running and not q.tiers
+    run(go())
