@@ -42,7 +42,7 @@ class Store:
         self.accounts = Accounts(self.db)
         self.keys = ApiKeys(self.db)
         self.usage = UsageStore(self.db)
-        self.counters = Counters(self.db)
+        self.counters = Counters(self.db, timeout)
         self.sessions = Sessions(self.db)
         self.outbox = Outbox(self.db)
         self.audit = AuditLog(self.db)

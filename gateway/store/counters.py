@@ -30,25 +30,42 @@ when it renews, so after a database outage every living holder renews before any
 its holding (the holders keep trying while the database is away, the others only ask
 when they need quota or slots).
 
+**Every call is bounded** by the database timeout (``[database] timeout``, the driver's
+per-operation ``timeout``): a take or renewal on a connection that stopped answering fails
+then (503 under the ``exact`` outage policy) instead of when the driver's monitor finds the
+server gone, some 30 s later.
+
 **Short-lived counters** (``take``/``give_back``, one document per window with a TTL):
 for rare events such as sign-in attempts, never for API requests.
 """
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime, timedelta
 
+import pymongo
 from pymongo import ReturnDocument, UpdateOne
 from pymongo.errors import DuplicateKeyError
 
 Amounts = dict[str, int]
 
 
+def bounded(method):
+    """Run a Counters call within the database timeout (all its round trips together)."""
+    @functools.wraps(method)
+    async def call(self, *args, **kwargs):
+        with pymongo.timeout(self.timeout):
+            return await method(self, *args, **kwargs)
+    return call
+
+
 class Counters:
     """limit_counters and limit_slots collections."""
 
-    def __init__(self, db) -> None:
+    def __init__(self, db, timeout: float | None = None) -> None:
         self.counters = db["limit_counters"]
         self.slots = db["limit_slots"]
+        self.timeout = timeout          # seconds for one call (None: the driver's own)
 
     async def init(self) -> None:
         await self.counters.create_index("expires_at", expireAfterSeconds=0)
@@ -56,6 +73,7 @@ class Counters:
         await self.slots.delete_many({"leases": {"$exists": True}})
 
     # -- quota windows -----------------------------------------------------------------
+    @bounded
     async def lease_quota(self, pool_id: str, window: str, want: Amounts, need: Amounts,
                           limits: Amounts, holder: str = "", hold: float = 0.0,
                           grace: float = 0.0, used: Amounts | None = None,
@@ -159,6 +177,7 @@ class Counters:
             taken |= bool(result.modified_count)
         return taken
 
+    @bounded
     async def adjust_quota(self, pool_id: str, window: str, amounts: Amounts,
                            holder: str = "", used: Amounts | None = None,
                            forget: bool = False) -> bool:
@@ -187,6 +206,7 @@ class Counters:
         result = await self.counters.update_one(query, update)
         return bool(result.matched_count)
 
+    @bounded
     async def restore_quota(self, pool_id: str, window: str, holder: str, charge: Amounts,
                             used: Amounts, hold: float) -> bool:
         """Record a holding again after it was taken back while its holder lived (cut off
@@ -201,6 +221,7 @@ class Counters:
         result = await self.counters.update_one({"_id": pool_id, "window": window}, update)
         return bool(result.matched_count)
 
+    @bounded
     async def charge_quota(self, pool_id: str, window: str, holder: str, amounts: Amounts,
                            used: Amounts, hold: float) -> bool:
         """Charge use admitted without a lease while the database could not be reached
@@ -232,12 +253,14 @@ class Counters:
             return False                               # ours has passed
         return False
 
+    @bounded
     async def quota_values(self, pool_id: str, window: str) -> Amounts:
         """The shared counters of a window (zeros once it has passed)."""
         doc = await self.counters.find_one({"_id": pool_id}) or {}
         return _values(doc) if doc.get("window") == window else {}
 
     # -- stream slots ------------------------------------------------------------------
+    @bounded
     async def lease_slots(self, subject: str, holder: str, want: int, need: int, cap: int,
                           ttl: float, grace: float = 0.0, seen: dict | None = None) -> int:
         """Lease up to ``want`` (at least ``need``) of ``cap`` slots for ``holder``, its
@@ -276,6 +299,7 @@ class Counters:
             want = min(want, free)
         return 0
 
+    @bounded
     async def return_slots(self, subject: str, holder: str, count: int, held: int) -> None:
         """Give back ``count`` of the ``held`` slots this holder has (all: forget it)."""
         if count <= 0:
@@ -285,6 +309,7 @@ class Counters:
             update = {"$inc": {"held": -count}, "$unset": {f"holders.{holder}": ""}}
         await self.slots.update_one({"_id": subject, f"holders.{holder}.n": held}, update)
 
+    @bounded
     async def restore_slots(self, subject: str, holder: str, count: int, ttl: float) -> None:
         """Record ``count`` slots (streams still running) for a holder whose holding was
         taken back while it lived: even past the cap, so that nobody admits more until the
@@ -295,6 +320,7 @@ class Counters:
              "$set": {f"holders.{holder}.exp": datetime.now(UTC) + timedelta(seconds=ttl)}},
             upsert=True)
 
+    @bounded
     async def renew(self, holder: str, ttl: float, slots: set[str],
                     pools: dict[str, tuple[str, Amounts]]) -> tuple[set[str], set[str]]:
         """Push the expiry of this holder's holdings ``ttl`` seconds ahead (and clear the
@@ -326,6 +352,7 @@ class Counters:
                 lost_pools = {p for p, (w, _) in pools.items() if found.get(p) != w}
         return lost_pools, lost_slots
 
+    @bounded
     async def live_leases(self, subject: str) -> int:
         """Slots held by live (unexpired) holders."""
         doc = await self.slots.find_one({"_id": subject}) or {}
@@ -334,6 +361,7 @@ class Counters:
                    if h.get("exp") and h["exp"] > now)
 
     # -- short-lived counters (sign-in throttles) ---------------------------------------
+    @bounded
     async def take(self, window_id: str, costs: dict[str, tuple[int, int]],
                    expires_at: datetime) -> dict | None:
         """Add every ``field: (cost, limit)`` if all stay within their limits (one round
@@ -351,6 +379,7 @@ class Counters:
         except DuplicateKeyError:
             return None
 
+    @bounded
     async def give_back(self, window_id: str, amounts: dict[str, int]) -> None:
         """Take back what ``take`` added (each refund at most what was taken)."""
         amounts = {f: -a for f, a in amounts.items() if a > 0}

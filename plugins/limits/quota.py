@@ -332,9 +332,10 @@ class QuotaLeases:
         for _ in range(MAX_ROUNDS):
             pool.roll(window)
             now = pool.last_active = time.monotonic()
-            stalled = pool.fetch is not None and now - pool.fetch_started >= STALL
+            stalled = self._stalled(pool, now)
             # First come, first served: a newcomer does not take what a block just taken
-            # for the requests waiting on it was meant for (unless that take is stalled).
+            # for the requests waiting on it was meant for (unless that take is stalled,
+            # or failed: its waiters are about to get their 503).
             if (waited or not pool.waiting or stalled) and pool.fits(cost):
                 if self.fenced(pool.confirmed):
                     if available and pool.outage_room(cost):
@@ -380,6 +381,12 @@ class QuotaLeases:
                 raise StoreError("database unavailable (a recent call failed)")
             await asyncio.wait((fetch,))
         return True
+
+    def _stalled(self, pool, now: float) -> bool:
+        """Whether the take (or slot lease) the pool's waiters wait for has been on its way
+        ``STALL``, or failed (the database is known to be down)."""
+        return now < self._down_until or (pool.fetch is not None
+                                          and now - pool.fetch_started >= STALL)
 
     def _track(self, call: asyncio.Future, sent: float) -> None:
         self._calls[call] = sent
@@ -577,7 +584,7 @@ class QuotaLeases:
         available = self.settings.available
         for _ in range(MAX_ROUNDS):
             now = pool.last_active = time.monotonic()
-            stalled = pool.fetch is not None and now - pool.fetch_started >= STALL
+            stalled = self._stalled(pool, now)
             if (waited or not pool.waiting or stalled) and pool.in_use < pool.held:
                 if self.fenced(pool.confirmed):
                     if available and pool.outage_room():
