@@ -18,6 +18,8 @@ from typing import Any
 
 import tornado.web
 
+from gateway.http.tornado_compat import response_finished, status_reason
+
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
           404: "not_found_error", 413: "invalid_request_error", 429: "rate_limit_error",
           500: "server_error", 502: "server_error", 503: "server_error", 504: "server_error"}
@@ -81,7 +83,7 @@ class ErrorRenderer:
 
     def error_for(self, status_code: int, exc: BaseException | None) -> APIError:
         """The APIError answered for ``exc`` (raised while serving with ``status_code``)."""
-        return as_api_error(exc, status_code, self._reason)
+        return as_api_error(exc, status_code, status_reason(self))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
@@ -90,7 +92,7 @@ class ErrorRenderer:
     def send_api_error(self, err: APIError, exc: BaseException | None = None) -> None:
         """Answer ``err`` (unless the response is already finished): status, headers, body.
         ``exc``: the exception it came from, for :meth:`render_error`."""
-        if self._finished:
+        if response_finished(self):
             return
         self.clear()
         self.set_status(err.status)

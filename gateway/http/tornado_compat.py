@@ -31,9 +31,7 @@ What is used, and by whom:
   :func:`status_reason`, for :mod:`gateway.handlers.base`, :mod:`gateway.http.sse`,
   :mod:`gateway.handlers.openai` and the dashboard. The lean path's
   :class:`gateway.http.lean.LeanHandler` keeps its state under the same names, so these
-  serve both kinds of handler. (``gateway/errors.py``'s ``ErrorRenderer`` still reads
-  ``_reason`` and ``_finished`` itself: to move to :func:`status_reason` and
-  :func:`response_finished`.)
+  serve both kinds of handler, and :class:`gateway.errors.ErrorRenderer` too.
 
 Behaviour relied upon without a private name (checked by the test too): Tornado answers
 a malformed request line or header block by writing exactly :data:`BARE_400` to the
