@@ -80,20 +80,25 @@ def _image_part(block: dict, where: str) -> dict:
     return {"type": "image_url", "image_url": {"url": url}}
 
 
+def _content_blocks(content: Any, where: str):
+    """Each content block of a message as (its path, its type, the block); 400 unless
+    ``content`` is an array."""
+    if not isinstance(content, list):
+        raise _bad(f"{where}.content: expected a string or an array of content blocks.",
+                   f"{where}.content")
+    for i, block in enumerate(content):
+        yield f"{where}.content.{i}", block.get("type") if isinstance(block, dict) else None, block
+
+
 def _user_messages(content: Any, where: str) -> list[dict]:
     """One user turn as chat messages: its tool results first (each a ``tool``
     message, as chat requests want them right after the assistant's calls), then the
     user's text and images, if any."""
     if isinstance(content, str):
         return [{"role": "user", "content": content}]
-    if not isinstance(content, list):
-        raise _bad(f"{where}.content: expected a string or an array of content blocks.",
-                   f"{where}.content")
     tools: list[dict] = []
     parts: list[dict] = []
-    for i, block in enumerate(content):
-        at = f"{where}.content.{i}"
-        kind = block.get("type") if isinstance(block, dict) else None
+    for at, kind, block in _content_blocks(content, where):
         if kind == "text" and isinstance(block.get("text"), str):
             parts.append({"type": "text", "text": block["text"]})
         elif kind == "image":
@@ -124,14 +129,9 @@ def _user_messages(content: Any, where: str) -> list[dict]:
 def _assistant_message(content: Any, where: str) -> dict:
     if isinstance(content, str):
         return {"role": "assistant", "content": content}
-    if not isinstance(content, list):
-        raise _bad(f"{where}.content: expected a string or an array of content blocks.",
-                   f"{where}.content")
     texts: list[str] = []
     calls: list[dict] = []
-    for i, block in enumerate(content):
-        at = f"{where}.content.{i}"
-        kind = block.get("type") if isinstance(block, dict) else None
+    for at, kind, block in _content_blocks(content, where):
         if kind == "text" and isinstance(block.get("text"), str):
             texts.append(block["text"])
         elif kind == "tool_use":
