@@ -12,10 +12,12 @@ needed; the tests skip, saying so, where mounting is impossible).
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -216,3 +218,46 @@ def test_the_start_refuses_a_read_only_or_full_data_dir_in_one_line(tmpfs, tmp_p
                                 {"server": {"data_dir": str(readonly / "var")}})))
     with pytest.raises(ConfigError, match="Read-only file system"):
         MailSeal.for_config(cfg)
+
+
+def test_a_full_disk_under_the_usage_events_file_drops_its_lines_and_nothing_else(
+        tmpfs, tmp_path):
+    """The opt-in per-request usage log is on a 1 MiB tmpfs that fills up: requests go
+    on (200), the database counts every one, the log has one warning and no traceback,
+    and once space returns the file is written again and says how many lines it lost
+    (before: a traceback per request from the on_usage hook and one per second from the
+    flush, and the lines piled up in memory)."""
+    disk = tmpfs("1m")
+    db = embedded_db.start("memory")
+    config = {**ECHO, "usage": {"flush_interval": 0.2,
+                                "events_file": str(disk / "events.jsonl")}}
+    gw = start_gateway(tmp_path / "gw", db.uri, config)
+    events = disk / "events.jsonl"
+
+    def lines() -> int:
+        """How many lines the file has: each one a whole event."""
+        text = events.read_text() if events.exists() else ""
+        assert not text or text.endswith("\n")              # no line cut short
+        return len([json.loads(line) for line in text.splitlines()])
+    try:
+        key = gw.create_key("eventsfull@example.com")
+        assert chat(gw, key, 5) == [200] * 5
+        wait_until(lambda: lines() == 5, 10, what="the first events written")
+        filler = fill(disk)
+        assert chat(gw, key, 30) == [200] * 30
+        wait_until(lambda: "usage events file" in gw.log(), 10, what="the warning")
+        time.sleep(1.5)                                 # more flushes fail meanwhile
+        while_full = lines()                # the file's last page may have taken a few
+        assert while_full < 35
+        filler.unlink()
+        assert chat(gw, key, 5) == [200] * 5
+        lost = 35 - while_full
+        wait_until(lambda: lines() == 40 - lost, 10, what="the file written again")
+        wait_until(lambda: daily(gw) == 40, 10, what="every request in the database")
+        log = gw.log()
+        assert "Traceback" not in log and "on_usage hook failed" not in log
+        assert log.count("cannot be written (No space left on device)") == 1
+        assert f"is written again; {lost} events were not written to it" in log
+    finally:
+        gw.stop()
+        db.stop()
