@@ -94,6 +94,15 @@ def test_messages_text_deltas_are_json_dumps_of_the_event():
             "delta": {"type": "text_delta", "text": text}}))
 
 
+def test_messages_thinking_deltas_are_json_dumps_of_the_event():
+    s = tm.MessageStream("msg_1", "m", 1, thinking=True)
+    for text in TRICKY:
+        out = s.chunk(Chunk(delta={"reasoning_content": text}))
+        assert out.endswith(dumps_event("content_block_delta", {
+            "type": "content_block_delta", "index": 0,
+            "delta": {"type": "thinking_delta", "thinking": text}}))
+
+
 @pytest.mark.parametrize("finish", [None, "stop", "length", "tool_calls"])
 def test_every_messages_event_is_json_dumps_of_the_event(finish):
     """The events every answer sends (start, block start and stop, the end) come from

@@ -91,6 +91,7 @@ class MessagesService(AnthropicErrors, GenerationService):
             body = self.read_body()
             try:
                 chat = tm.to_chat(body)
+                self._thinking = tm.wants_thinking(body)
             except APIError as err:
                 pipeline.refused(principal, err)
                 raise
@@ -112,7 +113,7 @@ class MessagesService(AnthropicErrors, GenerationService):
             return
         choice = acc.result(gen.finish_reason)[0]
         self.write_json(tm.message_object(gen.req.request_id, gen.req.model, choice,
-                                          gen.usage))
+                                          gen.usage, self._thinking))
 
     async def _stream(self, gen: Generation) -> None:
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
@@ -120,7 +121,7 @@ class MessagesService(AnthropicErrors, GenerationService):
         self.set_header("X-Accel-Buffering", "no")
         self.request.connection.stream.set_nodelay(True)
         events = tm.MessageStream(gen.req.request_id, gen.req.model,
-                                  estimate_prompt_tokens(gen.req))
+                                  estimate_prompt_tokens(gen.req), self._thinking)
         sink = StreamSink(self)
 
         async def queued(position: int) -> None:

@@ -10,8 +10,13 @@ beyond one response's :class:`MessageStream`.
   ``content_block_start``/``_delta``/``_stop``, ``message_delta``, ``message_stop``).
 - :func:`anthropic_error` gives an :class:`APIError` Anthropic's status and error type.
 
-What is not translated: ``thinking`` (accepted and ignored: no backend gets it, no
-thinking block comes back, reasoning text of a backend is dropped), ``metadata``
+``thinking``: with ``{"type": "enabled", "budget_tokens": n}`` (or ``"adaptive"``), the
+reasoning text a backend streams (``reasoning_content``, as vLLM, SGLang and llama.cpp
+servers send for reasoning models) comes back as a ``thinking`` block before the answer
+(``thinking_delta`` events; its ``signature`` is empty: nothing here signs it); without it
+that text is dropped, as Anthropic's API answers. The budget is not forwarded: chat
+backends have no such parameter (a reasoning model thinks as its server is set up to).
+What is not translated: ``metadata``
 (accepted, not forwarded), ``cache_control`` (ignored), ``service_tier``,
 ``output_config`` and the other newer fields of :data:`_FIELDS` (accepted, ignored), server tools
 (web search, code execution, computer use...: a 400 naming the tool), ``document`` and
@@ -272,7 +277,30 @@ def to_chat(body: Any, *, count_only: bool = False) -> dict:
             raise _bad("tool_choice: requires tools.", "tool_choice")
     if body.get("metadata") is not None and not isinstance(body["metadata"], dict):
         raise _bad("metadata: expected an object.", "metadata")
+    wants_thinking(body)
     return chat
+
+
+def wants_thinking(body: dict) -> bool:
+    """Whether the request asks for the model's thinking (``thinking`` enabled or
+    adaptive); a 400 when ``thinking`` is not a valid setting."""
+    thinking = body.get("thinking")
+    if thinking is None:
+        return False
+    kind = thinking.get("type") if isinstance(thinking, dict) else None
+    if kind not in ("enabled", "disabled", "adaptive"):
+        raise _bad("thinking: expected {\"type\": \"enabled\", \"budget_tokens\": n}, "
+                   "{\"type\": \"adaptive\"} or {\"type\": \"disabled\"}.", "thinking")
+    if kind == "enabled":
+        budget = thinking.get("budget_tokens")
+        if type(budget) is not int or budget < 1024:
+            raise _bad("thinking.budget_tokens: an integer of at least 1024 is required.",
+                       "thinking.budget_tokens")
+        max_tokens = body.get("max_tokens")
+        if type(max_tokens) is int and budget >= max_tokens:
+            raise _bad("thinking.budget_tokens: must be less than max_tokens.",
+                       "thinking.budget_tokens")
+    return kind != "disabled"
 
 
 # -- answers ------------------------------------------------------------------------------
@@ -294,11 +322,23 @@ def _tool_input(arguments: str) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def message_object(msg_id: str, model: str, choice: dict, usage: Usage) -> dict:
+def _reasoning(fields: dict) -> Any:
+    """The reasoning text in a chat message or delta (``reasoning_content``, or vLLM's
+    newer ``reasoning``), if any."""
+    text = fields.get("reasoning_content") or fields.get("reasoning")
+    return text if isinstance(text, str) else None
+
+
+def message_object(msg_id: str, model: str, choice: dict, usage: Usage,
+                   thinking: bool = False) -> dict:
     """The Messages answer from an accumulated chat choice
-    (:meth:`gateway.relay.streaming.Accumulator.result`)."""
+    (:meth:`gateway.relay.streaming.Accumulator.result`); ``thinking``: the request
+    asked for it (the backend's reasoning text, if any, is the first block)."""
     message = choice.get("message") or {}
     content: list[dict] = []
+    reasoning = _reasoning(message) if thinking else None
+    if reasoning:
+        content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
     if message.get("content"):
         content.append({"type": "text", "text": message["content"]})
     for call in message.get("tool_calls") or ():
@@ -332,6 +372,9 @@ _TEXT_START = event_template("content_block_start", {
 _TEXT_DELTA = event_template("content_block_delta", {
     "type": "content_block_delta", "index": HOLE,
     "delta": {"type": "text_delta", "text": HOLE}}, 2)
+_THINKING_DELTA = event_template("content_block_delta", {
+    "type": "content_block_delta", "index": HOLE,
+    "delta": {"type": "thinking_delta", "thinking": HOLE}}, 2)
 _STOP_BLOCK = event_template("content_block_stop", {"type": "content_block_stop",
                                                     "index": HOLE}, 1)
 _END = event_template("message_delta", {
@@ -345,17 +388,20 @@ class MessageStream:
 
     :meth:`start` is the ``message_start`` event, :meth:`chunk` the events for one
     Chunk (text becomes a ``text`` block with ``text_delta``s, each tool call a
-    ``tool_use`` block with ``input_json_delta``s; a new kind of output closes the open
+    ``tool_use`` block with ``input_json_delta``s, reasoning text a ``thinking`` block
+    with ``thinking_delta``s when ``thinking``; a new kind of output closes the open
     block), :meth:`end` closes the open block and sends ``message_delta`` and
     ``message_stop``. The events every answer sends fill templates made once."""
 
-    __slots__ = ("msg_id", "model", "input_tokens", "index", "open", "started")
+    __slots__ = ("msg_id", "model", "input_tokens", "index", "open", "started", "thinking")
 
-    def __init__(self, msg_id: str, model: str, input_tokens: int) -> None:
+    def __init__(self, msg_id: str, model: str, input_tokens: int,
+                 thinking: bool = False) -> None:
         self.msg_id, self.model, self.input_tokens = msg_id, model, input_tokens
         self.index = -1         # the current content block
-        self.open: Any = None   # "text", or ("tool", the chat tool-call index), or None
+        self.open: Any = None   # "text", "thinking", ("tool", its chat index), or None
         self.started = False
+        self.thinking = thinking
 
     def start(self) -> str:
         self.started = True
@@ -381,6 +427,13 @@ class MessageStream:
             return ""
         out = "" if self.started else self.start()
         delta = chunk.delta
+        if self.thinking and delta:
+            reasoning = _reasoning(delta)
+            if reasoning:
+                if self.open != "thinking":
+                    out += self._begin({"type": "thinking", "thinking": "",
+                                        "signature": ""}, "thinking")
+                out += _THINKING_DELTA % (self.index, json_string(reasoning))
         text = chunk.text if delta is None else delta.get("content")
         if text:
             if self.open != "text":

@@ -34,7 +34,7 @@ def sse(resp: httpx.Response) -> list[tuple[str, dict]]:
 
 def test_create_translates_the_request_and_answers_a_message(client, up):
     msg = client.messages.create(
-        model="fake", max_tokens=50, system=[{"type": "text", "text": "Be brief."}],
+        model="fake", max_tokens=2000, system=[{"type": "text", "text": "Be brief."}],
         messages=HI, stop_sequences=["END"], metadata={"user_id": "u-1"},
         thinking={"type": "enabled", "budget_tokens": 1024},
         # sampling parameters (the current SDK no longer has them as arguments)
@@ -48,8 +48,57 @@ def test_create_translates_the_request_and_answers_a_message(client, up):
     assert sent["messages"] == [{"role": "system", "content": "Be brief."},
                                 {"role": "user", "content": "Say hi."}]
     assert (sent["max_tokens"], sent["stop"], sent["temperature"], sent["top_p"],
-            sent["top_k"]) == (50, ["END"], 0.5, 0.9, 20)
+            sent["top_k"]) == (2000, ["END"], 0.5, 0.9, 20)
     assert "thinking" not in sent and "metadata" not in sent
+
+
+THINK = {"type": "enabled", "budget_tokens": 1024}
+
+
+def test_thinking_comes_back_as_a_thinking_block_when_asked_for(client, up, gw):
+    """A backend that streams reasoning text (reasoning_content, as vLLM sends for a
+    reasoning model): with ``thinking`` enabled it is a thinking block before the text,
+    created or streamed; without it, it is dropped (before: dropped either way)."""
+    up.set(reasoning=3)
+    msg = client.messages.create(model="fake", max_tokens=2000, messages=HI, thinking=THINK)
+    assert [b.type for b in msg.content] == ["thinking", "text"]
+    assert msg.content[0].thinking == "rrrr" * 3 and msg.content[0].signature == ""
+    assert msg.content[1].text == "xxxx" * 6
+    with client.messages.stream(model="fake", max_tokens=2000, messages=HI,
+                                thinking={"type": "adaptive"}) as stream:
+        kinds = [e.delta.type for e in stream if e.type == "content_block_delta"]
+        final = stream.get_final_message()
+    assert kinds == ["thinking_delta"] * 3 + ["text_delta"] * 6
+    assert [(b.type, getattr(b, "thinking", None) or getattr(b, "text", None))
+            for b in final.content] == [("thinking", "rrrr" * 3), ("text", "xxxx" * 6)]
+    raw = sse(httpx.post(gw.url + "/v1/messages", timeout=30, headers={"x-api-key": gw.key},
+                         json={"model": "fake", "max_tokens": 2000, "messages": HI,
+                               "stream": True, "thinking": THINK}))
+    starts = [(d["index"], d["content_block"]) for n, d in raw if n == "content_block_start"]
+    assert starts == [(0, {"type": "thinking", "thinking": "", "signature": ""}),
+                      (1, {"type": "text", "text": ""})]
+    assert [d["index"] for n, d in raw if n == "content_block_stop"] == [0, 1]
+    for off in ({}, {"thinking": {"type": "disabled"}}):
+        plain = client.messages.create(model="fake", max_tokens=2000, messages=HI, **off)
+        assert [b.type for b in plain.content] == ["text"]
+        with client.messages.stream(model="fake", max_tokens=2000, messages=HI,
+                                    **off) as stream:
+            assert {e.delta.type for e in stream if e.type == "content_block_delta"} == \
+                {"text_delta"}
+
+
+@pytest.mark.parametrize("thinking, says", [
+    ({"type": "enabled", "budget_tokens": 100}, "at least 1024"),
+    ({"type": "enabled", "budget_tokens": 4096}, "less than max_tokens"),
+    ({"type": "enabled"}, "at least 1024"),
+    ({"type": "sometimes"}, "thinking: expected"),
+    ("yes", "thinking: expected")])
+def test_an_invalid_thinking_setting_is_a_400_naming_it(client, up, thinking, says):
+    with pytest.raises(anthropic.BadRequestError) as err:
+        client.messages.create(model="fake", max_tokens=2000, messages=HI,
+                               extra_body={"thinking": thinking})
+    assert err.value.body["error"]["type"] == "invalid_request_error"
+    assert says in err.value.body["error"]["message"]
 
 
 def test_max_tokens_stop_reason(client, up):
