@@ -301,7 +301,9 @@ class ResponseBuilder:
     ``sequence_number``. A text delta, the event sent per token, fills a template made
     when its message opens.
 
-    Output items follow the generation: text opens a ``message`` item (one
+    Output items follow the generation: reasoning text (a backend's
+    ``reasoning_content``) opens a ``reasoning`` item (one ``reasoning_text`` part, with
+    ``response.reasoning_text.delta`` events), text a ``message`` item (one
     ``output_text`` part); each tool call opens a ``function_call`` item; an item is done
     when the next one opens or the generation ends."""
 
@@ -313,7 +315,7 @@ class ResponseBuilder:
         self.seq = 0
         self.started = False
         self._open: dict | None = None          # the item receiving output
-        self._text: list[str] = []              # the open message's text pieces
+        self._text: list[str] = []              # the open message's (or reasoning's) text
         self._calls: dict[int, dict] = {}       # chat tool-call index -> item
         self._delta = ""                        # the open message's text-delta template
 
@@ -383,6 +385,15 @@ class ResponseBuilder:
                         output_index=index, content_index=0, text=text, logprobs=[])
             self._event(out, "response.content_part.done", item_id=item["id"],
                         output_index=index, content_index=0, part=part)
+        elif item["type"] == "reasoning":
+            text = "".join(self._text)
+            self._text = []
+            part = {"type": "reasoning_text", "text": text}
+            item["content"] = [part]
+            self._event(out, "response.reasoning_text.done", item_id=item["id"],
+                        output_index=index, content_index=0, text=text)
+            self._event(out, "response.content_part.done", item_id=item["id"],
+                        output_index=index, content_index=0, part=part)
         else:
             self._event(out, "response.function_call_arguments.done", item_id=item["id"],
                         output_index=index, name=item["name"], arguments=item["arguments"])
@@ -418,6 +429,22 @@ class ResponseBuilder:
         if self.events:
             out.append(self._delta % (self.seq, json_string(text)))
             self.seq += 1
+
+    def _reasoning_delta(self, out: list, text: str) -> None:
+        item = self._open
+        if item is None or item["type"] != "reasoning":
+            self._close(out)
+            item = self._open = {"id": "rs_" + token_hex(24), "type": "reasoning",
+                                 "summary": [], "content": [], "status": "in_progress"}
+            self.output.append(item)
+            self._event(out, "response.output_item.added", output_index=self._index(item),
+                        item={**item, "content": []})
+            self._event(out, "response.content_part.added", item_id=item["id"],
+                        output_index=self._index(item), content_index=0,
+                        part={"type": "reasoning_text", "text": ""})
+        self._text.append(text)
+        self._event(out, "response.reasoning_text.delta", item_id=item["id"],
+                    output_index=self._index(item), content_index=0, delta=text)
 
     def _call_delta(self, out: list, delta: dict, order: int) -> None:
         if not isinstance(delta, dict):
@@ -458,6 +485,9 @@ class ResponseBuilder:
             if chunk.text:
                 self._text_delta(out, chunk.text)
             return out
+        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+        if reasoning and isinstance(reasoning, str):
+            self._reasoning_delta(out, reasoning)
         content = delta.get("content")
         if content:
             self._text_delta(out, content)

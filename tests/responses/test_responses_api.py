@@ -110,6 +110,34 @@ def test_stream_helper_accumulates(client, up):
     assert "".join(deltas) == TEXT == final.output_text
 
 
+def test_reasoning_text_is_a_reasoning_item_before_the_message(client, up):
+    """A backend that streams reasoning text (reasoning_content, as vLLM sends for a
+    reasoning model): a ``reasoning`` item with one ``reasoning_text`` part, streamed as
+    ``response.reasoning_text.delta`` events, then the message (before: dropped)."""
+    up.set(reasoning=3)
+    resp = client.responses.create(model="gpt-relay", input="hi")
+    assert [item.type for item in resp.output] == ["reasoning", "message"]
+    reasoning = resp.output[0]
+    assert reasoning.id.startswith("rs_") and reasoning.summary == []
+    assert [(c.type, c.text) for c in reasoning.content] == [("reasoning_text", "rrrr" * 3)]
+    assert resp.output_text == TEXT
+    with client.responses.stream(model="gpt-relay", input="hi") as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    types = [e.type for e in events]
+    assert types[2:] == [
+        "response.output_item.added", "response.content_part.added",
+        *["response.reasoning_text.delta"] * 3, "response.reasoning_text.done",
+        "response.content_part.done", "response.output_item.done",
+        "response.output_item.added", "response.content_part.added",
+        *["response.output_text.delta"] * 6, "response.output_text.done",
+        "response.content_part.done", "response.output_item.done", "response.completed"]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert {e.output_index for e in events if "reasoning_text" in e.type} == {0}
+    assert {e.output_index for e in events if "output_text" in e.type} == {1}
+    assert final.output[0].content[0].text == "rrrr" * 3 and final.output_text == TEXT
+
+
 def test_text_json_must_escape_arrives_intact(client, up):
     """Each delta is filled into a template (not json.dumps of an event): quotes,
     backslashes, control characters, non-ASCII, emoji and U+2028 come out as sent."""
