@@ -26,3 +26,28 @@ def test_create_and_stream_with_the_built_in_model(claude):
     assert final.stop_reason == "max_tokens" and final.usage.output_tokens == 4
     count = claude.messages.count_tokens(model=MODEL, messages=HELLO)
     assert count.input_tokens > 0
+
+
+WEATHER = {"name": "get_weather", "description": "The current weather in a city.",
+           "input_schema": {"type": "object", "properties": {"city": {"type": "string"}},
+                            "required": ["city"]}}
+
+
+def test_tool_use_then_tool_result_with_the_built_in_model(claude):
+    """The model is made to use the tool (a grammar under tool_choice "tool"); the
+    tool_result goes back in the whole context; the model answers in text (tool_choice
+    "none": a 135M model offered the tool again may well use it again)."""
+    ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+    msg = claude.messages.create(model=MODEL, max_tokens=40, messages=ask, tools=[WEATHER],
+                                 tool_choice={"type": "tool", "name": "get_weather"})
+    assert msg.stop_reason == "tool_use"
+    [use] = [b for b in msg.content if b.type == "tool_use"]
+    assert use.name == "get_weather" and isinstance(use.input.get("city"), str)
+    answer = claude.messages.create(
+        model=MODEL, max_tokens=30, tools=[WEATHER], tool_choice={"type": "none"},
+        messages=ask + [{"role": "assistant", "content": msg.content},
+                        {"role": "user", "content": [{"type": "tool_result",
+                                                      "tool_use_id": use.id,
+                                                      "content": "18C and sunny"}]}])
+    assert answer.content[0].type == "text" and answer.content[0].text.strip()
+    assert answer.stop_reason in ("end_turn", "max_tokens")

@@ -3,6 +3,8 @@ llama-cpp-python, the session ``gateway``): text, streaming, and ``text.format``
 json_schema with the SDK's ``responses.parse``."""
 from __future__ import annotations
 
+import json
+
 import openai
 import pytest
 from pydantic import BaseModel
@@ -47,3 +49,31 @@ def test_parse_json_schema_with_the_builtin_model(client):
                                   text_format=Person, max_output_tokens=60, temperature=0)
     person = resp.output_parsed
     assert isinstance(person, Person) and person.name and isinstance(person.age, int)
+
+
+WEATHER = {"type": "function", "name": "get_weather",
+           "description": "The current weather in a city.",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                          "required": ["city"]}}
+
+
+def test_function_call_round_trip_with_the_builtin_model(client):
+    """The model is made to call the tool (a grammar under the named tool_choice); its
+    output goes back as function_call_output in the whole context; the model answers
+    (tool_choice "none": a 135M model offered the tool again may well call it again)."""
+    ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+    resp = client.responses.create(model=MODEL, input=ask, tools=[WEATHER],
+                                   tool_choice={"type": "function", "name": "get_weather"},
+                                   max_output_tokens=40, temperature=0)
+    calls = [item for item in resp.output if item.type == "function_call"]
+    assert len(calls) == 1 and calls[0].name == "get_weather"
+    assert isinstance(json.loads(calls[0].arguments).get("city"), str)
+    answer = client.responses.create(
+        model=MODEL, tools=[WEATHER], tool_choice="none", max_output_tokens=30,
+        temperature=0,
+        input=ask + [{"type": "function_call", "call_id": calls[0].call_id,
+                      "name": "get_weather", "arguments": calls[0].arguments},
+                     {"type": "function_call_output", "call_id": calls[0].call_id,
+                      "output": "18C and sunny"}])
+    assert answer.status in ("completed", "incomplete") and answer.output_text.strip()
+    assert [item.type for item in answer.output] == ["message"]
