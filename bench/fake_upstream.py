@@ -29,7 +29,10 @@ class FakeUpstream:
     ``chunk_chars`` pieces; ``finish_reason`` "tool_calls"), ``reasoning`` (that many
     ``reasoning_content`` chunks before the answer), ``logprobs``/``top_logprobs`` and
     ``n`` when the request asks, a ``system_fingerprint`` on every chunk. ``texts``: the
-    plain answer's pieces, in turn (default: ``chunk_chars`` x's each). ``GET /last``
+    plain answer's pieces, in turn (default: ``chunk_chars`` x's each). ``stop_after``:
+    when the request has ``stop``, the plain answer ends after that many pieces as if
+    its first stop sequence matched, named in the last choice under ``stop_key``
+    (``stop_reason`` as vLLM says it, ``matched_stop`` as SGLang does). ``GET /last``
     returns the body of the last completion request (what the gateway forwarded).
     """
 
@@ -45,6 +48,8 @@ class FakeUpstream:
         self.tool_calls: list[dict] = []
         self.texts: list[str] = []
         self.reasoning = 0
+        self.stop_after = 0
+        self.stop_key = "stop_reason"
         self.last_body: dict = {}
         self.stats = {"started": 0, "finished": 0, "disconnected": 0, "active": 0,
                       "requests": 0}
@@ -122,9 +127,15 @@ class FakeUpstream:
         n = int(body.get("n") or 1)
         piece = "x" * self.chunk_chars
         plain = not (self.tool_calls or self.reasoning or body.get("logprobs") or n > 1)
+        stops = body.get("stop")
+        stopped = {}
+        if self.stop_after and stops and plain and tokens > self.stop_after:
+            tokens = self.stop_after
+            stopped = {self.stop_key: stops if isinstance(stops, str) else stops[0]}
         if not body.get("stream"):
             text = "".join(self._piece(i, piece) for i in range(tokens))
-            choice = {"index": 0, "finish_reason": "length" if tokens < self.tokens else "stop",
+            choice = {"index": 0, "finish_reason": "length" if tokens < self.tokens and
+                      not stopped else "stop", **stopped,
                       **({"message": {"role": "assistant", "content": text}} if chat
                          else {"text": text})}
             return web.json_response({"id": "x", "object": "chat.completion", "choices": [choice],
@@ -145,7 +156,8 @@ class FakeUpstream:
                         await asyncio.sleep(self.interval)
                     last = i == tokens - 1
                     choice = {"index": 0, "finish_reason": ("length" if tokens < self.tokens
-                                                            else "stop") if last else None}
+                                                            and not stopped else "stop")
+                              if last else None, **(stopped if last else {})}
                     text = self._piece(i, piece)
                     choice.update({"delta": {"content": text}} if chat else {"text": text})
                     data = {"id": "x", "object": obj, "created": created, "model": "fake",

@@ -96,6 +96,11 @@ class Chunk:
       (and ``created``) rewritten. The other fields must still describe it (they are
       what accounting reads: output amount, finish_reason, usage).
 
+    - ``stop``: with ``finish_reason`` ``"stop"``, the stop sequence that ended the
+      choice, when the backend says which (vLLM's choice ``stop_reason``, SGLang's
+      ``matched_stop``); ``None``: the end of the text, or not said. The Messages API
+      answers it as ``stop_reason: "stop_sequence"``.
+
     Accounting reads ``usage``, ``finish_reason`` and the amount of output (content,
     tool-call arguments, reasoning_content and refusal of every choice).
     """
@@ -108,6 +113,7 @@ class Chunk:
     logprobs: dict[str, Any] | None = None
     extra: dict[str, Any] | None = None
     raw: bytes | None = None
+    stop: str | None = None
 
 
 @dataclass

@@ -40,3 +40,19 @@ def test_engine_objects_parse_like_the_dicts_they_stand_for():
                                       finish_reason=None, logprobs=None)], usage=None)
     (chunk,) = sdk.parse_event(_as_mapping(response), "chat")
     assert (chunk.text, chunk.delta) == ("Hey", {"role": "assistant", "content": "Hey"})
+
+
+def test_the_stop_sequence_a_finished_choice_names():
+    """vLLM names it in ``stop_reason`` (an integer there is a stop token id, not a
+    sequence), SGLang in ``matched_stop``; only a finished choice is read."""
+    def stop(**choice):
+        event = {"id": "x", "choices": [{"index": 0, "delta": {"content": "a"}, **choice}]}
+        return [c.stop for c in sdk.parse_event(event, "chat")]
+    assert stop(finish_reason="stop", stop_reason="END") == ["END"]
+    assert stop(finish_reason="stop", matched_stop="###") == ["###"]
+    assert stop(finish_reason="stop", stop_reason=128009) == [None]
+    assert stop(finish_reason="stop", stop_reason=None) == [None]
+    assert stop(finish_reason=None, stop_reason="END") == [None]
+    two = {"choices": [{"index": i, "text": "a", "finish_reason": "stop",
+                        "stop_reason": s} for i, s in enumerate(("A", None))]}
+    assert [c.stop for c in sdk.parse_event(two, "completion")] == ["A", None]

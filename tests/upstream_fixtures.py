@@ -12,7 +12,8 @@ import pytest
 from tests.helpers import free_port, start_process, stop_process
 
 PLAIN = {"tokens": 6, "interval": 0.0, "chunk_chars": 4, "tool_calls": [], "texts": [],
-         "reasoning": 0, "send_usage": True, "first_delay": 0.0, "fail_status": 0}
+         "reasoning": 0, "send_usage": True, "first_delay": 0.0, "fail_status": 0,
+         "stop_after": 0, "stop_key": "stop_reason"}
 
 # Pieces of text JSON must escape: quotes, backslashes, control characters, DEL, non-ASCII,
 # emoji (with a skin-tone modifier), the line and paragraph separators, and '%'.

@@ -113,7 +113,7 @@ class MessagesService(AnthropicErrors, GenerationService):
             return
         choice = acc.result(gen.finish_reason)[0]
         self.write_json(tm.message_object(gen.req.request_id, gen.req.model, choice,
-                                          gen.usage, self._thinking))
+                                          gen.usage, self._thinking, gen.stop_sequence))
 
     async def _stream(self, gen: Generation) -> None:
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
@@ -141,7 +141,7 @@ class MessagesService(AnthropicErrors, GenerationService):
                 return self.send_api_error(err)
             self.write(tm.event("error", tm.error_body(tm.anthropic_error(err))))
             return self.finish()
-        self.write(events.end(gen.finish_reason, gen.usage))
+        self.write(events.end(gen.finish_reason, gen.usage, gen.stop_sequence))
         try:
             await self.finish()
         except StreamClosedError:

@@ -84,6 +84,8 @@ class ChunkEncoder:
             else:
                 body = '"delta":{}'
         finish = "null" if chunk.finish_reason is None else _dumps(chunk.finish_reason)
+        if chunk.stop is not None:            # which stop sequence, as vLLM says it
+            finish += ',"stop_reason":' + _dumps(chunk.stop)
         logprobs = "null" if chunk.logprobs is None else _dumps(chunk.logprobs)
         if chunk.extra:
             tail = "," + _dumps(chunk.extra)[1:-1] + tail

@@ -49,12 +49,25 @@ def parse_event(payload: Mapping[str, Any], kind: str, raw: bytes | None = None)
     if len(choices) == 1:    # the usual event (kept inline: this runs once per chunk)
         c = choices[0]
         text, delta = choice_text(c, kind)
-        return [Chunk(text, c.get("finish_reason"), usage, c.get("index") or 0, delta,
-                      c.get("logprobs"), extra, raw)]
+        finish = c.get("finish_reason")
+        return [Chunk(text, finish, usage, c.get("index") or 0, delta, c.get("logprobs"),
+                      extra, raw, None if finish is None else matched_stop(c))]
     chunks = []
     for c in choices:
         text, delta = choice_text(c, kind)
-        chunks.append(Chunk(text, c.get("finish_reason"), None, c.get("index") or 0, delta,
-                            c.get("logprobs"), extra))
+        finish = c.get("finish_reason")
+        chunks.append(Chunk(text, finish, None, c.get("index") or 0, delta,
+                            c.get("logprobs"), extra, None,
+                            None if finish is None else matched_stop(c)))
     chunks[0].usage = usage
     return chunks
+
+
+def matched_stop(choice: Mapping[str, Any]) -> str | None:
+    """The stop sequence a finished choice names: vLLM's ``stop_reason`` (a string; an
+    integer there is a stop token id, not a sequence) or SGLang's ``matched_stop``."""
+    for key in ("stop_reason", "matched_stop"):
+        value = choice.get(key)
+        if isinstance(value, str):
+            return value
+    return None

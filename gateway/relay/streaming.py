@@ -102,6 +102,8 @@ class Accumulator:
                                              "logprobs": None, "finish_reason": None}
         if chunk.finish_reason:
             c["finish_reason"] = chunk.finish_reason
+            if chunk.stop is not None:
+                c["stop_reason"] = chunk.stop
         if chunk.logprobs:
             lp = c["logprobs"]
             if lp is None:
@@ -171,6 +173,8 @@ class Accumulator:
                 choice["text"] = text
             choice["logprobs"] = c["logprobs"]
             choice["finish_reason"] = c["finish_reason"] or default_finish
+            if "stop_reason" in c:       # the stop sequence that ended it, as vLLM says
+                choice["stop_reason"] = c["stop_reason"]
             out.append(choice)
         return out
 
@@ -273,6 +277,7 @@ class Generation:
         self.headers: dict[str, str] = {}
         self.usage = Usage()
         self.finish_reason: str | None = None
+        self.stop_sequence: str | None = None   # the stop sequence that ended it, if said
         self.usage_raw: bytes | None = None   # the upstream's own usage event, if any
         # Called with the queue position while the request waits for the model's
         # capacity, every queue.keepalive seconds (SSE comment, WebSocket message).
@@ -321,6 +326,7 @@ class Generation:
                                 continue
                         if chunk.finish_reason:
                             self.finish_reason = chunk.finish_reason
+                            self.stop_sequence = chunk.stop
                         if not delta:
                             chars = len(chunk.text)
                         elif len(delta) == 1 and "content" in delta:     # the usual delta

@@ -21,8 +21,9 @@ What is not translated: ``metadata``
 ``output_config`` and the other newer fields of :data:`_FIELDS` (accepted, ignored), server tools
 (web search, code execution, computer use...: a 400 naming the tool), ``document`` and
 other non-text, non-image blocks (a 400 naming the block type). ``stop_reason``
-``stop_sequence`` needs the backend to say which sequence matched; chat backends say
-only ``stop``, which is answered as ``end_turn``.
+``stop_sequence`` needs the backend to say which sequence matched
+(``Chunk.stop``: the built-in models, vLLM and SGLang do); from one that says only
+``stop`` it is ``end_turn``.
 """
 from __future__ import annotations
 
@@ -304,7 +305,11 @@ def wants_thinking(body: dict) -> bool:
 
 
 # -- answers ------------------------------------------------------------------------------
-def stop_reason(finish_reason: str | None) -> str:
+def stop_reason(finish_reason: str | None, stop: str | None = None) -> str:
+    """Anthropic's ``stop_reason`` for a chat finish reason (and the stop sequence that
+    ended the text, when the backend said which)."""
+    if stop is not None and finish_reason in (None, "stop"):
+        return "stop_sequence"
     return STOP_REASONS.get(finish_reason or "stop", "end_turn")
 
 
@@ -330,10 +335,11 @@ def _reasoning(fields: dict) -> Any:
 
 
 def message_object(msg_id: str, model: str, choice: dict, usage: Usage,
-                   thinking: bool = False) -> dict:
+                   thinking: bool = False, stop: str | None = None) -> dict:
     """The Messages answer from an accumulated chat choice
     (:meth:`gateway.relay.streaming.Accumulator.result`); ``thinking``: the request
-    asked for it (the backend's reasoning text, if any, is the first block)."""
+    asked for it (the backend's reasoning text, if any, is the first block); ``stop``:
+    the stop sequence that ended the text, if the backend said which."""
     message = choice.get("message") or {}
     content: list[dict] = []
     reasoning = _reasoning(message) if thinking else None
@@ -345,9 +351,11 @@ def message_object(msg_id: str, model: str, choice: dict, usage: Usage,
         fn = call.get("function") or {}
         content.append({"type": "tool_use", "id": call.get("id") or _tool_id(msg_id, len(content)),
                         "name": fn.get("name") or "", "input": _tool_input(fn.get("arguments"))})
+    reason = stop_reason(choice.get("finish_reason"), stop)
     return {"id": msg_id, "type": "message", "role": "assistant", "model": model,
-            "content": content, "stop_reason": stop_reason(choice.get("finish_reason")),
-            "stop_sequence": None, "usage": usage_object(usage)}
+            "content": content, "stop_reason": reason,
+            "stop_sequence": stop if reason == "stop_sequence" else None,
+            "usage": usage_object(usage)}
 
 
 def _tool_id(msg_id: str, index: int) -> str:
@@ -378,8 +386,8 @@ _THINKING_DELTA = event_template("content_block_delta", {
 _STOP_BLOCK = event_template("content_block_stop", {"type": "content_block_stop",
                                                     "index": HOLE}, 1)
 _END = event_template("message_delta", {
-    "type": "message_delta", "delta": {"stop_reason": HOLE, "stop_sequence": None},
-    "usage": {"input_tokens": HOLE, "output_tokens": HOLE}}, 3) + \
+    "type": "message_delta", "delta": {"stop_reason": HOLE, "stop_sequence": HOLE},
+    "usage": {"input_tokens": HOLE, "output_tokens": HOLE}}, 4) + \
     event("message_stop", {"type": "message_stop"}).replace("%", "%%")
 
 
@@ -459,10 +467,12 @@ class MessageStream:
                     "delta": {"type": "input_json_delta", "partial_json": args}})
         return out
 
-    def end(self, finish_reason: str | None, usage: Usage) -> str:
+    def end(self, finish_reason: str | None, usage: Usage, stop: str | None = None) -> str:
         out = ("" if self.started else self.start()) + self._close()
-        return out + _END % (json_text(stop_reason(finish_reason)), int(usage.prompt_tokens),
-                             int(usage.completion_tokens))
+        reason = stop_reason(finish_reason, stop)
+        return out + _END % (json_text(reason),
+                             json_text(stop if reason == "stop_sequence" else None),
+                             int(usage.prompt_tokens), int(usage.completion_tokens))
 
 
 # -- errors --------------------------------------------------------------------------------

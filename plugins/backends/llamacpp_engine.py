@@ -174,10 +174,20 @@ class _Instance:
             self.llm.reset()
         params["max_tokens"] = req.max_tokens
         params["logits_processor"] = LogitsProcessorList([count])
-        self.on_sample = probs.sampled if probs is not None else None
+        stops = params.get("stop") or []
+        stops = [stops] if isinstance(stops, str) else [s for s in stops if s]
+        sampled: list[int] = []
+
+        def on_sample(token: int) -> None:
+            sampled.append(token)
+            if probs is not None:
+                probs.sampled(token)
+        self.on_sample = on_sample if stops else (probs.sampled if probs is not None
+                                                  else None)
         tool = plan_.get("tool")
         if tool is not None and "auto" in tool:
             tool, stream = self._offer_tools(req, tool, params, seen, probs)
+            sampled.clear()             # the choice between text and a call is not text
             if stream is None:          # max_tokens spent on choosing
                 emit(Chunk("", "length"))
                 return Usage(seen["prompt"], seen["sampled"], estimated=False)
@@ -197,13 +207,15 @@ class _Instance:
                 choice = part["choices"][0]
                 reason = choice.get("finish_reason")
                 finish = reason or finish
+                matched = self._matched_stop(sampled, stops) \
+                    if reason == "stop" and stops and tool is None else None
                 if kind == "completion":
                     text, _ = choice_text(choice, "completion")
                     lp = None
                     if probs is not None and text:
                         lp = _Logprobs.completion(probs.take(), offset)
                     offset += len(text)
-                    emit(Chunk(text, reason, logprobs=lp))
+                    emit(Chunk(text, reason, logprobs=lp, stop=matched))
                     continue
                 # A chat delta, or text where tools were offered through a completion.
                 text, _ = choice_text(choice, "completion" if "text" in choice else "chat")
@@ -225,13 +237,21 @@ class _Instance:
                     emit(Chunk("", reason, delta=delta))
                     continue
                 lp = _Logprobs.chat(probs.take()) if probs is not None and text else None
-                emit(Chunk(text, reason, logprobs=lp))
+                emit(Chunk(text, reason, logprobs=lp, stop=matched))
         finally:
             self.on_sample = None
             stream.close()
         # The end-of-sequence token is sampled but, as OpenAI counts, not a completion token.
         completion = seen["sampled"] - (1 if finish == "stop" else 0)
         return Usage(seen["prompt"], max(0, completion), estimated=False)
+
+    def _matched_stop(self, sampled: list[int], stops: list[str]) -> str | None:
+        """Which of the request's stop sequences ended the text (llama-cpp-python cuts
+        the text at the first one found and says only "stop"), or None: the model ended
+        it (end-of-sequence)."""
+        text = self.llm.detokenize(sampled).decode("utf-8", "ignore")
+        found = [(at, i) for i, s in enumerate(stops) if (at := text.find(s)) >= 0]
+        return stops[min(found)[1]] if found else None
 
     def _offer_tools(self, req: GenerationRequest, tool: dict, params: dict, seen: dict,
                      probs):

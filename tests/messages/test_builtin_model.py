@@ -51,3 +51,25 @@ def test_tool_use_then_tool_result_with_the_built_in_model(claude):
                                                       "content": "18C and sunny"}]}])
     assert answer.content[0].type == "text" and answer.content[0].text.strip()
     assert answer.stop_reason in ("end_turn", "max_tokens")
+
+
+GREEDY = {"temperature": 0}     # (the current SDK no longer has it as an argument)
+
+
+def test_a_stop_sequence_of_the_built_in_model_is_named(claude):
+    """The local model's worker says which stop sequence ended the text (llama-cpp-python
+    only says "stop"), so the Messages answer is ``stop_sequence`` with the sequence; a
+    text the model ended itself is ``end_turn``."""
+    count = [{"role": "user", "content": "Count from 1 to 10 as a numbered list: 1. 2. 3."}]
+    msg = claude.messages.create(model=MODEL, max_tokens=60, messages=count,
+                                 stop_sequences=["7.", "3."], extra_body=GREEDY)
+    assert (msg.stop_reason, msg.stop_sequence) == ("stop_sequence", "3."), msg
+    assert "3." not in msg.content[0].text and "2" in msg.content[0].text
+    with claude.messages.stream(model=MODEL, max_tokens=60, messages=count,
+                                stop_sequences=["3."], extra_body=GREEDY) as stream:
+        final = stream.get_final_message()
+    assert (final.stop_reason, final.stop_sequence) == ("stop_sequence", "3.")
+    short = claude.messages.create(model=MODEL, max_tokens=200, extra_body=GREEDY,
+                                   messages=[{"role": "user", "content": "Hi!"}],
+                                   stop_sequences=["zebra"])
+    assert (short.stop_reason, short.stop_sequence) == ("end_turn", None), short

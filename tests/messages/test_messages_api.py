@@ -101,6 +101,29 @@ def test_an_invalid_thinking_setting_is_a_400_naming_it(client, up, thinking, sa
     assert says in err.value.body["error"]["message"]
 
 
+@pytest.mark.parametrize("key", ["stop_reason", "matched_stop"])
+def test_a_stop_sequence_that_ended_the_text_is_named(client, up, gw, key):
+    """A backend that says which stop sequence matched (vLLM's ``stop_reason``, SGLang's
+    ``matched_stop``): ``stop_reason: "stop_sequence"`` and the sequence, created or
+    streamed (before: always ``end_turn``). Without a match it stays ``end_turn``."""
+    up.set(stop_after=2, stop_key=key)
+    msg = client.messages.create(model="fake", max_tokens=50, messages=HI,
+                                 stop_sequences=["END", "STOP"])
+    assert (msg.stop_reason, msg.stop_sequence) == ("stop_sequence", "END")
+    assert msg.content[0].text == "xxxx" * 2
+    with client.messages.stream(model="fake", max_tokens=50, messages=HI,
+                                stop_sequences=["END"]) as stream:
+        final = stream.get_final_message()
+    assert (final.stop_reason, final.stop_sequence) == ("stop_sequence", "END")
+    raw = sse(httpx.post(gw.url + "/v1/messages", timeout=30, headers={"x-api-key": gw.key},
+                         json={"model": "fake", "max_tokens": 50, "messages": HI,
+                               "stream": True, "stop_sequences": ["END"]}))
+    assert [d["delta"] for n, d in raw if n == "message_delta"] == [
+        {"stop_reason": "stop_sequence", "stop_sequence": "END"}]
+    plain = client.messages.create(model="fake", max_tokens=50, messages=HI)
+    assert (plain.stop_reason, plain.stop_sequence) == ("end_turn", None)
+
+
 def test_max_tokens_stop_reason(client, up):
     msg = client.messages.create(model="fake", max_tokens=3, messages=HI)
     assert msg.stop_reason == "max_tokens"
