@@ -427,8 +427,9 @@ class ResponseBuilder:
             self._open_message(out)
         self._text.append(text)
         if self.events:
-            out.append(self._delta % (self.seq, json_string(text)))
-            self.seq += 1
+            seq = self.seq
+            out.append(self._delta % (seq, json_string(text)))
+            self.seq = seq + 1
 
     def _reasoning_delta(self, out: list, text: str) -> None:
         item = self._open
@@ -485,6 +486,11 @@ class ResponseBuilder:
             if chunk.text:
                 self._text_delta(out, chunk.text)
             return out
+        if len(delta) == 1:                  # the usual chunk: text alone
+            content = delta.get("content")
+            if content:
+                self._text_delta(out, content)
+                return out
         reasoning = delta.get("reasoning_content") or delta.get("reasoning")
         if reasoning and isinstance(reasoning, str):
             self._reasoning_delta(out, reasoning)
