@@ -74,13 +74,39 @@ def test_responses_events_are_json_dumps_of_the_event():
                                          "response": b.response()})
                          for n, k in enumerate(kinds)]
     kind = "response.output_text.delta"
-    for text in TRICKY:
+    for n, text in enumerate(TRICKY):
         events = b.add(Chunk(text, delta={"content": text}))
-        payload = {"type": kind, "sequence_number": b.seq - 1, "item_id": b.output[0]["id"],
+        item_id = b.output[0]["id"]
+        payload = {"type": kind, "sequence_number": b.seq - 1, "item_id": item_id,
                    "output_index": 0, "content_index": 0, "delta": text, "logprobs": []}
         assert events[-1] == dumps_event(kind, payload)
+        if n == 0:          # the message item opens: its two events come from templates
+            part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+            assert events[:2] == [
+                dumps_event("response.output_item.added", {
+                    "type": "response.output_item.added", "sequence_number": 2,
+                    "output_index": 0, "item": {"id": item_id, "type": "message",
+                                                "status": "in_progress",
+                                                "role": "assistant", "content": []}}),
+                dumps_event("response.content_part.added", {
+                    "type": "response.content_part.added", "sequence_number": 3,
+                    "item_id": item_id, "output_index": 0, "content_index": 0,
+                    "part": part})]
+    seq = b.seq
     final, obj = b.finish(Usage(1, len(TRICKY)), "stop")
-    assert obj["output"][0]["content"][0]["text"] == "".join(TRICKY)
+    text = "".join(TRICKY)
+    assert obj["output"][0]["content"][0]["text"] == text
+    part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+    assert final[:3] == [      # the message item closes: its three events from templates
+        dumps_event("response.output_text.done", {
+            "type": "response.output_text.done", "sequence_number": seq, "item_id": item_id,
+            "output_index": 0, "content_index": 0, "text": text, "logprobs": []}),
+        dumps_event("response.content_part.done", {
+            "type": "response.content_part.done", "sequence_number": seq + 1,
+            "item_id": item_id, "output_index": 0, "content_index": 0, "part": part}),
+        dumps_event("response.output_item.done", {
+            "type": "response.output_item.done", "sequence_number": seq + 2,
+            "output_index": 0, "item": obj["output"][0]})]
     assert json.loads(final[-1].split("data: ", 1)[1])["response"] == obj
 
 

@@ -294,6 +294,38 @@ _OPENING = tuple(event_template(kind, {"type": kind, "sequence_number": HOLE,
                  for kind in ("response.created", "response.in_progress"))
 
 
+def _message_event(kind: str, holes: int, **payload) -> str:
+    """The template of one event of a message item (see ``_MESSAGE``)."""
+    template = event_template(kind, {"type": kind, "sequence_number": HOLE, **payload},
+                              holes)
+    assert "%%" not in template      # filled in two steps (the item's, then the event's)
+    return template
+
+
+def _text_part(text: str) -> dict:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+# The events of a message item, made once: filled with the sequence number, the item's
+# id and output index (and its text), as :meth:`ResponseBuilder._event` would encode them.
+_MESSAGE = {
+    "added": _message_event("response.output_item.added", 3, output_index=HOLE, item={
+        "id": HOLE, "type": "message", "status": "in_progress", "role": "assistant",
+        "content": []}),
+    "part_added": _message_event("response.content_part.added", 3, item_id=HOLE,
+                                 output_index=HOLE, content_index=0, part=_text_part("")),
+    "delta": _message_event("response.output_text.delta", 4, item_id=HOLE,
+                            output_index=HOLE, content_index=0, delta=HOLE, logprobs=[]),
+    "text_done": _message_event("response.output_text.done", 4, item_id=HOLE,
+                                output_index=HOLE, content_index=0, text=HOLE, logprobs=[]),
+    "part_done": _message_event("response.content_part.done", 4, item_id=HOLE,
+                                output_index=HOLE, content_index=0, part=_text_part(HOLE)),
+    "item_done": _message_event("response.output_item.done", 4, output_index=HOLE, item={
+        "id": HOLE, "type": "message", "status": "completed", "role": "assistant",
+        "content": [_text_part(HOLE)]}),
+}
+
+
 class ResponseBuilder:
     """The response object and its output items, built from the generation's Chunks;
     with ``events`` (a stream), :meth:`add` also returns the typed SSE events, encoded
@@ -379,13 +411,15 @@ class ResponseBuilder:
         if item["type"] == "message":
             text = "".join(self._text)
             self._text = []
-            part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
-            item["content"] = [part]
-            self._event(out, "response.output_text.done", item_id=item["id"],
-                        output_index=index, content_index=0, text=text, logprobs=[])
-            self._event(out, "response.content_part.done", item_id=item["id"],
-                        output_index=index, content_index=0, part=part)
-        elif item["type"] == "reasoning":
+            item["content"] = [_text_part(text)]
+            if self.events:
+                seq, item_id, encoded = self.seq, json_string(item["id"]), json_string(text)
+                out.append(_MESSAGE["text_done"] % (seq, item_id, index, encoded))
+                out.append(_MESSAGE["part_done"] % (seq + 1, item_id, index, encoded))
+                out.append(_MESSAGE["item_done"] % (seq + 2, index, item_id, encoded))
+                self.seq = seq + 3
+            return
+        if item["type"] == "reasoning":
             text = "".join(self._text)
             self._text = []
             part = {"type": "reasoning_text", "text": text}
@@ -408,17 +442,12 @@ class ResponseBuilder:
                              "status": "in_progress", "role": "assistant", "content": []}
         self.output.append(item)
         index = self._index(item)
-        self._event(out, "response.output_item.added", output_index=index,
-                    item={**item, "content": []})
-        self._event(out, "response.content_part.added", item_id=item["id"],
-                    output_index=index, content_index=0,
-                    part={"type": "output_text", "text": "", "annotations": [],
-                          "logprobs": []})
         if self.events:
-            kind = "response.output_text.delta"
-            self._delta = event_template(kind, {
-                "type": kind, "sequence_number": HOLE, "item_id": item["id"],
-                "output_index": index, "content_index": 0, "delta": HOLE, "logprobs": []}, 2)
+            seq, item_id = self.seq, json_string(item["id"])
+            out.append(_MESSAGE["added"] % (seq, index, item_id))
+            out.append(_MESSAGE["part_added"] % (seq + 1, item_id, index))
+            self.seq = seq + 2
+            self._delta = _MESSAGE["delta"] % ("%s", item_id, index, "%s")
         return item
 
     def _text_delta(self, out: list, text: str) -> None:
