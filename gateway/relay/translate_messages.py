@@ -22,7 +22,7 @@ What is not translated: ``metadata``
 (web search, code execution, computer use...: a 400 naming the tool), ``document`` and
 other non-text, non-image blocks (a 400 naming the block type). ``stop_reason``
 ``stop_sequence`` needs the backend to say which sequence matched
-(``Chunk.stop``: the built-in models, vLLM and SGLang do); from one that says only
+(``Chunk.stop``: the llamacpp models, vLLM and SGLang do); from one that says only
 ``stop`` it is ``end_turn``.
 """
 from __future__ import annotations
